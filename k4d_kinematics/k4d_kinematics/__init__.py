@@ -1,0 +1,1 @@
+"""k4d_kinematics."""
