@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 from numba import njit
@@ -81,7 +80,7 @@ class GripperSpec:
 YAM_GRIPPER = GripperSpec(("joint7", "joint8"), (0.0, 0.0), (-0.04695, -0.04695), 0.0939)
 
 
-def _rpy_xyz_to_T(origin) -> np.ndarray:
+def _origin_T(origin) -> np.ndarray:
     return np.eye(4) if origin is None else np.asarray(origin, dtype=np.float64)
 
 
@@ -351,7 +350,7 @@ class RobotModel:
             j = parent_joint[n]
             self._joint_of_link[l] = j.name
             self._parent[l] = self.link_index[j.parent]
-            self._T0[l] = _rpy_xyz_to_T(j.origin)
+            self._T0[l] = _origin_T(j.origin)
             self._kind[l] = _JOINT_KIND[j.type]
             if self._kind[l] != _FIXED:
                 ax = np.array([1.0, 0, 0]) if j.axis is None else np.asarray(j.axis, np.float64)
@@ -375,7 +374,7 @@ class RobotModel:
             if vis.geometry is None:
                 continue
             v, f = _geometry_mesh(vis.geometry, link.name, base_dir, mesh_dir)
-            T = _rpy_xyz_to_T(vis.origin)
+            T = _origin_T(vis.origin)
             v = v @ T[:3, :3].T + T[:3, 3]
             closed &= _is_closed(v, f)
             verts.append(v)
@@ -476,8 +475,9 @@ class RobotModel:
         """
         q = self.check_q(q, limits)
         batch = q.shape[:-1]
-        qf = np.ascontiguousarray(q.reshape(-1, self.num_joints))
-        out = np.empty((qf.shape[0], len(self.link_names), 4, 4))
+        n = int(np.prod(batch)) if batch else 1
+        qf = np.ascontiguousarray(q.reshape(n, self.num_joints))
+        out = np.empty((n, len(self.link_names), 4, 4))
         _fk_kernel(qf, self._parent, self._T0, self._kind, self._axis, self._qidx, self._mult, self._offset, out)
         return out.reshape(*batch, len(self.link_names), 4, 4)
 

@@ -1,0 +1,73 @@
+"""PinholeCamera and Extrinsics: YAML formats and validation."""
+import numpy as np
+import pytest
+import yaml
+from scipy.spatial.transform import Rotation
+
+from k4d_kinematics.camera import Extrinsics, PinholeCamera
+
+K = [600.0, 0, 359.5, 0, 610.0, 239.5, 0, 0, 1]
+
+
+def test_camera_yaml_round_trip(tmp_path):
+    cam = PinholeCamera(720, 480, 600.0, 610.0, 359.5, 239.5)
+    cam.to_yaml(tmp_path / "c.yaml")
+    data = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert data["image_width"] == 720 and data["camera_matrix"]["data"] == K
+    assert PinholeCamera.from_yaml(tmp_path / "c.yaml") == cam
+    np.testing.assert_array_equal(cam.K, np.reshape(K, (3, 3)))
+    np.testing.assert_allclose(cam.project([[0.0, 0.0, 2.0]]), [[359.5, 239.5]])
+
+
+def test_camera_info_fields_validation():
+    cam = PinholeCamera.from_camera_info_fields(720, 480, K, [0.0] * 5, "plumb_bob")
+    assert (cam.fx, cam.fy, cam.cx, cam.cy) == (600.0, 610.0, 359.5, 239.5)
+    with pytest.raises(ValueError, match="distortion"):
+        PinholeCamera.from_camera_info_fields(720, 480, K, [0.1, 0, 0, 0, 0], "plumb_bob")
+    with pytest.raises(ValueError, match="fx"):
+        PinholeCamera.from_camera_info_fields(720, 480, [0.0] * 9, [], "plumb_bob")
+    with pytest.raises(ValueError, match="fy"):
+        PinholeCamera(720, 480, 600, 0, 1, 1)
+    with pytest.raises(ValueError, match="width"):
+        PinholeCamera(0, 480, 600, 600, 1, 1)
+    with pytest.raises(ValueError, match="cx"):
+        PinholeCamera(720, 480, 600, 600, np.nan, 1)
+
+
+def test_extrinsics_yaml(tmp_path):
+    q = Rotation.from_euler("xyz", [0.3, -0.2, 1.0]).as_quat()
+    text = {"parent_frame": "base", "child_frame": "camera_color_optical_frame",
+            "translation": {"x": 0.9, "y": 0.1, "z": 0.7}, "rotation": dict(zip("xyzw", map(float, q)))}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(text))
+    ext = Extrinsics.from_yaml(tmp_path / "e.yaml")
+    np.testing.assert_allclose(ext.T_base_cam[:3, 3], [0.9, 0.1, 0.7])
+    np.testing.assert_allclose(ext.T_base_cam @ ext.T_cam_base, np.eye(4), atol=1e-12)
+    ext.to_yaml(tmp_path / "f.yaml")
+    np.testing.assert_allclose(Extrinsics.from_yaml(tmp_path / "f.yaml").T_base_cam, ext.T_base_cam, atol=1e-12)
+    bad = dict(text, rotation={"x": 0, "y": 0, "z": 0, "w": 2.0})
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="unit quaternion"):
+        Extrinsics.from_yaml(tmp_path / "b.yaml")
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({k: v for k, v in text.items() if k != "translation"}))
+    with pytest.raises(ValueError, match="translation"):
+        Extrinsics.from_yaml(tmp_path / "m.yaml")
+    with pytest.raises(ValueError, match="finite"):
+        Extrinsics.from_xyz_quat([np.inf, 0, 0], [0, 0, 0, 1])
+
+
+def test_look_at_is_optical_frame():
+    ext = Extrinsics.look_at([1.0, 0.0, 1.0], [0.0, 0.0, 0.0])
+    R = ext.T_base_cam[:3, :3]
+    np.testing.assert_allclose(R[:, 2], np.array([-1, 0, -1]) / np.sqrt(2), atol=1e-12)  # z forward
+    assert R[2, 1] < 0  # image y (down) points to -z of the world
+    assert np.linalg.det(R) == pytest.approx(1.0)
+
+
+def test_shipped_configs():
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[1] / "config"
+    cam = PinholeCamera.from_yaml(cfg / "camera_info.yaml")
+    assert (cam.width, cam.height) == (720, 480)
+    ext = Extrinsics.from_yaml(cfg / "extrinsics.yaml")
+    assert ext.parent_frame == "base" and ext.child_frame == cam.frame_id

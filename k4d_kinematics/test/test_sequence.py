@@ -1,0 +1,117 @@
+"""Trajectories, resampling, pointmap sequences, min-max normalisation, perturbations."""
+import numpy as np
+import pytest
+
+from k4d_kinematics.camera import Extrinsics, PinholeCamera
+from k4d_kinematics.perturb import PerturbConfig, add_noise, drop_pixels, perturb, warp_image
+from k4d_kinematics.pointmap import PointmapRenderer
+from k4d_kinematics.robot import RobotModel
+from k4d_kinematics.sequence import (JointTrajectoryData, build_pointmap_sequence, denormalize_minmax,
+                                     normalize_minmax, resample, sequence_from_ee_poses)
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    cam = PinholeCamera(96, 64, 80.0, 80.0, 47.5, 31.5)
+    return PointmapRenderer(RobotModel.yam(), cam, Extrinsics.look_at([0.95, 0.3, 0.9], [0.22, 0, 0.15]))
+
+
+def traj(times=(0.0, 0.7, 2.0), velocities=None):
+    P = np.array([[0.0, 0.0], [0.5, 1.0], [0.2, 1.5]])
+    return JointTrajectoryData(["joint1", "joint2"], np.array(times), P, velocities)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(joint_names=["joint1"], times=[], positions=np.zeros((0, 1))), "times is empty"),
+    (dict(joint_names=["joint1"], times=[0, 1, 1], positions=np.zeros((3, 1))), r"times\[2\]"),
+    (dict(joint_names=["joint1"], times=[0, 1], positions=[[0.0], [np.nan]]), r"positions\[1\] \(joint1\)"),
+    (dict(joint_names=["joint1", "joint2"], times=[0, 1], positions=np.zeros((2, 1))), "positions must have shape"),
+    (dict(joint_names=["joint1", "joint1"], times=[0], positions=np.zeros((1, 2))), "duplicates"),
+])
+def test_trajectory_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        JointTrajectoryData(**kwargs)
+
+
+def test_unknown_joint_in_trajectory():
+    t = JointTrajectoryData(["joint1", "jointQ"], [0.0], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match="jointQ"):
+        t.positions_for(RobotModel.yam())
+
+
+def test_resample_keeps_end_points_and_timing():
+    tr = traj()
+    rs = resample(tr, 49)
+    assert rs.times.shape == (49,) and rs.times[0] == 0.0 and rs.times[-1] == 2.0
+    np.testing.assert_allclose(np.diff(rs.times), 2.0 / 48)
+    np.testing.assert_array_equal(rs.positions[0], tr.positions[0])
+    np.testing.assert_array_equal(rs.positions[-1], tr.positions[-1])
+    k = np.argmin(abs(rs.times - 1.0))
+    np.testing.assert_allclose(rs.positions[k], tr.positions[1] + (rs.times[k] - 0.7) / 1.3 * (tr.positions[2] - tr.positions[1]))
+    at_fps = resample(tr, 5, fps=2.0)
+    np.testing.assert_allclose(at_fps.times, [0, 0.5, 1.0, 1.5, 2.0])
+    held = resample(tr, 4, fps=0.5)  # beyond the end: hold the last point
+    np.testing.assert_array_equal(held.positions[-1], tr.positions[-1])
+
+
+def test_resample_cubic_with_velocities():
+    V = np.zeros((3, 2))
+    rs = resample(traj(velocities=V), 21)
+    assert rs.velocities is not None
+    np.testing.assert_allclose(rs.velocities[[0, -1]], 0.0, atol=1e-12)
+    np.testing.assert_array_equal(rs.positions[-1], traj().positions[-1])
+
+
+def test_build_pointmap_sequence(renderer):
+    seq = build_pointmap_sequence(renderer, traj(), num_frames=5, source="plan", source_id="p1")
+    assert seq.xyz.shape == (5, 64, 96, 3) and seq.link.shape == (5, 64, 96) and seq.positions.shape == (5, 8)
+    assert seq.times[0] == 0.0 and seq.times[-1] == 2.0 and seq.link_names == renderer.model.link_names
+    assert (seq.link[0] >= 0).sum() > 50
+    with pytest.raises(ValueError, match="source"):
+        build_pointmap_sequence(renderer, traj(), num_frames=2, source="dream")
+
+
+def test_sequence_from_ee_poses(renderer):
+    m = renderer.model
+    Q = np.linspace(m.q_from_dict({"joint2": 0.6, "joint3": 0.6}), m.q_from_dict({"joint2": 1.2, "joint3": 0.9}), 4)
+    T = m.link_pose(Q)
+    T[-1, :3, 3] += [2.0, 0, 0]  # unreachable last target
+    seq = sequence_from_ee_poses(renderer, T, [0.0, 0.1, 0.2, 0.3], Q[0], gripper_width_m=[0.0, 0.02, 0.04, 0.06])
+    assert seq.ik_converged.tolist() == [True, True, True, False] and seq.ik_residual_m[-1] > 1.0
+    assert seq.positions[2, m.joint_index["joint7"]] == pytest.approx(-0.02)
+
+
+def test_minmax_round_trip():
+    rng = np.random.default_rng(0)
+    xyz = rng.normal(size=(3, 8, 10, 3)).astype(np.float32)
+    xyz[:, :2] = np.nan
+    x01, lo, hi = normalize_minmax(xyz)
+    finite = np.isfinite(xyz)
+    np.testing.assert_array_equal(np.isfinite(x01), finite)
+    assert np.nanmin(x01) == 0.0 and np.nanmax(x01) == 1.0
+    np.testing.assert_allclose(denormalize_minmax(x01, lo, hi)[finite], xyz[finite], atol=1e-6)
+    empty, lo, hi = normalize_minmax(np.full((2, 2, 3), np.nan))
+    assert np.all(np.isnan(empty)) and np.all(hi > lo)
+
+
+def test_perturbations():
+    rng = np.random.default_rng(0)
+    link = np.full((2, 40, 50), -1, np.int16)
+    link[:, 10:30, 15:35] = 3
+    xyz = np.where((link >= 0)[..., None], np.float32(1.0), np.float32(np.nan)) * np.ones(3, np.float32)
+    x2, l2 = drop_pixels(xyz, link, 0.05, rng)
+    assert (link >= 0).sum() - (l2 >= 0).sum() == 40 and np.all(np.isnan(x2[l2 < 0]))
+    assert (link >= 0).sum() == 800  # input untouched
+    xn = add_noise(xyz, 0.01, rng)
+    assert np.all(np.isnan(xn[link < 0])) and 0.005 < np.nanstd(xn - xyz) < 0.02
+    xs, ls = warp_image(xyz, link, 5.0, -3.0, 0.0)
+    np.testing.assert_array_equal(ls[:, 7:27, 20:40], 3)
+    assert (ls >= 0).sum() == 800
+    xr, lr = warp_image(xyz, link, 0.0, 0.0, np.deg2rad(5))
+    assert abs(int((lr >= 0).sum()) - 800) < 40
+    a = perturb(xyz, link, PerturbConfig(0.05, 0.001, 5, 5.0), np.random.default_rng(7))
+    b = perturb(xyz, link, PerturbConfig(0.05, 0.001, 5, 5.0), np.random.default_rng(7))
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(perturb(xyz, link, PerturbConfig(), rng)[1], link)
+    with pytest.raises(ValueError, match="drop_fraction"):
+        PerturbConfig(drop_fraction=1.5)

@@ -1,0 +1,165 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""Self-validating configuration of the K4D world model (the ROS node declares one parameter per field).
+
+    from k4d_worldmodel.config import WorldModelConfig
+    cfg = WorldModelConfig(checkpoint_dir="/models/kinema4d_pmcond_ckpt",
+                           base_model_dir="/models/Wan2.1-I2V-14B-480P-Diffusers", variant="pmcond")
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+VARIANTS = ("full", "pmcond")
+SCHEDULERS = ("unipc", "euler")
+CFG_MODES = ("correct", "released")
+LORA_MODES = ("fuse", "peft")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _fail(name: str, value, expected: str) -> None:
+    raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+@dataclass
+class MetricLiftConfig:
+    """Thresholds of the metric lifting fit (see [`k4d_worldmodel.lifting.fit_metric_lift`]).
+
+    Attributes:
+        inlier_threshold_m: a robot pixel is an inlier when its lifted point is within this distance (metres) of
+            the known robot point.
+        min_points: fewer usable robot pixels than this -> quality "failed".
+        min_inlier_fraction: inlier fraction below this -> "failed".
+        good_inlier_fraction: inlier fraction at or above this (and residual below good_residual_m) -> "good".
+        good_residual_m: RMS inlier residual (metres) at or below this (and enough inliers) -> "good".
+        ransac_iterations: RANSAC hypotheses before the least-squares refinement.
+        seed: RANSAC random seed (the fit is deterministic).
+    """
+
+    inlier_threshold_m: float = 0.02
+    min_points: int = 50
+    min_inlier_fraction: float = 0.3
+    good_inlier_fraction: float = 0.8
+    good_residual_m: float = 0.01
+    ransac_iterations: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.inlier_threshold_m > 0 and math.isfinite(self.inlier_threshold_m)):
+            _fail("inlier_threshold_m", self.inlier_threshold_m, "a finite number > 0 (metres)")
+        if not (isinstance(self.min_points, int) and self.min_points >= 2):
+            _fail("min_points", self.min_points, "an integer >= 2")
+        for name in ("min_inlier_fraction", "good_inlier_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                _fail(name, getattr(self, name), "in [0, 1]")
+        if self.good_inlier_fraction < self.min_inlier_fraction:
+            _fail("good_inlier_fraction", self.good_inlier_fraction,
+                  f">= min_inlier_fraction ({self.min_inlier_fraction})")
+        if not (self.good_residual_m > 0 and math.isfinite(self.good_residual_m)):
+            _fail("good_residual_m", self.good_residual_m, "a finite number > 0 (metres)")
+        if not (isinstance(self.ransac_iterations, int) and self.ransac_iterations >= 1):
+            _fail("ransac_iterations", self.ransac_iterations, "an integer >= 1")
+
+
+@dataclass
+class WorldModelConfig:
+    """Everything needed to load and run the K4D world model.
+
+    Attributes:
+        checkpoint_dir: either our ``save_pretrained`` folder (``model_index.json`` of a ``K4DPipeline``), or a
+            released Kinema4D checkpoint folder holding ``added_weights.safetensors`` and
+            ``pytorch_lora_weights.safetensors``.
+        base_model_dir: for a released checkpoint, the ``Wan2.1-I2V-14B-480P-Diffusers`` folder ("" = the files sit
+            in ``checkpoint_dir`` itself). Ignored for our own layout.
+        variant: "pmcond" (robot pointmap only; recommended for real robots) or "full" (robot RGB + pointmap).
+        device: "auto" (cuda if available), "cpu", "cuda" or "cuda:N".
+        dtype: transformer dtype; "auto" = bfloat16 on cuda, float32 on cpu.
+        vae_dtype: VAE dtype ("auto" = float32).
+        num_inference_steps, guidance_scale, seed: sampling (release: 50, 5.0, 42).
+        scheduler: "unipc" (Wan2.1 flow UniPC) or "euler" (flow-matching Euler); flow_shift 3.0 for 480p.
+        cfg_mode: "correct" (uncond pass drops the robot condition) or "released" (reproduce the release defect).
+        batch_cfg: run cond + uncond as one batch-2 forward.
+        lora_mode: "fuse" the released LoRA into the weights (as the release) or keep it as a "peft" adapter.
+        lora_rank, lora_alpha: released LoRA hyper-parameters (r 64, alpha 32 -> scale 0.5).
+        metric_*: [`MetricLiftConfig`] fields.
+    """
+
+    checkpoint_dir: str = ""
+    base_model_dir: str = ""
+    variant: str = "pmcond"
+    device: str = "auto"
+    dtype: str = "auto"
+    vae_dtype: str = "auto"
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.0
+    seed: int = 42
+    scheduler: str = "unipc"
+    flow_shift: float = 3.0
+    cfg_mode: str = "correct"
+    batch_cfg: bool = True
+    lora_mode: str = "fuse"
+    lora_rank: int = 64
+    lora_alpha: float = 32.0
+    metric_inlier_threshold_m: float = 0.02
+    metric_min_points: int = 50
+    metric_min_inlier_fraction: float = 0.3
+    metric_good_inlier_fraction: float = 0.8
+    metric_good_residual_m: float = 0.01
+    metric_ransac_iterations: int = 200
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("variant", VARIANTS), ("scheduler", SCHEDULERS), ("cfg_mode", CFG_MODES),
+                              ("lora_mode", LORA_MODES), ("dtype", DTYPES), ("vae_dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                _fail(name, getattr(self, name), f"one of {allowed}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            _fail("device", dev, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if not (isinstance(self.num_inference_steps, int) and self.num_inference_steps >= 1):
+            _fail("num_inference_steps", self.num_inference_steps, "an integer >= 1")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            _fail("guidance_scale", self.guidance_scale, "a finite number >= 0")
+        if not isinstance(self.seed, int):
+            _fail("seed", self.seed, "an integer")
+        if not (math.isfinite(self.flow_shift) and self.flow_shift > 0):
+            _fail("flow_shift", self.flow_shift, "a finite number > 0")
+        if not (isinstance(self.lora_rank, int) and self.lora_rank >= 1):
+            _fail("lora_rank", self.lora_rank, "an integer >= 1")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            _fail("lora_alpha", self.lora_alpha, "a finite number > 0")
+        if self.dtype in ("bfloat16", "float16") and self.resolved_device().type == "cpu":
+            _fail("dtype", self.dtype, "float32 or auto on cpu (half precision is for cuda)")
+        self.metric_lift_config()  # validates the metric_* fields
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Public field names (the ROS parameter names)."""
+        return [f.name for f in dataclasses.fields(cls) if f.init]
+
+    def metric_lift_config(self) -> MetricLiftConfig:
+        """The ``metric_*`` fields as a [`MetricLiftConfig`]."""
+        return MetricLiftConfig(
+            inlier_threshold_m=self.metric_inlier_threshold_m, min_points=self.metric_min_points,
+            min_inlier_fraction=self.metric_min_inlier_fraction,
+            good_inlier_fraction=self.metric_good_inlier_fraction, good_residual_m=self.metric_good_residual_m,
+            ransac_iterations=self.metric_ransac_iterations, seed=self.seed,
+        )
+
+    def resolved_device(self) -> torch.device:
+        """``device`` with "auto" resolved (cuda if available, else cpu)."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        """Transformer dtype: bfloat16 on cuda and float32 on cpu for "auto"."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return getattr(torch, self.dtype)
+
+    def resolved_vae_dtype(self) -> torch.dtype:
+        """VAE dtype: float32 for "auto"."""
+        return torch.float32 if self.vae_dtype == "auto" else getattr(torch, self.vae_dtype)

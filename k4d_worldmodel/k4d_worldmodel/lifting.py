@@ -1,0 +1,166 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""Metric lifting: map the model's normalised world pointmaps to metres using the known robot pointmap.
+
+    from k4d_worldmodel.lifting import lift_pointmaps
+    xyz_m, fit = lift_pointmaps(out.xyz, robot_xyz_m, mask=out.robot_mask)
+    fit.quality, fit.residual_m        # "good" | "poor" | "failed", metres
+
+The model outputs pointmaps per-axis min-max normalised to [0, 1] (the release never recovers metres). At robot
+pixels the metric camera-frame coordinates are known from kinematics, so a per-axis affine map
+``xyz_m[a] = scale[a] * xyz01[a] + offset[a]`` is fitted robustly there (RANSAC over point pairs scored by the
+3D residual, then least squares on the inliers, iterated) and applied to every pixel.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .config import MetricLiftConfig
+
+QUALITIES = ("good", "poor", "failed")
+_MAX_SCORING_POINTS = 20000
+
+
+@dataclass
+class MetricLift:
+    """Result of [`fit_metric_lift`].
+
+    Attributes:
+        scale: `(3,)` float64, metres per normalised unit, per axis (x, y, z of the camera optical frame).
+        offset: `(3,)` float64, metres.
+        residual_m: RMS 3D distance (metres) between lifted and known robot points over the inliers (inf if failed).
+        inlier_fraction: fraction of robot pixels within ``inlier_threshold_m`` after the fit.
+        num_points: robot pixels used.
+        quality: "good", "poor" (usable, check residual) or "failed" (do not use).
+        metric: True when ``quality != "failed"``, i.e. the lifted output is in metres.
+    """
+
+    scale: np.ndarray
+    offset: np.ndarray
+    residual_m: float
+    inlier_fraction: float
+    num_points: int
+    quality: str
+    metric: bool
+
+    def apply(self, xyz01: np.ndarray) -> np.ndarray:
+        """Lift `(..., 3)` normalised points to metres (float32); returns the input unchanged (as float32) if failed."""
+        xyz01 = np.asarray(xyz01, dtype=np.float32)
+        if not self.metric:
+            return xyz01.copy()
+        return (xyz01 * self.scale.astype(np.float32) + self.offset.astype(np.float32)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict."""
+        d = asdict(self)
+        d["scale"], d["offset"] = self.scale.tolist(), self.offset.tolist()
+        return d
+
+
+def _failed(n: int) -> MetricLift:
+    return MetricLift(np.ones(3), np.zeros(3), float("inf"), 0.0, n, "failed", False)
+
+
+def _lstsq_axes(g: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-axis least squares ``m = s * g + o`` for `(N, 3)` arrays; None if an axis is degenerate."""
+    gm, mm = g.mean(axis=0), m.mean(axis=0)
+    var = ((g - gm) ** 2).sum(axis=0)
+    if np.any(var < 1e-12):
+        return None
+    s = ((g - gm) * (m - mm)).sum(axis=0) / var
+    return s, mm - s * gm
+
+
+def fit_metric_lift(
+    xyz01: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None = None,
+    config: MetricLiftConfig | None = None,
+) -> MetricLift:
+    """Fit the per-axis affine map from generated normalised XYZ to metric XYZ at robot pixels.
+
+    Args:
+        xyz01: `(T, H, W, 3)` float, generated world pointmap in [0, 1] (``K4DPipelineOutput.xyz``).
+        robot_xyz_m: `(T, H, W, 3)` float, known robot pointmap, metres, camera frame, NaN off-robot.
+        mask: `(T, H, W)` bool robot pixels (default: finite ``robot_xyz_m``); pixels with non-finite values in
+            either input are dropped.
+        config: thresholds ([`MetricLiftConfig`] defaults).
+
+    Returns:
+        [`MetricLift`]. Deterministic for a given ``config.seed``.
+    """
+    cfg = config or MetricLiftConfig()
+    xyz01, robot_xyz_m = np.asarray(xyz01), np.asarray(robot_xyz_m)
+    if xyz01.shape != robot_xyz_m.shape or xyz01.shape[-1] != 3:
+        raise ValueError(f"xyz01 and robot_xyz_m must have the same (..., 3) shape, got {xyz01.shape} and "
+                         f"{robot_xyz_m.shape}")
+    sel = np.isfinite(robot_xyz_m).all(-1) & np.isfinite(xyz01).all(-1)
+    if mask is not None:
+        if np.shape(mask) != xyz01.shape[:-1]:
+            raise ValueError(f"mask must have shape {xyz01.shape[:-1]}, got {np.shape(mask)}")
+        sel &= np.asarray(mask, dtype=bool)
+    g, m = xyz01[sel].astype(np.float64), robot_xyz_m[sel].astype(np.float64)
+    n = len(g)
+    if n < cfg.min_points:
+        return _failed(n)
+
+    rng = np.random.default_rng(cfg.seed)
+    score_idx = rng.choice(n, size=min(n, _MAX_SCORING_POINTS), replace=False)
+    gs, ms = g[score_idx], m[score_idx]
+    thr2 = cfg.inlier_threshold_m**2
+
+    # 1. RANSAC over point pairs: each pair fixes scale and offset of all three axes
+    i, j = rng.integers(0, len(gs), size=(2, cfg.ransac_iterations))
+    dg = gs[j] - gs[i]
+    ok = np.all(np.abs(dg) > 1e-9, axis=1)
+    best = None
+    if ok.any():
+        s = (ms[j[ok]] - ms[i[ok]]) / dg[ok]  # K, 3
+        o = ms[i[ok]] - s * gs[i[ok]]
+        counts = np.concatenate([  # inliers per hypothesis, in chunks of 16 hypotheses to bound memory
+            ((((gs[None] * s[c:c + 16, None] + o[c:c + 16, None]) - ms[None]) ** 2).sum(-1) < thr2).sum(-1)
+            for c in range(0, len(s), 16)
+        ])
+        k = int(np.argmax(counts))
+        best = (s[k], o[k])
+    if best is None:
+        best = _lstsq_axes(g, m)
+        if best is None:
+            return _failed(n)
+
+    # 2. Least-squares refinement on the inliers of all points
+    scale, offset = best
+    for _ in range(5):
+        inl = (((g * scale + offset) - m) ** 2).sum(-1) < thr2
+        if inl.sum() < 2:
+            break
+        refit = _lstsq_axes(g[inl], m[inl])
+        if refit is None:
+            break
+        if np.allclose(refit[0], scale, atol=1e-12) and np.allclose(refit[1], offset, atol=1e-12):
+            break
+        scale, offset = refit
+    d2 = (((g * scale + offset) - m) ** 2).sum(-1)
+    inl = d2 < thr2
+    frac = float(inl.mean())
+    residual = float(np.sqrt(d2[inl].mean())) if inl.any() else float("inf")
+
+    if frac < cfg.min_inlier_fraction or np.any(scale <= 0) or not np.all(np.isfinite(scale)):
+        quality = "failed"
+    elif frac >= cfg.good_inlier_fraction and residual <= cfg.good_residual_m:
+        quality = "good"
+    else:
+        quality = "poor"
+    return MetricLift(np.asarray(scale, dtype=np.float64), np.asarray(offset, dtype=np.float64), residual, frac, n,
+                      quality, quality != "failed")
+
+
+def lift_pointmaps(
+    xyz01: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None = None,
+    config: MetricLiftConfig | None = None,
+) -> tuple[np.ndarray, MetricLift]:
+    """Fit (see [`fit_metric_lift`]) and apply to all pixels: returns ``(xyz_m (T, H, W, 3) float32, fit)``.
+
+    If the fit failed, the first element is the unchanged normalised pointmap (check ``fit.metric``).
+    """
+    fit = fit_metric_lift(xyz01, robot_xyz_m, mask, config)
+    return fit.apply(xyz01), fit

@@ -1,0 +1,550 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""Kinema4D-compatible image + robot-pointmap -> RGB + world-pointmap video pipeline (diffusers).
+
+Example (tiny random model, CPU)::
+
+    from k4d_worldmodel.tiny import build_tiny_pipeline, tiny_inputs
+    pipe = build_tiny_pipeline("pmcond")
+    out = pipe(**tiny_inputs(pipe), num_inference_steps=2, seed=0)
+    out.rgb.shape, out.xyz.shape   # (T, H, W, 3) uint8, (T, H, W, 3) float32 in [0, 1]
+
+The pipeline only assembles parts (VAE, transformer, scheduler, CLIP image encoder); it holds no weights itself.
+There is no text encoder: Kinema4D replaces the text tokens by robot tokens.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPVisionModel
+
+from ..models.transformer_k4d import K4DTransformer3DModel
+
+logger = logging.get_logger(__name__)
+
+# Extra normalisation of pointmap latents, applied after the VAE mean/std normalisation (Kinema4D release;
+# 4DNeX used -0.13 / 1.70): z_pm = (z - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD.
+POINTMAP_LATENT_MEAN = -0.17
+POINTMAP_LATENT_STD = 1.36
+
+# OpenAI CLIP preprocessing constants (used when no image_processor is registered).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+CFG_MODES = ("correct", "released")
+
+# Colours (uint8 RGB) given to robot link ids when no robot RGB video is supplied ("full" variant only). Link id k
+# gets row k % len. Mid-to-light, non-black tones (black would read as background, as in the release's mask videos).
+DEFAULT_LINK_PALETTE = np.array(
+    [
+        [180, 180, 185], [150, 150, 155], [200, 200, 205], [120, 125, 130], [170, 175, 180], [140, 140, 145],
+        [210, 210, 215], [110, 110, 115], [190, 190, 195], [160, 160, 165],
+    ],
+    dtype=np.uint8,
+)
+
+
+class K4DCancelled(RuntimeError):
+    """Raised by [`K4DPipeline.__call__`] when the progress callback cancels the rollout between two steps.
+
+    Attributes: ``step`` (denoising steps completed), ``total`` (steps requested).
+    """
+
+    def __init__(self, step: int, total: int):
+        super().__init__(f"K4D rollout cancelled after {step}/{total} denoising steps")
+        self.step = step
+        self.total = total
+
+
+@dataclass
+class K4DPipelineOutput(BaseOutput):
+    """Result of one K4D rollout.
+
+    Attributes:
+        rgb: `(T, H, W, 3)` uint8, imagined RGB frames (frame 0 reconstructs the input frame). None for
+            ``output_type="latent"``.
+        xyz: `(T, H, W, 3)` float32 in [0, 1], imagined world pointmap in the model's normalised space (per-axis
+            min-max of the scene; use [`k4d_worldmodel.lifting.fit_metric_lift`] for metres). None for "latent".
+        robot_mask: `(T, H, W)` bool, robot pixels of the conditioning pointmap.
+        robot_xyz_lo, robot_xyz_hi: `(3,)` float64, metres, camera frame: the bounds that mapped the robot
+            pointmap to [0, 1] for conditioning.
+        latents: `[1, 16, F, h, 2w]` float32 denoised latents (RGB | normalised XYZ), on CPU.
+        timings: seconds per stage (``encode_s``, ``denoise_s``, ``decode_s``, ``total_s``) and ``steps``.
+    """
+
+    rgb: np.ndarray | None
+    xyz: np.ndarray | None
+    robot_mask: np.ndarray
+    robot_xyz_lo: np.ndarray
+    robot_xyz_hi: np.ndarray
+    latents: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ conditioning maths
+def uniform_pointmap(height: int, width: int) -> np.ndarray:
+    """The fixed dummy pointmap Kinema4D puts next to the first RGB frame, `(H, W, 3)` float32 in [0, 1].
+
+    x grows left to right, y top to bottom, z from 1 (top row) to 0 (bottom row).
+    """
+    x = np.linspace(0.0, 1.0, width)
+    y = np.linspace(0.0, 1.0, height)
+    xv, yv = np.meshgrid(x, y)
+    z = 1.0 - np.linspace(0.0, 1.0, height)[:, None].repeat(width, axis=1)
+    z = (z - z.min()) / (np.ptp(z) + 1e-8)
+    return np.stack([xv, yv, z], axis=-1).astype(np.float32)
+
+
+def normalize_robot_pointmap(
+    xyz: np.ndarray, mask: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kinema4D conditioning transform of a robot pointmap sequence.
+
+    Args:
+        xyz: `(T, H, W, 3)` float, metres, camera frame; NaN (or anything) off-robot.
+        mask: `(T, H, W)` bool, robot pixels.
+        bounds: optional ``(lo (3,), hi (3,))`` metres; default: per-axis min/max over all robot pixels of the sequence.
+
+    Returns:
+        ``(xyz01 (T, H, W, 3) float32 in [0, 1] with background 0, lo (3,), hi (3,))``.
+    """
+    pts = xyz[mask].astype(np.float64)
+    if bounds is None:
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+    else:
+        lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in bounds)
+    span = np.maximum(hi - lo, 1e-6)
+    out = np.zeros(xyz.shape, dtype=np.float32)
+    out[mask] = np.clip((pts - lo) / span, 0.0, 1.0).astype(np.float32)
+    return out, lo, hi
+
+
+def render_robot_rgb(
+    link: np.ndarray | None, mask: np.ndarray, link_colors: np.ndarray | None = None
+) -> np.ndarray:
+    """Flat-colour robot video for the "full" variant when no robot RGB is available: `(T, H, W, 3)` uint8.
+
+    Robot pixel with link id k gets ``link_colors[k % len(link_colors)]`` (default [`DEFAULT_LINK_PALETTE`]);
+    without link ids every robot pixel gets row 0. Background is 0. This only approximates the real-camera robot
+    appearance the released model was trained on; prefer the "pmcond" variant when no robot RGB exists.
+    """
+    colors = DEFAULT_LINK_PALETTE if link_colors is None else np.asarray(link_colors, dtype=np.uint8)
+    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    if link is None:
+        out[mask] = colors[0]
+    else:
+        out[mask] = colors[np.asarray(link)[mask].astype(np.int64) % len(colors)]
+    return out
+
+
+def downsample_robot_mask(mask: torch.Tensor, height: int, width: int, temporal: int) -> torch.Tensor:
+    """Robot pixel mask -> latent grid, as in the release.
+
+    ``mask`` `[B, 1, T, H, W]` float (0/1) -> `[B, 1, 1 + (T - 1) / temporal, height, width]`: every frame is
+    resized with nearest neighbour; frame 0 is kept and frames 1.. are max-pooled in groups of ``temporal``.
+    """
+    b, c, t, h, w = mask.shape
+    resized = F.interpolate(mask.reshape(b * c * t, 1, h, w), size=(height, width), mode="nearest")
+    resized = resized.reshape(b, c, t, height, width)
+    rest = resized[:, :, 1:].reshape(b, c, (t - 1) // temporal, temporal, height, width).amax(dim=3)
+    return torch.cat([resized[:, :, :1], rest], dim=2)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class K4DPipeline(DiffusionPipeline):
+    r"""Kinema4D-compatible 4D world model: first RGB frame + robot pointmap sequence -> future RGB + world pointmaps.
+
+    Components:
+        vae ([`AutoencoderKLWan`]): Wan2.1 video VAE (spatial x8, temporal x4, 16 latent channels).
+        transformer ([`K4DTransformer3DModel`]): the 4D DiT; its config fixes frames and resolution.
+        scheduler ([`UniPCMultistepScheduler`] with ``use_flow_sigmas``/``prediction_type="flow_prediction"``,
+            ``flow_shift=3.0`` as in Wan2.1-I2V-480P, or [`FlowMatchEulerDiscreteScheduler`]).
+        image_encoder ([`~transformers.CLIPVisionModel`]): first-frame tokens (penultimate hidden states).
+        image_processor ([`~transformers.CLIPImageProcessor`], optional): CLIP preprocessing; if None a torch-only
+            equivalent (bicubic resize of the short side, centre crop, CLIP mean/std) is used.
+        batch_cfg (`bool`, defaults to True): run the conditional and unconditional passes as one forward of batch 2
+            (faster on a GPU with room for it; set False to halve peak activation memory).
+    """
+
+    model_cpu_offload_seq = "image_encoder->transformer->vae"
+    _optional_components = ["image_processor"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKLWan,
+        transformer: K4DTransformer3DModel,
+        scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
+        image_encoder: CLIPVisionModel,
+        image_processor: Any = None,
+        batch_cfg: bool = True,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae, transformer=transformer, scheduler=scheduler, image_encoder=image_encoder,
+            image_processor=image_processor,
+        )
+        self.register_to_config(batch_cfg=bool(batch_cfg))
+        self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal
+        self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
+
+    # ------------------------------------------------------------------------------------------- geometry
+    @property
+    def num_frames(self) -> int:
+        """Video frames T per rollout (49 for the released model), fixed by the transformer config."""
+        return (self.transformer.config.num_latent_frames - 1) * self.vae_scale_factor_temporal + 1
+
+    @property
+    def height(self) -> int:
+        """Frame height H in pixels (480 for the released model)."""
+        return self.transformer.config.latent_height * self.vae_scale_factor_spatial
+
+    @property
+    def width(self) -> int:
+        """Frame width W of ONE modality in pixels (720 for the released model)."""
+        return self.transformer.config.latent_width * self.vae_scale_factor_spatial
+
+    @property
+    def variant(self) -> str:
+        return self.transformer.config.variant
+
+    # --------------------------------------------------------------------------------------------- checks
+    def check_inputs(
+        self,
+        image: Any,
+        robot_xyz: Any,
+        robot_link: Any,
+        robot_rgb: Any,
+        link_colors: Any,
+        xyz_bounds: Any,
+        num_inference_steps: Any,
+        guidance_scale: Any,
+        cfg_mode: Any,
+        output_type: Any,
+    ) -> None:
+        """Validate every argument of ``__call__`` before any work; errors name the argument and its value."""
+        t, h, w = self.num_frames, self.height, self.width
+        img = _to_numpy(image)
+        if img.shape != (h, w, 3):
+            raise ValueError(f"image must have shape ({h}, {w}, 3) (H, W, RGB) for this model, got {img.shape}; "
+                             f"resize/crop it with the camera intrinsics so the pointmaps stay pixel-aligned")
+        if img.dtype != np.uint8 and (not np.issubdtype(img.dtype, np.floating) or img.min() < 0 or img.max() > 1):
+            raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {img.dtype} with range "
+                             f"[{img.min()}, {img.max()}]")
+        xyz = _to_numpy(robot_xyz)
+        if xyz.shape != (t, h, w, 3):
+            raise ValueError(f"robot_xyz must have shape ({t}, {h}, {w}, 3) (T, H, W, xyz metres), got {xyz.shape}")
+        if not np.issubdtype(xyz.dtype, np.floating):
+            raise ValueError(f"robot_xyz must be a float array (metres, NaN background), got dtype {xyz.dtype}")
+        if robot_link is not None:
+            link = _to_numpy(robot_link)
+            if link.shape != (t, h, w) or not np.issubdtype(link.dtype, np.integer):
+                raise ValueError(f"robot_link must be an integer array of shape ({t}, {h}, {w}) (-1 background), "
+                                 f"got shape {link.shape} dtype {link.dtype}")
+        if robot_rgb is not None:
+            rgb = _to_numpy(robot_rgb)
+            if rgb.shape != (t, h, w, 3) or rgb.dtype != np.uint8:
+                raise ValueError(f"robot_rgb must be uint8 of shape ({t}, {h}, {w}, 3), got shape {rgb.shape} "
+                                 f"dtype {rgb.dtype}")
+        if link_colors is not None:
+            lc = np.asarray(link_colors)
+            if lc.ndim != 2 or lc.shape[1] != 3 or len(lc) == 0 or lc.min() < 0 or lc.max() > 255:
+                raise ValueError(f"link_colors must be (L, 3) RGB values in 0..255, got shape {lc.shape}")
+        if xyz_bounds is not None:
+            try:
+                lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in xyz_bounds)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"xyz_bounds must be (lo (3,), hi (3,)) in metres, got {xyz_bounds!r}") from exc
+            if not np.all(hi > lo):
+                raise ValueError(f"xyz_bounds must have hi > lo on every axis, got lo={lo}, hi={hi}")
+        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if cfg_mode not in CFG_MODES:
+            raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        if not self._robot_mask(xyz, robot_link).any():
+            raise ValueError("robot_xyz has no robot pixel (finite xyz" + (" with robot_link >= 0" if robot_link
+                             is not None else "") + ") in any frame; cannot condition on an absent robot")
+
+    @staticmethod
+    def _robot_mask(xyz: np.ndarray, link: Any) -> np.ndarray:
+        """Robot pixels `(T, H, W)` bool: finite xyz (and link id >= 0 when link ids are given)."""
+        mask = np.isfinite(xyz).all(axis=-1)
+        if link is not None:
+            mask &= _to_numpy(link) >= 0
+        return mask
+
+    # ----------------------------------------------------------------------------------------- encoders
+    def _latent_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.vae.config.z_dim
+        mean = torch.tensor(self.vae.config.latents_mean, dtype=torch.float32, device=device).view(1, z, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(self.vae.config.latents_std, dtype=torch.float32, device=device).view(1, z, 1, 1, 1)
+        return mean, inv_std
+
+    def encode_video(self, video01: torch.Tensor) -> torch.Tensor:
+        """VAE-encode a `[1, 3, T, H, W]` video with values in [0, 1] -> normalised latent `[1, 16, F, h, w]` float32.
+
+        Uses the posterior mode (the release samples at training-data preparation and takes the mode for the
+        condition video); normalised with the VAE ``latents_mean``/``latents_std``.
+        """
+        device = self._execution_device
+        x = (video01 * 2.0 - 1.0).to(device=device, dtype=self.vae.dtype)
+        z = self.vae.encode(x).latent_dist.mode().float()
+        mean, inv_std = self._latent_stats(z.device)
+        return (z - mean) * inv_std
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised RGB|XYZ latents `[1, 16, F, h, 2w]` -> video `[1, 3, T, H, 2W]` float32 in [0, 1]."""
+        half = latents.shape[-1] // 2
+        z = torch.cat([latents[..., :half], latents[..., half:] * POINTMAP_LATENT_STD + POINTMAP_LATENT_MEAN], -1)
+        mean, inv_std = self._latent_stats(z.device)
+        z = (z / inv_std + mean).to(self.vae.dtype)
+        video = self.vae.decode(z, return_dict=False)[0].float()
+        return (video / 2 + 0.5).clamp(0, 1)
+
+    def encode_image(self, image_u8: np.ndarray) -> torch.Tensor:
+        """CLIP tokens of the first frame `(H, W, 3)` uint8 -> `[1, N_img, image_dim]` (penultimate hidden states)."""
+        device = self._execution_device
+        enc_device = self.image_encoder.device
+        if self.image_processor is not None:
+            pixels = self.image_processor(images=image_u8, return_tensors="pt")["pixel_values"]
+        else:
+            size = self.image_encoder.config.image_size
+            x = torch.from_numpy(image_u8).permute(2, 0, 1)[None].float() / 255.0
+            h, w = x.shape[-2:]
+            scale = size / min(h, w)
+            x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
+                              align_corners=False, antialias=True).clamp(0, 1)
+            top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+            x = x[..., top : top + size, left : left + size]
+            pixels = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        pixels = pixels.to(device=enc_device, dtype=self.image_encoder.dtype)
+        hidden = self.image_encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        return hidden.to(device)
+
+    # ------------------------------------------------------------------------------------- conditioning
+    def prepare_condition(self, image01: torch.Tensor) -> torch.Tensor:
+        """Mask + condition latent `[1, 4 + 16, F, h, 2w]` float32 from the first frame `[3, H, W]` in [0, 1].
+
+        Condition video: frame 0 = RGB frame | uniform dummy pointmap, frames 1.. = 0 (i.e. -1 after scaling);
+        mask: frame 0 is 1 on the RGB half and 0.5 on the XYZ half, later latent frames 0.
+        """
+        t, h, w = self.num_frames, self.height, self.width
+        pm = torch.from_numpy(uniform_pointmap(h, w)).permute(2, 0, 1)
+        first = torch.cat([image01, pm], dim=-1)[None, :, None]  # 1, 3, 1, H, 2W
+        # zeros in [-1, 1] space, as in the release (video_condition is padded after scaling to [-1, 1])
+        video = torch.cat([first, torch.full((1, 3, t - 1, h, 2 * w), 0.5)], dim=2)
+        latent = self.encode_video(video)  # 1, 16, F, h, 2w
+        mask = torch.zeros(1, self.transformer.config.mask_channels, *latent.shape[2:], device=latent.device)
+        mask[:, :, 0, :, : latent.shape[-1] // 2] = 1.0
+        mask[:, :, 0, :, latent.shape[-1] // 2 :] = 0.5
+        return torch.cat([mask, latent], dim=1)
+
+    def prepare_robot_condition(
+        self, xyz01: np.ndarray, mask: np.ndarray, robot_rgb: np.ndarray | None
+    ) -> torch.Tensor:
+        """Robot condition `[1, 4 + 16, F, h, w_cond]` float32 (mask channels first, then robot latents).
+
+        "full": latents = VAE(robot RGB) | (VAE(robot pointmap) - (-0.17)) / 1.36 along width, mask tiled x2.
+        "pmcond": pointmap latents and untiled mask only.
+        """
+        cfg = self.transformer.config
+        to_video = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().permute(3, 0, 1, 2)[None]
+        pm_latent = (self.encode_video(to_video(xyz01)) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
+        m = torch.from_numpy(mask.astype(np.float32))[None, None]  # 1, 1, T, H, W
+        m = downsample_robot_mask(m, cfg.latent_height, cfg.latent_width, self.vae_scale_factor_temporal)
+        m = m.to(pm_latent.device).repeat_interleave(cfg.mask_channels, dim=1)  # 1, 4, F, h, w
+        if cfg.variant == "pmcond":
+            return torch.cat([m, pm_latent], dim=1)
+        rgb_latent = self.encode_video(to_video(robot_rgb.astype(np.float32) / 255.0))
+        return torch.cat([m.repeat(1, 1, 1, 1, 2), torch.cat([rgb_latent, pm_latent], dim=-1)], dim=1)
+
+    # -------------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: np.ndarray | torch.Tensor,
+        robot_xyz: np.ndarray | torch.Tensor,
+        robot_link: np.ndarray | torch.Tensor | None = None,
+        robot_rgb: np.ndarray | torch.Tensor | None = None,
+        link_colors: np.ndarray | None = None,
+        xyz_bounds: tuple[np.ndarray, np.ndarray] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        cfg_mode: str = "correct",
+        batch_cfg: bool | None = None,
+        latents: torch.Tensor | None = None,
+        callback: Callable[[int, int, float], bool | None] | None = None,
+        output_type: str = "np",
+    ) -> K4DPipelineOutput:
+        r"""Imagine a rollout.
+
+        Args:
+            image: first RGB frame `(H, W, 3)`, uint8 or float in [0, 1] (numpy, torch or PIL); H, W must equal
+                ``pipe.height``, ``pipe.width`` exactly (480 x 720 for the released model); no resizing is done.
+            robot_xyz: robot pointmap sequence `(T, H, W, 3)` float, metres, camera optical frame, NaN off-robot;
+                T = ``pipe.num_frames`` (49).
+            robot_link: `(T, H, W)` int link ids, -1 background (optional; also restricts the robot mask).
+            robot_rgb: `(T, H, W, 3)` uint8 robot appearance video ("full" variant; ignored by "pmcond"); pixels off
+                the robot mask are set to 0. If None, a flat-colour video is rendered from ``robot_link`` and
+                ``link_colors`` (see [`render_robot_rgb`]).
+            link_colors: `(L, 3)` uint8 colour per link id, for the rendered robot RGB.
+            xyz_bounds: ``(lo (3,), hi (3,))`` metres for the robot-pointmap min-max normalisation; default: the
+                per-axis min/max over the sequence's robot pixels (the release normalises per sequence).
+            num_inference_steps: denoising steps (release: 50).
+            guidance_scale: classifier-free guidance weight w (release: 5.0); ``w <= 1`` runs the conditional pass
+                only. ``noise = uncond + w * (cond - uncond)``.
+            generator / seed: initial-noise RNG; ``seed`` builds a CPU ``torch.Generator`` when ``generator`` is None
+                (CPU noise makes a seed give the same noise on every device).
+            cfg_mode: ``"correct"`` (default): the unconditional pass drops the robot condition: the robot
+                cross-attention tokens are zero vectors and the robot latent injection is skipped (no
+                ``arm_cond_proj`` latent added to the condition channels and no robot mask in the mask channels,
+                which keep the first-frame mask). This is exactly what the model computed with its zero-initialised
+                robot projections before fine-tuning, i.e. "no robot information". ``"released"``: reproduces the
+                released code, whose in-place forward makes the unconditional pass keep the robot tokens and add the
+                robot latent twice (equal to the release up to bf16 rounding of the double addition).
+            batch_cfg: override the pipeline's ``batch_cfg`` config (one batch-2 forward for cond + uncond).
+            latents: optional initial noise `[1, 16, F, h, 2w]`.
+            callback: ``callback(step, total, elapsed_s)`` after every denoising step (step counts completed steps,
+                1..total; elapsed_s since denoising began). Return ``False`` (exactly) or raise [`K4DCancelled`] to
+                stop; ``__call__`` then raises [`K4DCancelled`] before the next step. Any other exception propagates.
+            output_type: ``"np"`` decodes frames; ``"latent"`` skips the VAE decode (``rgb``/``xyz`` are None).
+
+        Returns:
+            [`K4DPipelineOutput`] with ``rgb (T, H, W, 3) uint8``, ``xyz (T, H, W, 3) float32 in [0, 1]`` (decoded
+            from the XYZ half), the robot mask, the normalisation bounds, the latents and timings.
+
+        Raises:
+            ValueError: an argument is invalid (message names it and its value).
+            K4DCancelled: the callback cancelled the rollout.
+        """
+        t_start = time.perf_counter()
+        image_np = _to_numpy(image)
+        self.check_inputs(image_np, robot_xyz, robot_link, robot_rgb, link_colors, xyz_bounds,
+                          num_inference_steps, guidance_scale, cfg_mode, output_type)
+        device = self._execution_device
+        tdtype = self.transformer.dtype
+        batch_cfg = self.config.batch_cfg if batch_cfg is None else bool(batch_cfg)
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(int(seed))
+
+        # 1. Robot conditioning inputs (numpy)
+        xyz = _to_numpy(robot_xyz)
+        link = None if robot_link is None else _to_numpy(robot_link)
+        mask = self._robot_mask(xyz, link)
+        xyz01, lo, hi = normalize_robot_pointmap(xyz, mask, xyz_bounds)
+        rgb_robot = None
+        if self.variant == "full":
+            if robot_rgb is None:
+                rgb_robot = render_robot_rgb(link, mask, link_colors)
+            else:
+                rgb_robot = np.where(mask[..., None], _to_numpy(robot_rgb), 0).astype(np.uint8)
+
+        # 2. Encode first frame (CLIP + condition video) and robot condition (VAE)
+        image_u8 = image_np if image_np.dtype == np.uint8 else np.round(image_np * 255).astype(np.uint8)
+        image01 = torch.from_numpy(image_u8).permute(2, 0, 1).float() / 255.0
+        image_tokens = self.encode_image(image_u8).to(tdtype)  # 1, N_img, image_dim
+        condition = self.prepare_condition(image01)  # 1, 20, F, h, 2w
+        robot_condition = self.prepare_robot_condition(xyz01, mask, rgb_robot).to(tdtype)  # 1, 20, F, h, w_cond
+        t_encoded = time.perf_counter()
+
+        # 3. Initial noise and timesteps
+        shape = (1, *self.transformer.latent_shape)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {list(shape)}, got {list(latents.shape)}")
+        else:
+            latents = latents.to(device=device, dtype=torch.float32).clone()
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Per-pass robot scales: cond (tokens 1, injection 1); uncond per cfg_mode
+        do_cfg = guidance_scale > 1.0
+        uncond_scale = (1.0, 2.0) if cfg_mode == "released" else (0.0, 0.0)  # (tokens, injection)
+
+        def predict(latent_in: torch.Tensor, t: torch.Tensor, scales: list[tuple[float, float]]) -> torch.Tensor:
+            n = len(scales)
+            return self.transformer(
+                hidden_states=latent_in.expand(n, -1, -1, -1, -1),
+                timestep=t.expand(n),
+                encoder_hidden_states_image=image_tokens.expand(n, -1, -1),
+                robot_condition=robot_condition.expand(n, -1, -1, -1, -1),
+                robot_token_scale=torch.tensor([s[0] for s in scales], device=device),
+                robot_injection_scale=torch.tensor([s[1] for s in scales], device=device),
+                return_dict=False,
+            )[0]
+
+        # 5. Denoising loop
+        t_loop = time.perf_counter()
+        total = len(timesteps)
+        with self.progress_bar(total=total) as progress:
+            for i, t in enumerate(timesteps):
+                latent_in = torch.cat([latents, condition], dim=1).to(tdtype)  # 1, 36, F, h, 2w
+                if not do_cfg:
+                    noise_pred = predict(latent_in, t, [(1.0, 1.0)])
+                elif batch_cfg:
+                    noise_cond, noise_uncond = predict(latent_in, t, [(1.0, 1.0), uncond_scale]).chunk(2)
+                    noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                else:
+                    noise_cond = predict(latent_in, t, [(1.0, 1.0)])
+                    noise_uncond = predict(latent_in, t, [uncond_scale])
+                    noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+                progress.update()
+                if callback is not None:
+                    try:
+                        keep_going = callback(i + 1, total, time.perf_counter() - t_loop)
+                    except K4DCancelled as exc:
+                        raise K4DCancelled(i + 1, total) from exc
+                    if keep_going is False:
+                        raise K4DCancelled(i + 1, total)
+        t_denoised = time.perf_counter()
+
+        # 6. Decode both halves
+        rgb = xyz_out = None
+        if output_type == "np":
+            video = self.decode_latents(latents)[0].permute(1, 2, 3, 0).cpu().numpy()  # T, H, 2W, 3
+            w = self.width
+            rgb = np.round(video[:, :, :w] * 255.0).astype(np.uint8)
+            xyz_out = np.ascontiguousarray(video[:, :, w:], dtype=np.float32)
+        t_end = time.perf_counter()
+        self.maybe_free_model_hooks()
+        timings = {
+            "encode_s": t_encoded - t_start,
+            "denoise_s": t_denoised - t_loop,
+            "decode_s": t_end - t_denoised,
+            "total_s": t_end - t_start,
+            "steps": float(total),
+        }
+        return K4DPipelineOutput(rgb=rgb, xyz=xyz_out, robot_mask=mask, robot_xyz_lo=lo, robot_xyz_hi=hi,
+                                 latents=latents.cpu(), timings=timings)
+
+
+def make_scheduler(kind: str = "unipc", flow_shift: float = 3.0, num_train_timesteps: int = 1000):
+    """Flow-matching scheduler: ``"unipc"`` (Wan2.1 default: UniPC, bh2, order 2, flow sigmas) or ``"euler"``."""
+    if kind == "unipc":
+        return UniPCMultistepScheduler(
+            num_train_timesteps=num_train_timesteps, prediction_type="flow_prediction", use_flow_sigmas=True,
+            flow_shift=flow_shift, solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True,
+            final_sigmas_type="zero", timestep_spacing="linspace",
+        )
+    if kind == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=flow_shift)
+    raise ValueError(f"scheduler must be 'unipc' or 'euler', got {kind!r}")
