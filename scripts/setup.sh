@@ -41,7 +41,7 @@ STAMP="$VENV/.k4d-requirements-$REQ_HASH"
 if [ $FORCE = 1 ] || [ ! -f "$STAMP" ]; then
   log "installing pinned wheels (ROS 2 Kilted + Python deps)"
   "$VENV/bin/python" -m pip install -q --upgrade pip==24.3.1 >/dev/null
-  "$VENV/bin/python" -m pip install -q -r requirements-ros.txt -r requirements.txt
+  "$VENV/bin/python" -m pip install -q -r requirements-ros.txt -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
   rm -f "$VENV"/.k4d-requirements-*; touch "$STAMP"
 fi
 
@@ -80,10 +80,13 @@ MSGS_SITE=$(ls -d "$ROOT"/ros2_ws/install/k4d_msgs/lib/python3*/site-packages | 
 echo "$MSGS_SITE" > "$SITE/k4d_msgs_install.pth"
 # ros_wheels_bootstrapper puts .venv/lib on LD_LIBRARY_PATH; the typesupport libraries live there too.
 for so in "$ROOT"/ros2_ws/install/k4d_msgs/lib/*.so; do ln -sf "$so" "$VENV/lib/$(basename "$so")"; done
+# Editable installs in "compat" mode (a .pth entry per package folder): from the repository root the
+# folders k4d_kinematics/ etc. would otherwise shadow the packages as namespace packages.
 for pkg in k4d_kinematics k4d_worldmodel k4d_bringup; do
-  if ! "$VENV/bin/python" -m pip show -q "$pkg" >/dev/null 2>&1 || [ $FORCE = 1 ]; then
+  if [ $FORCE = 1 ] || ! grep -qs "$ROOT/$pkg\$" "$SITE"/__editable__.*"$pkg"*.pth; then
     log "pip install -e $pkg"
-    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$pkg" >/dev/null
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
+      --config-settings editable_mode=compat -e "$pkg" >/dev/null
   fi
 done
 log "done in $(( $(date +%s) - t0 )) s"

@@ -133,3 +133,15 @@ def test_conditioning_helpers():
     assert d.shape == (1, 1, 3, 4, 4)
     assert d[0, 0, 0, :2].min() == 1 and d[0, 0, 0, 2:].max() == 0
     assert d[0, 0, 1, 2:].min() == 1 and d[0, 0, 2].max() == 0
+
+
+def test_euler_scheduler_runs(pmcond_pipe):
+    from k4d_worldmodel.pipelines.pipeline_k4d import make_scheduler
+
+    saved = pmcond_pipe.scheduler
+    try:
+        pmcond_pipe.scheduler = make_scheduler("euler", flow_shift=3.0)
+        out = pmcond_pipe(**tiny_inputs(pmcond_pipe), num_inference_steps=2, seed=0, output_type="latent")
+        assert torch.isfinite(out.latents).all()
+    finally:
+        pmcond_pipe.scheduler = saved
