@@ -35,5 +35,10 @@ setup(
     maintainer_email="k4d-dev@example.org",
     description="Bringup for k4d: the MuJoCo YAM workcell sim, launch files, RViz config, recording, datasets and the k4d CLI.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["k4d = k4d_bringup.cli:main"]},
+    entry_points={"console_scripts": [
+        "k4d = k4d_bringup.cli:main",
+        "sim_node = k4d_bringup.ros.sim_node:main",
+        "planner_node = k4d_bringup.ros.planner_node:main",
+        "demo_node = k4d_bringup.ros.demo_node:main",
+    ]},
 )

@@ -23,11 +23,10 @@ TASKS = ("pick_place", "push")
 ARM_JOINTS = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 FINGER_JOINTS = ("joint7", "joint8")
 
-# Realistic YAM joint limits for planning (the URDF's velocity/effort values are placeholders of 1).
-# The YAM uses Damiao DM-J4340 motors on joints 1-3 and DM-J4310 on joints 4-6 (I2RT hardware notes);
-# their rated output speeds are about 5.2 rad/s and 10 rad/s under load. We plan at roughly half of
-# that, as I2RT's own examples move the arm at about 1-3 rad/s. Acceleration/jerk keep the 1-2 kg
-# arm smooth (rest-to-rest 1 rad in about 1 s).
+# Planning limits for the YAM (the URDF's velocity/effort values are placeholders of 1). These are k4d's
+# conservative choices, not datasheet values: about 140 deg/s on the big joints 1-3 and 230 deg/s on the
+# wrist 4-6, i.e. the speeds of typical tele-operated YAM motions, with acceleration/jerk that move a
+# 1 rad rest-to-rest step in about 0.9 s. Override them in config/sim.yaml (planner.max_*) once measured.
 DEFAULT_MAX_VELOCITY = (2.5, 2.5, 2.5, 4.0, 4.0, 4.0)  # rad/s
 DEFAULT_MAX_ACCELERATION = (8.0, 8.0, 8.0, 12.0, 12.0, 12.0)  # rad/s^2
 DEFAULT_MAX_JERK = (80.0, 80.0, 80.0, 120.0, 120.0, 120.0)  # rad/s^3
@@ -85,8 +84,8 @@ class CameraConfig:
     fy: float = 600.0
     camera_info_yaml: str = ""
     extrinsics_yaml: str = ""
-    eye_base: tuple = (0.80, 0.46, 0.58)
-    target_base: tuple = (0.25, 0.0, 0.08)
+    eye_base: tuple = (1.05, 0.5, 0.8)
+    target_base: tuple = (0.26, 0.0, 0.1)
     znear: float = 0.05
     zfar: float = 5.0
     rate_hz: float = 30.0
@@ -228,7 +227,7 @@ class PlannerConfig:
     """Time parameterisation limits (ruckig) for joint1..6, in joint order.
 
     max_velocity (rad/s), max_acceleration (rad/s^2), max_jerk (rad/s^3): (6,) each; the URDF's
-    velocity limits are placeholders, these are the documented realistic limits above.
+    velocity limits are placeholders; the defaults are the conservative k4d limits documented above.
     sample_dt: spacing of the returned trajectory samples (s); 0.004 = the 250 Hz controller rate.
     cartesian_step: spacing of the IK waypoints along a straight Cartesian path (metres).
     cartesian_max_joint_step: largest joint jump allowed between consecutive Cartesian waypoints (rad);

@@ -236,8 +236,9 @@ def _random_rgb(rng: np.random.Generator, sat=(0.45, 1.0), val=(0.35, 0.95)) -> 
 def sample_layout(cfg: SimConfig, seed: int, scenario: str | None = None, task: str | None = None) -> SceneLayout:
     """Draw a scene layout from ``seed`` (deterministic: same config + seed -> same layout).
 
-    The target object is placed at least ``2 * min_separation`` from the zone so the task is non-trivial;
-    distractors (count from the scenario's range) keep ``min_separation`` + their radii from everything.
+    The target object is placed at least ``1.5 * min_separation`` from the zone so the task is non-trivial;
+    distractors (count from the scenario's range) keep 1.5 cm + their radii from everything, in the workspace
+    grown by 6-8 cm.
     For "push" the target is placed so the pushing direction (object -> zone) points away from the base.
     Raises ValueError if the workspace is too small to place everything.
     """
@@ -301,8 +302,16 @@ def sample_layout(cfg: SimConfig, seed: int, scenario: str | None = None, task: 
         else:
             raise ValueError("could not place the push object in front of the goal zone")
     else:
-        zone_xy = place(zone_r, sc.min_separation)
-        xy = place(target.radius, 2 * sc.min_separation)
+        for attempt in range(50):  # re-draw the zone if the target does not fit far enough from it
+            zone_xy = place(zone_r, sc.min_separation)
+            try:
+                xy = place(target.radius, 1.5 * sc.min_separation, tries=100)
+                break
+            except ValueError:
+                placed.clear()
+        else:
+            raise ValueError(f"could not place the target {1.5 * sc.min_separation:.3f} m from the zone in workspace "
+                             f"x={wx}, y={wy}; enlarge the workspace or reduce min_separation")
     target = ObjectSpec(**{**target.__dict__, "pos_base": (float(xy[0]), float(xy[1]), target.half_height)})
     zone = ZoneSpec((float(zone_xy[0]), float(zone_xy[1])), zone_r, _random_rgb(rng, sat=(0.2, 0.6)) + (1.0,),
                     sc.place_target if task == "pick_place" else "zone")
@@ -311,7 +320,8 @@ def sample_layout(cfg: SimConfig, seed: int, scenario: str | None = None, task: 
     objects = [target]
     for i in range(int(rng.integers(lo_n, hi_n + 1))):
         o = make_object(f"distractor{i}", "distractor", sc.distractor_max_radius)
-        xy = place(o.radius, sc.min_separation * 0.4)
+        # clutter spreads a little beyond the task workspace (still on the table, in reach)
+        xy = place(o.radius, 0.015, region=((wx[0] - 0.06, wx[1] + 0.08), (wy[0] - 0.08, wy[1] + 0.08)))
         objects.append(ObjectSpec(**{**o.__dict__, "pos_base": (float(xy[0]), float(xy[1]), o.half_height)}))
 
     # 3. table, floor, lights
@@ -406,7 +416,6 @@ def build_spec(cfg: SimConfig, layout: SceneLayout, robot=None, urdf_path: str |
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     spec.option.impratio = 10.0
-    spec.option.noslip_iterations = 3
     # Rendering: fixed extent so znear/zfar are in metres; offscreen buffer big enough for the camera.
     spec.stat.extent = 1.0
     spec.stat.center = [0.3, 0.0, 0.2]

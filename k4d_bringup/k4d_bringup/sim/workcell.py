@@ -181,8 +181,9 @@ class YamSim:
         if frame_callback is None or not frame_period:
             self.step_to(t_end)
             return
-        while self.time < t_end - 1e-9:
-            self.step_to(min(t_end, self.time + frame_period))
+        while self.time < t_end - 0.5 * self.timestep:
+            if self.step_to(min(t_end, self.time + frame_period)) == 0:
+                break
             frame_callback(self)
 
     # -- camera -----------------------------------------------------------------------------------

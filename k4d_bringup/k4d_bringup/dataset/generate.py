@@ -1,0 +1,282 @@
+"""Generate simulated YAM episodes (RGB, world pointmap, robot pointmap, trajectories, labels) in parallel.
+
+    .venv/bin/k4d dataset generate --episodes 8 --seed 0 --out /tmp/k4d_ds --workers 2
+    # or: from k4d_bringup.dataset.generate import generate; generate(8, 0, "/tmp/k4d_ds", workers=2)
+
+Episode i is a pure function of (seed, i) and the options: its scene seed is drawn from
+``SeedSequence([seed, i])``, its noise level is ``sigmas[i % len(sigmas)]`` and its task is
+``tasks[(i // len(sigmas)) % len(tasks)]``, so the output does not depend on the worker count or order.
+Workers are ``multiprocessing`` processes started with "spawn" (each has its own OpenGL context).
+
+Per episode: the scripted policy runs with graded failure injection (``sim.policies``); the full state is
+recorded at every camera tick (``camera.rate_hz``); then ``num_frames`` ticks evenly spread over the episode
+(first and last included) are rendered: RGB + depth from MuJoCo, and the robot pointmap + mask from
+``k4d_kinematics.pointmap.PointmapRenderer`` for the recorded joint positions (not from segmentation).
+The file format is documented in FORMAT.md; ``load_episode`` reads it back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+FORMAT_VERSION = 1
+DEFAULT_SIGMAS = (0.0, 0.5, 0.8, 1.2)
+
+
+@dataclass
+class GenerateOptions:
+    """Options of one dataset run (stored in ``dataset.json``).
+
+    num_frames: frames per episode (Kinema4D clips: 49). scenario: easy|medium|hard. sigmas: failure-injection
+    noise levels cycled over episodes. tasks: cycled every len(sigmas) episodes. width, height, fy: camera
+    override (None = the sim config's). sim_config: path of a sim YAML ("" = defaults). compress: zip the npz.
+    """
+
+    num_frames: int = 49
+    scenario: str = "easy"
+    sigmas: tuple = DEFAULT_SIGMAS
+    tasks: tuple = ("pick_place", "push")
+    width: int | None = None
+    height: int | None = None
+    fy: float | None = None
+    sim_config: str = ""
+    compress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from ..sim.config import SCENARIOS, TASKS
+
+        if not (isinstance(self.num_frames, int) and 2 <= self.num_frames <= 1000):
+            raise ValueError(f"num_frames = {self.num_frames!r}: must be an int in [2, 1000]")
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario = {self.scenario!r}: must be one of {SCENARIOS}")
+        self.sigmas = tuple(float(s) for s in self.sigmas)
+        if not self.sigmas or any(not np.isfinite(s) or s < 0 for s in self.sigmas):
+            raise ValueError(f"sigmas = {self.sigmas!r}: must be a non-empty list of values >= 0")
+        self.tasks = tuple(self.tasks)
+        bad = [t for t in self.tasks if t not in TASKS]
+        if not self.tasks or bad:
+            raise ValueError(f"tasks = {self.tasks!r}: must be a non-empty subset of {TASKS}")
+
+    def sim_cfg(self, task: str):
+        from ..sim.config import SimConfig
+
+        cfg = SimConfig.from_yaml(self.sim_config) if self.sim_config else SimConfig()
+        cam = cfg.camera
+        for k in ("width", "height", "fy"):
+            if getattr(self, k) is not None:
+                setattr(cam, k, getattr(self, k))
+        cam.__post_init__()
+        return cfg.replace(scenario=self.scenario, task=task)
+
+
+def episode_spec(index: int, seed: int, opts: GenerateOptions) -> dict:
+    """Seed, task, sigma of episode ``index`` (deterministic in (seed, index))."""
+    ss = np.random.SeedSequence([int(seed), int(index)])
+    scene_seed, noise_seed = (int(x) for x in ss.generate_state(2, dtype=np.uint32))
+    return {"index": int(index), "scene_seed": scene_seed, "noise_seed": noise_seed,
+            "sigma": opts.sigmas[index % len(opts.sigmas)],
+            "task": opts.tasks[(index // len(opts.sigmas)) % len(opts.tasks)], "scenario": opts.scenario}
+
+
+def episode_name(index: int) -> str:
+    return f"{index:06d}"
+
+
+_ROBOT_CACHE: dict = {}
+
+
+def _robot(urdf_path: str):
+    from k4d_kinematics.robot import RobotModel, yam_urdf_path
+
+    key = urdf_path or str(yam_urdf_path())
+    if key not in _ROBOT_CACHE:
+        _ROBOT_CACHE[key] = RobotModel.from_urdf_file(key)
+    return _ROBOT_CACHE[key]
+
+
+def generate_episode(index: int, seed: int, out_dir: str | Path, opts: GenerateOptions, num_threads: int | None = None) -> dict:
+    """Simulate, render and write episode ``index``; returns its summary (also in ``<name>.json``)."""
+    import mujoco
+    from k4d_kinematics.pointmap import PointmapRenderer
+
+    from ..sim.policies import NoiseSpec, make_policy, run_episode
+    from ..sim.workcell import YamSim
+
+    t_wall = time.perf_counter()
+    spec = episode_spec(index, seed, opts)
+    cfg = opts.sim_cfg(spec["task"])
+    sim = YamSim(cfg, seed=spec["scene_seed"], robot=_robot(cfg.scene.urdf_path))
+    m, d = sim.model, sim.data
+
+    # 1. run the policy, recording the full state at every camera tick
+    state_size = mujoco.mj_stateSize(m, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    states, stamps = [], []
+
+    def record(s):
+        buf = np.empty(state_size)
+        mujoco.mj_getState(m, d, buf, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        states.append(buf)
+        stamps.append(s.time)
+
+    t0 = sim.time
+    record(sim)
+    result = run_episode(sim, make_policy(sim), NoiseSpec(sigma=spec["sigma"]),
+                         np.random.default_rng(spec["noise_seed"]), frame_callback=record,
+                         frame_period=1.0 / cfg.camera.rate_hz)
+    # 2. pick num_frames camera ticks over the episode and restore + render them
+    pick = np.linspace(0, len(states) - 1, opts.num_frames).round().astype(int)
+    T, H, W = opts.num_frames, sim.camera_info.height, sim.camera_info.width
+    rgb = np.empty((T, H, W, 3), np.uint8)
+    depth = np.empty((T, H, W), np.float32)
+    q = np.empty((T, sim.robot.num_joints))
+    n_obj = len(sim.layout.objects)
+    obj_pos, obj_quat = np.empty((T, n_obj, 3)), np.empty((T, n_obj, 4))
+    traj_q = np.empty((len(states), sim.robot.num_joints))
+    for k, st in enumerate(states):
+        mujoco.mj_setState(m, d, st, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        traj_q[k] = d.qpos[sim.scene.qpos_adr]
+    for t, k in enumerate(pick):
+        mujoco.mj_setState(m, d, states[k], mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        mujoco.mj_forward(m, d)
+        fr = sim.render(rgb=True, depth=True)
+        rgb[t], depth[t] = fr.rgb, fr.depth
+        q[t] = sim.q_robot()
+        for i, o in enumerate(sim.object_states()):
+            obj_pos[t, i], obj_quat[t, i] = o.pos_base, o.quat_wxyz
+    # 3. the robot pointmap from kinematics (the control signal), not from segmentation
+    pr = PointmapRenderer(sim.robot, sim.camera_info, sim.extrinsics, num_threads=num_threads)
+    robot_xyz, robot_link = pr.render_sequence(q)
+    sim.close()
+
+    # 4. write
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = episode_name(index)
+    times = np.asarray(stamps)[pick] - t0
+    cam = sim.camera_info
+    arrays = dict(rgb=rgb, depth=depth, robot_xyz=robot_xyz, robot_link=robot_link, times=times, q=q,
+                  traj_times=np.asarray(stamps) - t0, traj_positions=np.clip(traj_q, sim.robot.lower, sim.robot.upper),
+                  object_pos=obj_pos, object_quat_wxyz=obj_quat, actions_T_base_tcp=result.actions_T,
+                  actions_gripper=result.actions_gripper, K=cam.K, T_base_cam=sim.extrinsics.T_base_cam)
+    tmp = out_dir / f".{name}.tmp.npz"
+    (np.savez_compressed if opts.compress else np.savez)(tmp, **arrays)
+    os.replace(tmp, out_dir / f"{name}.npz")
+    lay = sim.layout
+    meta = {
+        "format_version": FORMAT_VERSION, "name": name, **spec, "label": result.outcome.label,
+        "success": result.outcome.success, "near_miss": result.outcome.near_miss, "metrics": result.outcome.metrics,
+        "noise_segment": result.noise_segment, "ik_failures": result.ik_failures,
+        "duration_s": float(times[-1]), "num_frames": T, "fps_effective": float((T - 1) / max(times[-1], 1e-9)),
+        "camera": {"width": cam.width, "height": cam.height, "fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy,
+                   "frame_id": cam.frame_id, "rate_hz": cfg.camera.rate_hz},
+        "extrinsics": sim.extrinsics.to_dict(),
+        "joint_names": list(sim.robot.joint_names), "link_names": list(sim.robot.link_names),
+        "objects": [{"name": o.name, "role": o.role, "kind": o.kind, "size": list(o.size), "rgba": list(o.rgba),
+                     "texture": o.texture} for o in lay.objects],
+        "zone": {"center_base": list(lay.zone.center_base), "radius": lay.zone.radius, "kind": lay.zone.kind},
+        "wall_time_s": time.perf_counter() - t_wall,
+    }
+    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _worker_init():
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+
+def _worker(args):
+    index, seed, out_dir, opts, threads = args
+    return generate_episode(index, seed, out_dir, opts, num_threads=threads)
+
+
+def outcome_stats(metas: Sequence[dict]) -> dict:
+    """Per-sigma (and per-task) counts and rates of success / near_miss / failure."""
+    from ..sim.policies import LABELS
+
+    out: dict = {"per_sigma": {}, "per_task_sigma": {}}
+    for key_fn, bucket in ((lambda m: f"{m['sigma']:g}", "per_sigma"),
+                           (lambda m: f"{m['task']}@{m['sigma']:g}", "per_task_sigma")):
+        groups: dict = {}
+        for m in metas:
+            groups.setdefault(key_fn(m), []).append(m["label"])
+        for k, labels in sorted(groups.items()):
+            n = len(labels)
+            out[bucket][k] = {"episodes": n, **{lab: labels.count(lab) for lab in LABELS},
+                              **{f"{lab}_rate": labels.count(lab) / n for lab in LABELS}}
+    return out
+
+
+def generate(episodes: int, seed: int, out_dir: str | Path, workers: int = 1, num_frames: int = 49,
+             scenario: str = "easy", sigmas: Sequence[float] = DEFAULT_SIGMAS, tasks: Sequence[str] = ("pick_place", "push"),
+             progress: bool = True, **options) -> list[dict]:
+    """Generate ``episodes`` episodes into ``out_dir`` with ``workers`` processes; returns their summaries
+    (sorted by index) and writes ``dataset.json`` (options) and ``stats.json`` (``outcome_stats``).
+
+    options: further GenerateOptions fields (width, height, fy, sim_config, compress).
+    """
+    if not (isinstance(episodes, int) and episodes >= 1):
+        raise ValueError(f"episodes = {episodes!r}: must be an int >= 1")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers = {workers!r}: must be an int >= 1")
+    opts = GenerateOptions(num_frames=num_frames, scenario=scenario, sigmas=tuple(sigmas), tasks=tuple(tasks), **options)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = 1 if workers > 1 else None
+    jobs = [(i, int(seed), str(out_dir), opts, threads) for i in range(episodes)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, desc="episodes", unit="ep")
+    metas = []
+    t0 = time.perf_counter()
+    if workers == 1:
+        for j in jobs:
+            metas.append(_worker(j))
+            if bar:
+                bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(workers, episodes), initializer=_worker_init) as pool:
+            for meta in pool.imap_unordered(_worker, jobs):
+                metas.append(meta)
+                if bar:
+                    bar.update(1)
+    if bar:
+        bar.close()
+    metas.sort(key=lambda m: m["index"])
+    wall = time.perf_counter() - t0
+    (out_dir / "dataset.json").write_text(json.dumps({
+        "format_version": FORMAT_VERSION, "episodes": episodes, "seed": int(seed), "workers": workers,
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.__dict__.items()},
+        "names": [m["name"] for m in metas], "wall_time_s": wall}, indent=1))
+    (out_dir / "stats.json").write_text(json.dumps(outcome_stats(metas), indent=1))
+    return metas
+
+
+def load_episode(path: str | Path) -> dict:
+    """Read ``<name>.npz`` (+ ``<name>.json`` as ``meta``). Adds ``world_xyz`` (T, H, W, 3) float32 metres,
+    camera optical frame, back-projected from ``depth`` and ``K`` (NaN where depth is NaN), and
+    ``robot_mask`` (T, H, W) bool = robot_link >= 0."""
+    from ..sim.render import depth_to_xyz
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(".npz")
+    with np.load(path) as z:
+        ep = {k: z[k] for k in z.files}
+    ep["world_xyz"] = depth_to_xyz(ep["depth"], ep["K"])
+    ep["robot_mask"] = ep["robot_link"] >= 0
+    meta = path.with_suffix(".json")
+    ep["meta"] = json.loads(meta.read_text()) if meta.is_file() else {}
+    return ep

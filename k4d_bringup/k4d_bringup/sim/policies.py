@@ -1,0 +1,358 @@
+"""Scripted end-effector policies, graded failure injection, and ground-truth task outcomes.
+
+    from k4d_bringup.sim.policies import make_policy, run_episode, NoiseSpec
+    sim = YamSim(SimConfig(task="pick_place"), seed=3)
+    policy = make_policy(sim)                               # PickPlacePolicy or PushPolicy from the layout
+    result = run_episode(sim, policy, NoiseSpec(sigma=0.8), rng=np.random.default_rng(0))
+    result.outcome.label                                    # "success" | "near_miss" | "failure"
+
+Policies plan a tool-centre-point (TCP) path from the privileged initial object state and emit it as
+action chunks (``ActionChunk``: ``chunk_size`` TCP poses + gripper openings, one per ``dt`` seconds),
+like a chunked VLA/diffusion policy. ``run_episode`` turns each chunk into joint targets with IK seeded
+by the previous solution (``q_t = IK(T_t, q_{t-1})``) and executes them with the trajectory tracker.
+
+Failure injection (Kinema4D appendix, LIBERO failures): the action sequence is cut into three temporal
+segments; from the start of one of them (drawn per episode) Gaussian noise of scale ``sigma`` is added to
+the 6-DoF pose *increments* (so the error accumulates as a random walk) until that segment ends, and
+the accumulated offset then persists; the gripper command is never perturbed. One unit of sigma is
+``pos_unit_m`` metres and ``rot_unit_rad`` radians per action step.
+
+Outcomes come from simulator state only (``TaskMonitor``): pick_place succeeds when the target rests in
+the zone (centre within the zone radius, on the table, released); push succeeds when the target's centre
+is within the zone. A near miss is a non-success where the object got at least halfway closer to the goal
+(or, for pick_place, was lifted at some point or ended within twice the zone radius); the rest fail.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from .ik import top_down_pose
+
+LABELS = ("success", "near_miss", "failure")
+
+
+@dataclass
+class ActionChunk:
+    """T_base_tcp: (K, 4, 4) float64 TCP targets (m, base frame); gripper: (K,) opening, 0 closed .. 1 open;
+    dt: seconds between actions."""
+
+    T_base_tcp: np.ndarray
+    gripper: np.ndarray
+    dt: float
+
+    def __len__(self) -> int:
+        return len(self.gripper)
+
+
+@dataclass
+class NoiseSpec:
+    """Failure injection. sigma: noise scale (0 = clean demo); segment: which of the 3 temporal segments is
+    perturbed (None = drawn from the episode rng); pos_unit_m / rot_unit_rad: one sigma per action step."""
+
+    sigma: float = 0.0
+    segment: int | None = None
+    pos_unit_m: float = 0.01
+    rot_unit_rad: float = 0.05
+    min_tcp_z: float = 0.012
+
+    def __post_init__(self):
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"NoiseSpec.sigma = {self.sigma!r}: must be >= 0")
+        if self.segment is not None and self.segment not in (0, 1, 2):
+            raise ValueError(f"NoiseSpec.segment = {self.segment!r}: must be 0, 1, 2 or None")
+        if self.pos_unit_m < 0 or self.rot_unit_rad < 0:
+            raise ValueError(f"NoiseSpec units must be >= 0, got pos_unit_m={self.pos_unit_m}, "
+                             f"rot_unit_rad={self.rot_unit_rad}")
+
+
+def _min_jerk(n: int) -> np.ndarray:
+    s = np.linspace(0.0, 1.0, n + 1)[1:]
+    return 10 * s ** 3 - 15 * s ** 4 + 6 * s ** 5
+
+
+class ScriptedPolicy:
+    """Base class: a TCP path of keyframes (pose, gripper, duration) sampled every ``dt`` and chunked.
+
+    dt: action period (s). chunk_size: actions per chunk (8-16 like action-chunking policies).
+    """
+
+    task = ""
+
+    def __init__(self, dt: float = 0.1, chunk_size: int = 8):
+        if not (0 < dt <= 1):
+            raise ValueError(f"dt = {dt!r}: must be in (0, 1] s")
+        if not (1 <= chunk_size <= 64):
+            raise ValueError(f"chunk_size = {chunk_size!r}: must be in [1, 64]")
+        self.dt, self.chunk_size = float(dt), int(chunk_size)
+        self._poses = np.zeros((0, 4, 4))
+        self._grip = np.zeros(0)
+        self._cursor = 0
+
+    def keyframes(self, sim) -> list[tuple[np.ndarray, float, float]]:
+        """[(T_base_tcp (4, 4), gripper 0..1, duration s)] from the current state; subclasses implement."""
+        raise NotImplementedError
+
+    def reset(self, sim) -> None:
+        """Plan the whole path from the current sim state."""
+        T = sim.tcp_pose()
+        g = float(np.clip(sim.gripper_width() / sim.robot.gripper.max_width_m, 0, 1))
+        poses, grips = [], []
+        for T_next, g_next, dur in self.keyframes(sim):
+            n = max(int(round(dur / self.dt)), 1)
+            s = _min_jerk(n)
+            r = Rotation.from_matrix(np.stack([T[:3, :3], T_next[:3, :3]]))
+            rv = (r[1] * r[0].inv()).as_rotvec()
+            for a in s:
+                P = np.eye(4)
+                P[:3, :3] = (Rotation.from_rotvec(a * rv) * r[0]).as_matrix()
+                P[:3, 3] = (1 - a) * T[:3, 3] + a * T_next[:3, 3]
+                poses.append(P)
+                grips.append(g_next if g_next != g else g)
+            T, g = T_next, g_next
+        self._poses, self._grip, self._cursor = np.stack(poses), np.asarray(grips, np.float64), 0
+
+    @property
+    def path(self) -> tuple[np.ndarray, np.ndarray]:
+        """The full clean path: (N, 4, 4) TCP poses and (N,) gripper openings."""
+        return self._poses, self._grip
+
+    def act(self, sim=None) -> ActionChunk | None:
+        """The next chunk of actions, or None when the path is exhausted."""
+        if self._cursor >= len(self._grip):
+            return None
+        a, b = self._cursor, min(self._cursor + self.chunk_size, len(self._grip))
+        self._cursor = b
+        return ActionChunk(self._poses[a:b].copy(), self._grip[a:b].copy(), self.dt)
+
+
+def _grasp_yaw(obj) -> float:
+    """Finger yaw for a top-down grasp: cube faces aligned, folded into [-pi/4, pi/4]; cylinders 0."""
+    if obj.kind != "cube":
+        return 0.0
+    return float((obj.yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4)
+
+
+class PickPlacePolicy(ScriptedPolicy):
+    """Top-down pick of the target object and place in the zone (lift ``lift_height`` m)."""
+
+    task = "pick_place"
+
+    def __init__(self, dt: float = 0.1, chunk_size: int = 8, lift_height: float = 0.12):
+        super().__init__(dt, chunk_size)
+        self.lift_height = lift_height
+
+    def keyframes(self, sim):
+        tgt = sim.layout.target
+        st = next(s for s in sim.object_states() if s.name == tgt.name)
+        p = st.pos_base
+        yaw_obj = Rotation.from_quat(np.r_[st.quat_wxyz[1:], st.quat_wxyz[0]]).as_euler("xyz")[2]
+        yaw = _grasp_yaw(type(tgt)(**{**tgt.__dict__, "yaw": yaw_obj}))
+        zc = np.r_[sim.layout.zone.center_base, 0.0]
+        hh = tgt.half_height
+        # Grasp low on tall objects (stable, the pads reach 1.7 cm below the TCP); never below 1.6 cm.
+        grasp_z = max(min(p[2], 0.024), 0.016)
+        place_z = grasp_z + (p[2] - hh) + 0.004  # object bottom 4 mm above the table at release
+        up = self.lift_height
+        return [
+            (top_down_pose(p + [0, 0, up], yaw), 1.0, 1.6),
+            (top_down_pose([p[0], p[1], grasp_z], yaw), 1.0, 1.0),
+            (top_down_pose([p[0], p[1], grasp_z], yaw), 0.0, 0.6),
+            (top_down_pose([p[0], p[1], up], yaw), 0.0, 1.0),
+            (top_down_pose(zc + [0, 0, up], yaw), 0.0, 1.4),
+            (top_down_pose(zc + [0, 0, place_z], yaw), 0.0, 1.0),
+            (top_down_pose(zc + [0, 0, place_z], yaw), 1.0, 0.8),
+            (top_down_pose(zc + [0, 0, up], yaw), 1.0, 1.0),
+        ]
+
+
+class PushPolicy(ScriptedPolicy):
+    """Push the target object's centre onto the zone centre with the closed gripper."""
+
+    task = "push"
+
+    def __init__(self, dt: float = 0.1, chunk_size: int = 8, push_height: float = 0.03):
+        super().__init__(dt, chunk_size)
+        self.push_height = push_height
+
+    def keyframes(self, sim):
+        tgt = sim.layout.target
+        p = next(s for s in sim.object_states() if s.name == tgt.name).pos_base
+        goal = np.asarray(sim.layout.zone.center_base)
+        d = goal - p[:2]
+        dist = float(np.linalg.norm(d))
+        u = d / max(dist, 1e-9)
+        yaw = float(math.atan2(u[1], u[0]))  # fingers (open along tool y) across the push direction
+        yaw = (yaw + math.pi / 2) % math.pi - math.pi / 2
+        back = tgt.radius + 0.03
+        contact = tgt.radius + 0.012
+        z = self.push_height
+        pre = np.r_[p[:2] - u * back, z]
+        end = np.r_[goal - u * contact, z]
+        return [
+            (top_down_pose(pre + [0, 0, 0.1], yaw), 0.0, 1.6),
+            (top_down_pose(pre, yaw), 0.0, 0.9),
+            (top_down_pose(end, yaw), 0.0, max(1.5, dist / 0.06)),
+            (top_down_pose(end + [0, 0, 0.1], yaw), 0.0, 0.8),
+        ]
+
+
+def make_policy(sim, dt: float = 0.1, chunk_size: int = 8) -> ScriptedPolicy:
+    """The scripted policy for ``sim.layout.task``."""
+    if sim.layout.task == "pick_place":
+        return PickPlacePolicy(dt, chunk_size)
+    if sim.layout.task == "push":
+        return PushPolicy(dt, chunk_size)
+    raise ValueError(f"task = {sim.layout.task!r}: no scripted policy")
+
+
+class NoiseInjector:
+    """Applies NoiseSpec to a stream of actions of known total length ``n_actions`` (see module docstring)."""
+
+    def __init__(self, spec: NoiseSpec, n_actions: int, rng: np.random.Generator):
+        self.spec = spec
+        self.segment = spec.segment if spec.segment is not None else int(rng.integers(0, 3))
+        bounds = np.linspace(0, n_actions, 4).round().astype(int)
+        self.start, self.stop = int(bounds[self.segment]), int(bounds[self.segment + 1])
+        self.rng = rng
+        self.k = 0
+        self.offset_pos = np.zeros(3)
+        self.offset_rot = np.zeros(3)
+
+    def __call__(self, T: np.ndarray) -> np.ndarray:
+        s = self.spec
+        if s.sigma > 0 and self.start <= self.k < self.stop:
+            self.offset_pos += self.rng.normal(0.0, s.sigma * s.pos_unit_m, 3)
+            self.offset_rot += self.rng.normal(0.0, s.sigma * s.rot_unit_rad, 3)
+        self.k += 1
+        out = T.copy()
+        out[:3, 3] = T[:3, 3] + self.offset_pos
+        out[2, 3] = max(out[2, 3], s.min_tcp_z)
+        out[:3, :3] = Rotation.from_rotvec(self.offset_rot).as_matrix() @ T[:3, :3]
+        return out
+
+
+@dataclass
+class TaskOutcome:
+    """Ground truth from simulator state. label: success | near_miss | failure; success, near_miss: bools;
+    metrics: initial/final distance to the goal (m), max lift (m), final object pose."""
+
+    label: str
+    success: bool
+    near_miss: bool
+    metrics: dict = field(default_factory=dict)
+
+
+class TaskMonitor:
+    """Tracks the target object during an episode and classifies the outcome.
+
+    Call ``update(sim)`` during the episode (e.g. every frame) and ``outcome(sim)`` at the end.
+    """
+
+    def __init__(self, sim):
+        self.task = sim.layout.task
+        self.name = sim.layout.target.name
+        self.rest_z = sim.layout.target.half_height
+        self.goal = np.asarray(sim.layout.zone.center_base, np.float64)
+        self.radius = float(sim.layout.zone.radius)
+        p0 = self._pos(sim)
+        self.start_xy = p0[:2].copy()
+        self.d0 = float(np.linalg.norm(p0[:2] - self.goal))
+        self.max_lift = 0.0
+
+    def _pos(self, sim) -> np.ndarray:
+        return next(s for s in sim.object_states() if s.name == self.name).pos_base
+
+    def update(self, sim) -> None:
+        self.max_lift = max(self.max_lift, float(self._pos(sim)[2] - self.rest_z))
+
+    def outcome(self, sim) -> TaskOutcome:
+        self.update(sim)
+        p = self._pos(sim)
+        return classify(self.task, p, self.start_xy, self.goal, self.radius, self.rest_z, self.max_lift)
+
+
+def classify(task: str, pos_base, start_xy, goal_xy, zone_radius: float, rest_z: float, max_lift: float) -> TaskOutcome:
+    """Success / near-miss / failure of ``task`` from the target's final position ``pos_base`` (3,) m, its
+    start (2,), the goal centre (2,), zone radius (m), resting centre height (m) and the largest lift (m)."""
+    pos_base, start_xy, goal_xy = (np.asarray(v, np.float64) for v in (pos_base, start_xy, goal_xy))
+    d0 = float(np.linalg.norm(start_xy - goal_xy))
+    d1 = float(np.linalg.norm(pos_base[:2] - goal_xy))
+    in_zone = d1 <= zone_radius
+    resting = abs(float(pos_base[2]) - rest_z) < 0.015
+    if task == "pick_place":
+        success = in_zone and resting
+        near = (not success) and (max_lift > 0.03 or d1 <= 0.5 * d0 or d1 <= 2 * zone_radius)
+    elif task == "push":
+        success = in_zone
+        near = (not success) and (d1 <= 0.5 * d0 or d1 <= 2 * zone_radius)
+    else:
+        raise ValueError(f"task = {task!r}: unknown (pick_place, push)")
+    label = "success" if success else ("near_miss" if near else "failure")
+    return TaskOutcome(label, bool(success), bool(near),
+                       {"d_start_m": d0, "d_final_m": d1, "max_lift_m": float(max_lift),
+                        "final_pos_base": [float(v) for v in pos_base]})
+
+
+@dataclass
+class EpisodeResult:
+    """outcome: TaskOutcome. actions_T / actions_gripper: (N, 4, 4) / (N,) the executed (noisy) actions;
+    ik_failures: number of actions whose IK did not converge (best solution executed); duration: s."""
+
+    outcome: TaskOutcome
+    actions_T: np.ndarray
+    actions_gripper: np.ndarray
+    ik_failures: int
+    duration: float
+    noise_segment: int
+
+
+def run_episode(sim, policy: ScriptedPolicy, noise: NoiseSpec | None = None, rng: np.random.Generator | None = None,
+                frame_callback=None, frame_period: float | None = None, settle: float = 0.5) -> EpisodeResult:
+    """Run ``policy`` on ``sim`` to the end (plus ``settle`` s), injecting ``noise``; returns EpisodeResult.
+
+    Each chunk: IK per action seeded with the previous solution -> a JointTrajectoryData with one point
+    per ``dt`` (arm joints) executed by the tracker; the gripper command of an action is sent when that
+    action starts. frame_callback(sim) is called every ``frame_period`` s of sim time.
+    """
+    from k4d_kinematics.sequence import JointTrajectoryData
+
+    from .config import ARM_JOINTS
+
+    noise = noise or NoiseSpec()
+    rng = rng if rng is not None else np.random.default_rng(0)
+    monitor = TaskMonitor(sim)
+    policy.reset(sim)
+    injector = NoiseInjector(noise, len(policy.path[1]), rng)
+    t_start = sim.time
+    q_seed = sim.q_robot()
+    arm = np.array([sim.robot.joint_names.index(j) for j in ARM_JOINTS])
+    acts_T, acts_g, ik_fail = [], [], 0
+
+    def cb(s):
+        monitor.update(s)
+        if frame_callback is not None:
+            frame_callback(s)
+
+    period = frame_period or 0.05
+    while (chunk := policy.act(sim)) is not None:
+        Q = []
+        for T, g in zip(chunk.T_base_tcp, chunk.gripper):
+            Tn = injector(T)
+            res = sim.ik.solve(Tn, q_seed)
+            ik_fail += int(not res.converged)
+            q_seed = res.q
+            Q.append(res.q[arm])
+            acts_T.append(Tn)
+            acts_g.append(g)
+        times = chunk.dt * np.arange(1, len(Q) + 1)
+        sim.send_trajectory(JointTrajectoryData(joint_names=list(ARM_JOINTS), times=times, positions=np.stack(Q)))
+        for k, g in enumerate(chunk.gripper):
+            sim.set_gripper(normalized=float(np.clip(g, 0.0, 1.0)))
+            sim.step_for(chunk.dt, cb, period)
+    sim.step_for(settle, cb, period)
+    return EpisodeResult(monitor.outcome(sim), np.stack(acts_T), np.asarray(acts_g), ik_fail, sim.time - t_start,
+                         injector.segment)
