@@ -24,9 +24,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import numpy as np
-import rclpy
-import rclpy.executors
-import rclpy.logging
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -230,7 +227,7 @@ def _pose_msg(T: np.ndarray, header: Header) -> PoseStamped:
 
 
 def main(args=None) -> int:
-    from k4d_bringup.ros.node_main import run_node
+    from k4d_kinematics.ros.node_main import run_node
 
     return run_node(DemoNode, "k4d_demo", args)
 

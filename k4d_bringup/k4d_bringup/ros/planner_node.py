@@ -33,12 +33,8 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
-import rclpy
-import rclpy.executors
-import rclpy.logging
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -265,7 +261,7 @@ class PlannerNode(Node):
 
 
 def main(args=None) -> int:
-    from k4d_bringup.ros.node_main import run_node
+    from k4d_kinematics.ros.node_main import run_node
 
     return run_node(PlannerNode, "k4d_planner", args)
 

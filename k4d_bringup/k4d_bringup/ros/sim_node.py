@@ -45,14 +45,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
-import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
-import rclpy.executors  # noqa: E402
-import rclpy.logging  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import ColorRGBA, Float64, Header  # noqa: E402
@@ -414,7 +409,7 @@ class SimNode(Node):
 
 
 def main(args=None) -> int:
-    from k4d_bringup.ros.node_main import run_node
+    from k4d_kinematics.ros.node_main import run_node
 
     return run_node(SimNode, "k4d_sim", args)
 

@@ -27,9 +27,6 @@ import time
 from typing import Mapping, Optional
 
 import numpy as np
-import rclpy
-import rclpy.executors
-import rclpy.logging
 from geometry_msgs.msg import Point
 from k4d_msgs.msg import PointmapSequence
 from rclpy.node import Node
@@ -50,6 +47,7 @@ from k4d_kinematics.ros.extrinsics_source import ExtrinsicsSource
 from k4d_kinematics.ros.node_logic import (JointStateMerger, ThrottledLog, complete_trajectory,
                                            extract_display_trajectory, first_line, ghost_color, ghost_frame_indices,
                                            ghost_triangles, resolve_camera_frame)
+from k4d_kinematics.ros.node_main import run_node
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 from k4d_kinematics.sequence import JointTrajectoryData, PointmapSequenceData, resample
@@ -229,21 +227,7 @@ class PlanNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = PlanNode()
-    except (ValueError, OSError) as exc:  # configuration errors: say which and stop
-        rclpy.logging.get_logger("plan_node").fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PlanNode, "plan_node", args)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,6 @@ import time
 from typing import Optional
 
 import numpy as np
-import rclpy
-import rclpy.executors
-import rclpy.logging
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import Header
@@ -42,6 +39,7 @@ from k4d_kinematics.ros.description_source import DescriptionSource
 from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStats
 from k4d_kinematics.ros.extrinsics_source import ExtrinsicsSource
 from k4d_kinematics.ros.node_logic import JointStateMerger, ThrottledLog, first_line, resolve_camera_frame
+from k4d_kinematics.ros.node_main import run_node
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import SENSOR_QOS
 
@@ -217,21 +215,7 @@ class PointmapNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = PointmapNode()
-    except (ValueError, OSError) as exc:  # configuration errors: say which and stop
-        rclpy.logging.get_logger("pointmap_node").fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PointmapNode, "pointmap_node", args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``main()`` of the k4d_bringup nodes: build, spin, and stop cleanly on Ctrl-C / SIGTERM.
+"""``main()`` of every k4d node: build, spin, and stop cleanly on Ctrl-C / SIGTERM.
 
 A SIGINT shuts the rclpy context down while a callback or a node thread may be publishing; such a
 publish raises (``publisher's context is invalid``). That is a normal stop, not an error: the process
