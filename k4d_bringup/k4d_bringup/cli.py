@@ -17,7 +17,6 @@ _COMMAND_MODULES = (
     "k4d_kinematics.cli",
     "k4d_bringup.sim_cli",
     "k4d_worldmodel.cli",
-    "k4d_bringup.graph_cli",
 )
 
 
