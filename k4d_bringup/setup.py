@@ -40,5 +40,7 @@ setup(
         "sim_node = k4d_bringup.ros.sim_node:main",
         "planner_node = k4d_bringup.ros.planner_node:main",
         "demo_node = k4d_bringup.ros.demo_node:main",
+        "shadow_node = k4d_bringup.ros.shadow_node:main",
+        "overlay_node = k4d_bringup.ros.overlay_node:main",
     ]},
 )

@@ -17,6 +17,8 @@ _COMMAND_MODULES = (
     "k4d_kinematics.cli",
     "k4d_bringup.sim_cli",
     "k4d_worldmodel.cli",
+    "k4d_worldmodel.train_cli",
+    "k4d_bringup.shadow_cli",
 )
 
 

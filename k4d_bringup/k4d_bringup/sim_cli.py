@@ -154,9 +154,11 @@ def build_graph(args, workdir: Path) -> list[NodeSpec]:
                 files.append(config_path("k4d_worldmodel", "imagine_node.yaml"))
             except FileNotFoundError:
                 pass
+            # autostart: no lifecycle manager here; the sim camera's extrinsics serve trajectory goals
             nodes.append(NodeSpec("k4d_imagine", "k4d_worldmodel.ros.imagine_node",
                                   "k4d_worldmodel.ros.imagine_node:ImagineNode", files,
-                                  {"checkpoint": str(args.checkpoint)}))
+                                  {"checkpoint_dir": str(Path(args.checkpoint).resolve()), "autostart": True,
+                                   **kin_over}))
     return nodes
 
 

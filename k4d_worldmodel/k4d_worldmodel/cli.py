@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +59,7 @@ def _run_imagine(args: argparse.Namespace) -> int:
     import imageio.v2 as imageio
 
     from .config import WorldModelConfig
-    from .lifting import lift_pointmaps
-    from .loading import load_pipeline
+    from .engine import ImagineEngine, ImagineRequest, sequence_from_arrays, summary_dict
 
     cfg = WorldModelConfig(
         checkpoint_dir=args.checkpoint, base_model_dir=args.base_model or "", variant=args.variant,
@@ -81,42 +79,40 @@ def _run_imagine(args: argparse.Namespace) -> int:
             raise KeyError(f"--pointmaps {npz_path} has no 'xyz' array (keys: {sorted(data.keys())})")
         xyz = data["xyz"].astype(np.float32)
         link = data["link"] if "link" in data else None
-        K = data["K"].tolist() if "K" in data else None
+        K = data["K"] if "K" in data else None
+    sequence = sequence_from_arrays(xyz, link, K, fps=args.fps)
 
-    t0 = time.perf_counter()
-    pipe = load_pipeline(cfg)
-    load_s = time.perf_counter() - t0
-    out = pipe(image=image, robot_xyz=xyz, robot_link=link, num_inference_steps=cfg.num_inference_steps,
-               guidance_scale=cfg.guidance_scale, seed=cfg.seed, cfg_mode=cfg.cfg_mode, batch_cfg=cfg.batch_cfg)
-    xyz_m, fit = lift_pointmaps(out.xyz, xyz, out.robot_mask, cfg.metric_lift_config())
+    engine = ImagineEngine(cfg)
+    engine.load()
+    result = engine.run(ImagineRequest(image=image, sequence=sequence))
 
     out_dir = Path(args.out)
     for sub in ("rgb", "xyz", "ply"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    depth = xyz_m[..., 2] if fit.metric else out.xyz[..., 2]
+    depth = result.xyz[..., 2]
     finite = depth[np.isfinite(depth)]
     lo, hi = (np.percentile(finite, 2), np.percentile(finite, 98)) if finite.size else (0.0, 1.0)
     frames, n_points = [], 0
-    for k in range(out.rgb.shape[0]):
-        imageio.imwrite(out_dir / "rgb" / f"{k:03d}.png", out.rgb[k])
-        imageio.imwrite(out_dir / "xyz" / f"{k:03d}.png", np.round(out.xyz[k] * 255).astype(np.uint8))
-        frames.append(np.concatenate([image, out.rgb[k], depth_colormap(depth[k], lo, hi)], axis=1))
+    for k in range(result.rgb.shape[0]):
+        imageio.imwrite(out_dir / "rgb" / f"{k:03d}.png", result.rgb[k])
+        imageio.imwrite(out_dir / "xyz" / f"{k:03d}.png", np.round(result.xyz01[k] * 255).astype(np.uint8))
+        frames.append(np.concatenate([image, result.rgb[k], depth_colormap(depth[k], lo, hi)], axis=1))
         if not args.no_ply:
-            pts = xyz_m[k] if fit.metric else out.xyz[k]
-            n_points += write_ply(out_dir / "ply" / f"{k:03d}.ply", pts.reshape(-1, 3), out.rgb[k].reshape(-1, 3))
+            n_points += write_ply(out_dir / "ply" / f"{k:03d}.ply", result.xyz[k].reshape(-1, 3),
+                                  result.rgb[k].reshape(-1, 3))
     imageio.mimwrite(out_dir / "rollout.mp4", frames, fps=args.fps, macro_block_size=1)
+    pipe = engine.pipe
     summary = {
         "checkpoint": str(cfg.checkpoint_dir), "image": str(image_path), "pointmaps": str(npz_path),
-        "variant": cfg.variant, "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "seed": cfg.seed,
-        "cfg_mode": cfg.cfg_mode, "scheduler": cfg.scheduler, "device": str(pipe.device),
-        "dtype": str(pipe.transformer.dtype), "frames": int(out.rgb.shape[0]),
-        "height": int(out.rgb.shape[1]), "width": int(out.rgb.shape[2]), "camera_K": K,
-        "robot_xyz_lo_m": out.robot_xyz_lo.tolist(), "robot_xyz_hi_m": out.robot_xyz_hi.tolist(),
-        "metric_lift": fit.to_dict(), "ply_points": n_points, "load_s": load_s, **out.timings,
+        "variant": cfg.variant, "device": str(pipe.device), "dtype": str(pipe.transformer.dtype),
+        "frames": int(result.rgb.shape[0]), "height": int(result.rgb.shape[1]), "width": int(result.rgb.shape[2]),
+        "camera_K": None if K is None else np.asarray(K).tolist(), "ply_points": n_points, "load_s": engine.load_s,
+        **summary_dict(result),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"k4d imagine: wrote {out.rgb.shape[0]} frames to {out_dir} (metric lift: {fit.quality}, "
-          f"residual {fit.residual_m:.4f} m, {out.timings['total_s']:.1f} s)", file=sys.stderr)
+    print(f"k4d imagine: wrote {result.rgb.shape[0]} frames to {out_dir} (model {result.model_id}, seed "
+          f"{result.sampling.seed}, metric lift: {result.lift.quality}, residual {result.lift.residual_m:.4f} m, "
+          f"{result.timings['generation_s']:.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -133,7 +129,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
-    p.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
+    p.add_argument("--seed", type=int, default=42, help="noise seed (default 42; negative = draw one, reported)")
     p.add_argument("--variant", choices=("pmcond", "full"), default="pmcond", help="model variant (default pmcond)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))

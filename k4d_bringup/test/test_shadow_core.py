@@ -1,0 +1,352 @@
+"""Shadow-mode core without a ROS graph: durable log, queue/skip policy, scoring, aggregation, report, calib check,
+and the offline replay of a recording through the real (tiny) world model.
+
+Scenes are synthetic (``k4d_bringup.shadow.synthetic``: table, box and the YAM rendered through a known
+calibration) and small (48 x 32 for the tiny world model, 96 x 64 for the calibration check).
+"""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from k4d_bringup.shadow.aggregate import calibration_of, ranking, table3
+from k4d_bringup.shadow.calib import alignment_score
+from k4d_bringup.shadow.chunks import ChunkQueue
+from k4d_bringup.shadow.config import ShadowConfig
+from k4d_bringup.shadow.guard import ActuatorGuard
+from k4d_bringup.shadow.log import ShadowLog, read_log
+from k4d_bringup.shadow.metrics import _mmrv, _pearson_r, backproject_depth, mmrv, pearson_r
+from k4d_bringup.shadow.session import Kinematics, RolloutData, ShadowSession
+from k4d_bringup.shadow.synthetic import SyntheticScene
+from k4d_kinematics.sequence import JointTrajectoryData
+
+ARM = [f"joint{i}" for i in range(1, 7)]
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return SyntheticScene.default(48, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Durable log
+# ---------------------------------------------------------------------------------------------
+
+
+def test_log_survives_a_crash_with_a_truncated_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = ShadowLog(path)
+    for i in range(5):
+        log.append({"kind": "episode", "episode_id": f"e{i}", "psnr_db": float("nan"), "x": np.float32(0.5)})
+    log.close()
+    good = path.read_bytes()
+    # Simulated crash: the process died while writing record 6 (half a line, no newline).
+    with open(path, "ab") as fh:
+        fh.write(b'{"v":1,"kind":"chunk","episode_id":"e5","psn')
+    stats = {}
+    recs = read_log(path, stats)
+    assert [r["episode_id"] for r in recs] == [f"e{i}" for i in range(5)]
+    assert stats["skipped_torn"] == 1
+    assert recs[0]["psnr_db"] is None and recs[0]["x"] == 0.5  # NaN -> null, numpy -> float
+    # The node restarts and appends: the torn line stays isolated, the new record is readable.
+    log = ShadowLog(path)
+    log.append({"kind": "episode", "episode_id": "after_restart"})
+    log.close()
+    recs = read_log(path, stats)
+    assert [r["episode_id"] for r in recs][-1] == "after_restart" and len(recs) == 6
+    assert path.read_bytes().startswith(good)
+    # A complete but corrupt line in the middle is corruption, not a crash: it raises.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"a":1}\n{"a":}\n{"a":2}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        read_log(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue / skip policy
+# ---------------------------------------------------------------------------------------------
+
+
+def test_queue_policies_count_skips():
+    q = ChunkQueue(2, "drop_oldest")
+    assert q.push(1) == [] and q.push(2) == []
+    assert q.push(3) == [1] and q.push(4) == [2]
+    assert q.items() == [3, 4] and q.skipped == 2
+    q = ChunkQueue(2, "drop_newest")
+    q.push(1), q.push(2)
+    assert q.push(3) == [3] and q.push(4) == [4] and q.items() == [1, 2] and q.skipped == 2
+    assert ChunkQueue(0, "drop_oldest").push(7) == [7]
+    with pytest.raises(ValueError, match="policy"):
+        ChunkQueue(1, "drop_random")
+
+
+def _chunk(dq=0.1, duration=0.8, n=8, q0=None):
+    """A chunk moving joint1 by dq from q0 (absolute positions, as a policy sends them)."""
+    t = duration * np.arange(1, n + 1) / n
+    start = np.zeros(6) if q0 is None else np.asarray(q0)[:6]
+    return JointTrajectoryData(ARM, t, start + np.outer(t / duration, [dq, 0, 0, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("policy,expected_skipped", [("drop_oldest", [1, 2]), ("drop_newest", [2, 3])])
+def test_session_skips_chunks_while_the_world_model_is_busy(scene, policy, expected_skipped):
+    cfg = ShadowConfig(num_frames=9, queue_size=1, queue_policy=policy, save_frames=False)
+    out = []
+    kin = Kinematics(scene.model, scene.camera, scene.extrinsics)
+    s = ShadowSession(cfg, kin, out.append)
+    q0 = scene.home_q()
+    s.on_frame(0, np.zeros((32, 48, 3), np.uint8), None, q0)
+    t = 1_000_000
+    s.on_chunk(_chunk(), "live", t, q0)
+    assert s.next_dispatch(t, server_ready=True).chunk_index == 0  # in flight: the world model is busy
+    for i in range(1, 4):  # three more chunks arrive during the imagination; the queue holds one
+        s.on_chunk(_chunk(), "live", t + i * 1000, q0)
+    skipped = [r for r in out if r["status"] == "skipped"]
+    assert [r["chunk_index"] for r in skipped] == expected_skipped
+    assert s.queue.skipped == 2 and s.status()["skipped"] == 2
+    assert all("queue policy" in r["status_message"] for r in skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring with an oracle world model (perfect imagination = the scene itself)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_scoring_of_a_perfect_imagination(scene, tmp_path):
+    box = scene.box_xy
+    cfg = ShadowConfig(num_frames=9, success_predicate="region", success_min_points=2, settle_s=0.1,
+                       success_region_min=[box[0] - 0.05, box[1] - 0.05, 0.03],
+                       success_region_max=[box[0] + 0.05, box[1] + 0.05, 0.12])
+    out = []
+    kin = Kinematics(scene.model, scene.camera, scene.extrinsics)
+    s = ShadowSession(cfg, kin, out.append, frames_dir=tmp_path / "frames")
+    q0 = scene.home_q()
+    s.on_episode_event("start pick_box", 0)
+    traj = _chunk(0.2, q0=q0)
+    t0 = 100_000_000
+
+    def q_at(t_s):
+        q = q0.copy()
+        q[0] += 0.2 * min(max(t_s / 0.8, 0), 1)
+        return q
+
+    rgb, depth = scene.render(q0)
+    s.on_frame(t0 - 10_000_000, rgb, depth, q0)
+    rec = s.on_chunk(traj, "live", t0, q0)
+    assert s.next_dispatch(t0, server_ready=True) is rec
+    # Oracle imagination: the scene rendered at the conditioning's joint positions, XYZ from its depth.
+    frames = [scene.render(q) for q in rec.seq.positions]
+    imag = RolloutData(np.stack([f[0] for f in frames]), np.stack([backproject_depth(f[1], scene.camera)
+                                                                   for f in frames]), True, "oracle")
+    s.on_imagined(rec, imag, "", t0 + 50_000_000)
+    for k in range(0, 11):  # the robot executes the chunk; the camera runs at 10 Hz (the imagined frames' rate)
+        t = t0 + int(k * 1e8)
+        r, d = scene.render(q_at(k / 10))
+        s.on_frame(t, r, d, q_at(k / 10))
+        s.tick(t)
+    s.tick(t0 + 2_000_000_000)
+    chunk = [r for r in out if r["kind"] == "chunk"]
+    assert len(chunk) == 1 and chunk[0]["status"] == "ok", chunk
+    c = chunk[0]
+    assert c["frames_compared"] == 8
+    assert c["psnr_db"] > 40 and c["ssim"] > 0.99  # same poses at the same times
+    assert c["depth_mae_m"] < 0.02
+    assert c["imagined_success"] and c["actual_success"] and c["has_actual"]
+    assert c["imagined_success_probability"] == 1.0
+    assert (tmp_path / "frames" / c["episode_id"] / "chunk_0000_live.npz").is_file()
+    s.on_episode_event("end", t0 + 3_000_000_000)
+    ep = [r for r in out if r["kind"] == "episode"]
+    assert len(ep) == 1 and ep[0]["status"] == "ok" and ep[0]["actual_source"] == "depth"
+    assert ep[0]["imagined_success"] and ep[0]["actual_success"]
+
+
+def test_failed_imagination_fails_chunk_and_episode_keeps_earlier(scene):
+    cfg = ShadowConfig(num_frames=9, save_frames=False, settle_s=0.0, server_wait_s=1.0)
+    out = []
+    s = ShadowSession(cfg, Kinematics(scene.model, scene.camera, scene.extrinsics), out.append)
+    q0 = scene.home_q()
+    img = np.zeros((32, 48, 3), np.uint8)
+    s.on_episode_event("start one", 0)
+    s.on_frame(0, img, None, q0)
+    rec = s.on_chunk(_chunk(), "live", 1, q0)
+    rec = s.next_dispatch(1, True)
+    s.on_imagined(rec, RolloutData(np.zeros((9, 32, 48, 3), np.uint8), np.zeros((9, 32, 48, 3), np.float32), False),
+                  "", 2)
+    for k in range(10):
+        s.on_frame(k * 100_000_000, img, None, q0)
+    s.on_episode_event("end success", 2_000_000_000)
+    s.on_episode_event("start two", 2_000_000_001)
+    s.on_frame(2_000_000_002, img, None, q0)
+    s.on_chunk(_chunk(), "live", 2_000_000_003, q0)
+    rec2 = s.next_dispatch(2_000_000_003, True)
+    s.fail_all_pending("world model action server /k4d/imagine disappeared", 2_100_000_000)
+    s.on_chunk(_chunk(), "live", 2_200_000_000, q0)
+    assert s.next_dispatch(2_300_000_000, server_ready=False) is None  # waits server_wait_s
+    assert s.next_dispatch(3_300_000_000, server_ready=False) is None  # ... then fails
+    s.on_episode_event("end failure", 3_400_000_000)
+    s.tick(5_000_000_000)
+    eps = [r for r in out if r["kind"] == "episode"]
+    assert [e["status"] for e in eps] == ["ok", "failed_to_evaluate"]
+    chunks = [r for r in out if r["kind"] == "chunk" and r["episode_id"] == rec2.episode_id]
+    assert [c["status"] for c in chunks] == ["failed_to_evaluate"] * 2
+    assert "disappeared" in chunks[0]["status_message"] and "not available" in chunks[1]["status_message"]
+    assert eps[1]["has_actual"] and not eps[1]["actual_success"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation: Table 3, Pearson r, MMRV, calibration
+# ---------------------------------------------------------------------------------------------
+
+
+def _episodes(scenario, policy, real, imag, probs=None, mode="live"):
+    probs = probs or [float(x) for x in imag]
+    return [{"kind": "episode", "scenario": scenario, "policy": policy, "mode": mode, "status": "ok",
+             "has_actual": True, "actual_success": bool(r), "imagined_success": bool(i),
+             "imagined_success_probability": p, "imagined_valid": True} for r, i, p in zip(real, imag, probs)]
+
+
+def test_table3_pearson_and_mmrv_on_constructed_inputs():
+    # Kinema4D Table 3 (simulation) success rates as three policies of 50 episodes each.
+    gt, im = [0.48, 0.38, 0.80], [0.56, 0.46, 0.84]
+    recs = []
+    for name, g, i in zip(["pi_a", "pi_b", "pi_c"], gt, im):
+        real = [k < round(g * 50) for k in range(50)]
+        imag = [k < round(i * 50) for k in range(50)]
+        recs += _episodes("sim", name, real, imag)
+    recs.append({"kind": "episode", "scenario": "sim", "policy": "pi_a", "mode": "live",
+                 "status": "failed_to_evaluate", "has_actual": True, "actual_success": True})
+    rows = {r["policy"]: r for r in table3(recs)}
+    assert rows["pi_a"]["episodes"] == 51 and rows["pi_a"]["paired"] == 50 and rows["pi_a"]["failed"] == 1
+    for name, g, i in zip(["pi_a", "pi_b", "pi_c"], gt, im):
+        assert rows[name]["gt_rate"] == pytest.approx(g) and rows[name]["imagined_rate"] == pytest.approx(i)
+        assert rows[name]["diff"] == pytest.approx(i - g)
+    rank = ranking(recs)["sim"]
+    assert rank["pearson_r"] == pytest.approx(np.corrcoef(gt, im)[0, 1])
+    assert rank["mmrv"] == 0.0  # same order
+    # MMRV by hand: real [0.5, 0.3, 0.8], imagined order swaps the first two -> each of them violates by 0.2.
+    assert _mmrv([0.5, 0.3, 0.8], [0.3, 0.6, 0.9]) == pytest.approx(0.4 / 3)
+    assert mmrv([0.5, 0.3, 0.8], [0.3, 0.6, 0.9]) == pytest.approx(0.4 / 3)
+    assert mmrv([0.2, 0.9], [0.9, 0.2]) == pytest.approx(0.7)
+    assert pearson_r([0.1, 0.5, 0.9], [0.2, 0.6, 1.0]) == pytest.approx(1.0)
+    assert pearson_r([0.1, 0.5, 0.9], [0.9, 0.5, 0.1]) == pytest.approx(-1.0)
+    assert math.isnan(pearson_r([0.5], [0.4])) and math.isnan(_pearson_r([0.5, 0.5], [0.1, 0.2]))
+
+
+def test_calibration_of_imagined_probabilities():
+    recs = _episodes("s", "p", [1, 1, 0, 0, 1, 0], [1, 1, 0, 0, 1, 1], probs=[0.9, 0.9, 0.1, 0.1, 0.9, 0.9])
+    cal = calibration_of(recs, bins=5)
+    assert cal["count"] == 6
+    top = cal["bins"][-1]
+    assert top["count"] == 4 and top["mean_prob"] == pytest.approx(0.9) and top["success_rate"] == pytest.approx(0.75)
+    assert cal["ece"] == pytest.approx((4 * 0.15 + 2 * 0.1) / 6)
+    assert cal["brier"] == pytest.approx((3 * 0.01 + 2 * 0.01 + 0.81) / 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guard, config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_actuator_guard_and_config_validation():
+    cfg = ShadowConfig(candidate_topic="/policy_b/joint_trajectory")
+    g = ActuatorGuard(cfg.actuator_topics, [cfg.chunk_topic, cfg.candidate_topic, "/my_robot/cmd"])
+    for bad in ("/arm_controller/joint_trajectory", "/gripper_controller/command", "/gripper/command",
+                "/arm_controller/follow_joint_trajectory/_action/send_goal", "/policy_b/joint_trajectory",
+                "/my_robot/cmd", "/foo/joint_trajectory"):
+        with pytest.raises(ValueError, match="refusing to publish"):
+            g.check(bad)
+    for ok in ("/k4d/shadow/result", "/diagnostics", "/k4d/overlay", "/rosout", "/parameter_events"):
+        assert g.check(ok) == ok
+    with pytest.raises(ValueError, match="queue_policy"):
+        ShadowConfig(queue_policy="skip_all")
+    with pytest.raises(ValueError, match="num_frames must be 4k\\+1"):
+        ShadowConfig(num_frames=10)
+    with pytest.raises(ValueError, match="success_region_min"):
+        ShadowConfig(success_predicate="region")
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration check
+# ---------------------------------------------------------------------------------------------
+
+
+def test_calib_check_scores_correct_high_and_shifted_low(tmp_path):
+    from k4d_bringup.shadow.calib import check_recording
+
+    sc = SyntheticScene.default(96, 64)
+    q = sc.home_q()
+    rgb, _ = sc.render(q)
+    good = alignment_score(rgb, sc.renderer().render(q).mask)
+    bad = alignment_score(rgb, sc.renderer(sc.shifted(0.05, -0.05)).render(q).mask)
+    assert good["valid"] and bad["valid"]
+    assert good["score"] > 0.8 and bad["score"] < 0.6 and good["score"] - bad["score"] > 0.3
+    # The same through a recording, as `k4d calib check` runs it.
+    rec = tmp_path / "calib.mcap"
+    sc.write_recording(rec, [{"dq": [0.2, 0, 0, 0, 0, 0], "duration": 0.4}], fps=10, gap_s=0.0)
+    ok = check_recording(rec, sc.extrinsics, max_frames=6, depth_topic="/camera/depth/image_rect_raw")
+    off = check_recording(rec, sc.shifted(0.05, -0.05), max_frames=6, depth_topic="/camera/depth/image_rect_raw")
+    assert ok["summary"]["valid_frames"] == 6
+    assert ok["summary"]["median_score"] > 0.8 > 0.6 > off["summary"]["median_score"]
+    assert ok["summary"]["median_depth_fraction"] > 0.9 > off["summary"]["median_depth_fraction"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline replay through the real (tiny) world model, then the report
+# ---------------------------------------------------------------------------------------------
+
+
+def test_replay_recording_with_tiny_world_model_and_report(scene, tmp_path):
+    pytest.importorskip("torch")
+    from k4d_bringup.cli import main as k4d_main
+    from k4d_worldmodel.tiny import build_tiny_pipeline
+
+    model_dir = tmp_path / "tiny_model"
+    build_tiny_pipeline("pmcond", seed=0).save_pretrained(model_dir)
+    rec = tmp_path / "run.mcap"
+    chunks = [{"dq": [0.15, 0, 0, 0, 0, 0], "episode_start": "start pick"},
+              {"dq": [0.1, 0.05, 0, 0, 0, 0], "episode_end": "end success"},
+              {"dq": [-0.1, 0, 0, 0, 0, 0], "episode_start": "start pick", "episode_end": "end failure"}]
+    scene.write_recording(rec, chunks, fps=10, candidate_every=2)
+    ext = tmp_path / "extrinsics.yaml"
+    scene.extrinsics.to_yaml(ext)
+    log = tmp_path / "out" / "shadow.jsonl"
+    args = ["shadow", "replay", str(rec), "--checkpoint", str(model_dir), "--device", "cpu", "--log", str(log),
+            "--set", "num_frames=9", "--set", "num_inference_steps=2", "--set", "guidance_scale=1.0",
+            "--set", "extrinsics_source=file", "--set", f"extrinsics_file={ext}",
+            "--set", "depth_topic=/camera/depth/image_rect_raw", "--set", "candidate_topic=/policy_b/joint_trajectory"]
+    assert k4d_main(args) == 0
+    recs = read_log(log)
+    chunks_ = [r for r in recs if r["kind"] == "chunk"]
+    eps = [r for r in recs if r["kind"] == "episode"]
+    live = [c for c in chunks_ if c["mode"] == "live"]
+    assert len(live) == 3 and all(c["status"] == "ok" for c in live)
+    assert all(c["frames_compared"] >= 3 and 0 < c["psnr_db"] < 100 and -1 <= c["ssim"] <= 1 for c in live)
+    assert any(c["mode"] == "candidate" and c["status"] == "ok" and c["psnr_db"] is None for c in chunks_)
+    assert [(e["mode"], e["actual_success"]) for e in eps if e["mode"] == "live"] == [("live", True), ("live", False)]
+    assert all(c["model_id"] for c in live)
+    # Report: index.html with the Table-3 table, plots and a real|imagined video per live episode.
+    out = tmp_path / "report"
+    assert k4d_main(["shadow", "report", str(log), "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert 'class="t3"' in html and "GT success" in html and "imagined success" in html and "MMRV" in html
+    assert "live" in html and "candidate" in html
+    videos = [p for p in os.listdir(out / "assets") if p.startswith("episode_")]
+    assert len(videos) == 2
+    assert any(p.startswith("metric_psnr_db") for p in os.listdir(out / "assets"))
+
+
+def test_report_from_constructed_log_has_table_rows(tmp_path):
+    from k4d_bringup.shadow.report import write_report
+
+    log = tmp_path / "log.jsonl"
+    with ShadowLog(log) as lg:
+        for r in _episodes("real_ood", "pi_a", [1, 0, 0], [1, 1, 0]) + _episodes("real_ood", "pi_b", [1, 1, 1],
+                                                                                [1, 1, 0]):
+            lg.append({**r, "episode_id": "x", "chunk_index": -1})
+    with open(log, "ab") as fh:
+        fh.write(b'{"kind":"epis')  # torn by a crash
+    html = write_report(log, tmp_path / "rep").read_text()
+    assert "real_ood" in html and "pi_a" in html and "pi_b" in html and "1 torn" in html
+    assert "0.33" in html and "0.67" in html and "1.00" in html
+    assert json.loads(log.read_text().splitlines()[0])["policy"] == "pi_a"

@@ -1,0 +1,298 @@
+"""shadow_node over real DDS, fake-free: the shadow node and the real imagine_node (tiny random model, CPU) each in
+their own process; this test plays the robot (a synthetic 48 x 32 RGB-D camera of the YAM following the chunks it
+sends, k4d_bringup.shadow.synthetic) and the episode/policy side.
+
+Checks: the node never publishes on actuator topics (graph inspection + the runtime guard); a chunk is evaluated
+end to end; killing the world-model node (SIGKILL) mid-episode fails the in-flight and the queued chunk and the
+episode (STATUS_FAILED_TO_EVALUATE) while the earlier episode stays OK in the log, and evaluation recovers once
+the node is back. Fast DDS gets a 2 s participant lease here so that the killed node leaves the graph quickly.
+"""
+import fnmatch
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("torch")
+from k4d_msgs.action import Imagine  # noqa: E402
+from k4d_msgs.msg import ShadowEvalResult  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from k4d_bringup.shadow.config import DEFAULT_ACTUATOR_TOPICS  # noqa: E402
+from k4d_bringup.shadow.log import read_log  # noqa: E402
+from k4d_bringup.shadow.synthetic import SyntheticScene  # noqa: E402
+from k4d_bringup.testing import start_process, stop_process  # noqa: E402
+from k4d_kinematics.ros.conversions import (camera_to_camera_info, data_to_joint_trajectory,  # noqa: E402
+                                            numpy_to_image, time_from_ns)
+from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS  # noqa: E402
+from k4d_kinematics.sequence import JointTrajectoryData  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+ARM = [f"joint{i}" for i in range(1, 7)]
+SHADOW = "k4d_shadow_test"
+IMAGINE = "k4d_imagine_shadowtest"
+SHORT_LEASE = """<?xml version="1.0" encoding="UTF-8"?>
+<dds xmlns="http://www.eprosima.com"><profiles>
+  <participant profile_name="short_lease" is_default_profile="true"><rtps><builtin><discovery_config>
+    <leaseDuration><sec>2</sec></leaseDuration>
+    <leaseAnnouncement><sec>0</sec><nanosec>400000000</nanosec></leaseAnnouncement>
+  </discovery_config></builtin></rtps></participant>
+</profiles></dds>
+"""
+# The imagine node with a slowed transformer forward, so a rollout lasts long enough to kill the node during it.
+IMAGINE_CODE = """
+import sys, time
+from k4d_worldmodel.models.transformer_k4d import K4DTransformer3DModel
+_forward = K4DTransformer3DModel.forward
+def _slow_forward(self, *args, **kwargs):
+    time.sleep(0.5)
+    return _forward(self, *args, **kwargs)
+K4DTransformer3DModel.forward = _slow_forward
+from k4d_worldmodel.ros.imagine_node import main
+sys.exit(main(sys.argv))
+"""
+
+
+class Robot:
+    """The test's side of the graph: a synthetic RGB-D camera + joint states of a YAM that follows our chunks."""
+
+    def __init__(self, node, scene: SyntheticScene):
+        self.node, self.scene = node, scene
+        self.q = scene.home_q()
+        self.motion = None  # (t0, q_from, q_to, duration)
+        self.results: list = []
+        self.lock = threading.Lock()
+        self.pub_js = node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
+        self.pub_img = node.create_publisher(Image, "/camera/color/image_raw", SENSOR_QOS)
+        self.pub_depth = node.create_publisher(Image, "/camera/depth/image_rect_raw", SENSOR_QOS)
+        self.pub_info = node.create_publisher(CameraInfo, "/camera/color/camera_info", SENSOR_QOS)
+        self.pub_chunk = node.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", RELIABLE_QOS)
+        self.pub_cand = node.create_publisher(JointTrajectory, "/policy_b/joint_trajectory", RELIABLE_QOS)
+        self.pub_ep = node.create_publisher(String, "/k4d/episode", RELIABLE_QOS)
+        node.create_subscription(ShadowEvalResult, "/k4d/shadow/result", self._on_result, RELIABLE_QOS)
+        node.create_timer(0.1, self._tick)
+
+    def _on_result(self, msg):
+        with self.lock:
+            self.results.append(msg)
+
+    def _tick(self):
+        now = time.time_ns()
+        with self.lock:
+            if self.motion is not None:
+                t0, a, b, dur = self.motion
+                s = min((now - t0) * 1e-9 / dur, 1.0)
+                self.q = a + (b - a) * s
+                if s >= 1.0:
+                    self.motion = None
+            q = self.q.copy()
+        rgb, depth = self.scene.render(q)
+        stamp = time_from_ns(now)
+        js = JointState(name=list(self.scene.model.joint_names), position=[float(x) for x in q])
+        js.header.stamp = stamp
+        self.pub_js.publish(js)
+        info = camera_to_camera_info(self.scene.camera)
+        info.header.stamp = stamp
+        self.pub_info.publish(info)
+        d = numpy_to_image(np.nan_to_num(depth, nan=0.0).astype(np.float32), "32FC1")
+        d.header.stamp, d.header.frame_id = stamp, self.scene.camera.frame_id
+        self.pub_depth.publish(d)
+        img = numpy_to_image(rgb, "rgb8")
+        img.header.stamp, img.header.frame_id = stamp, self.scene.camera.frame_id
+        self.pub_img.publish(img)
+
+    def send_chunk(self, dq: float, duration: float = 0.8):
+        """The live policy's chunk: joint1 moves by dq (absolute positions); the robot executes it."""
+        with self.lock:
+            a = self.q.copy()
+            b = a.copy()
+            b[0] += dq
+            self.motion = (time.time_ns(), a, b, duration)
+        t = duration * np.arange(1, 9) / 8
+        Q = a[:6][None] + np.outer(t / duration, b[:6] - a[:6])
+        self.pub_chunk.publish(data_to_joint_trajectory(JointTrajectoryData(ARM, t, Q)))
+
+    def episode(self, text: str):
+        self.pub_ep.publish(String(data=text))
+
+    def find(self, pred):
+        with self.lock:
+            return [r for r in self.results if pred(r)]
+
+
+def wait_for(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    from k4d_worldmodel.tiny import build_tiny_pipeline
+
+    tmp = tmp_path_factory.mktemp("shadow_node")
+    model_dir = tmp / "tiny_model"
+    build_tiny_pipeline("pmcond", seed=0).save_pretrained(model_dir)
+    scene = SyntheticScene.default(48, 32)
+    ext = tmp / "extrinsics.yaml"
+    scene.extrinsics.to_yaml(ext)
+    profile = tmp / "fastdds_short_lease.xml"
+    profile.write_text(SHORT_LEASE)
+    env = {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "PYTHONUNBUFFERED": "1"}
+    cwd = str(tmp)  # not the repository root: its package folders would shadow the packages
+    imagine_args = [sys.executable, "-c", IMAGINE_CODE, "--ros-args", "-r", f"__node:={IMAGINE}",
+                    "-p", f"checkpoint_dir:={model_dir}", "-p", "device:=cpu", "-p", "autostart:=true",
+                    "-p", "num_inference_steps:=3", "-p", "guidance_scale:=1.0", "-p", "preview:=false",
+                    "-p", "camera_info_topic:=/camera/color/camera_info"]
+    from k4d_bringup.sim_cli import config_path
+
+    log = tmp / "shadow" / "log.jsonl"
+    shadow_args = [sys.executable, "-m", "k4d_bringup.ros.shadow_node", "--ros-args", "-r", f"__node:={SHADOW}",
+                   "--params-file", str(config_path("k4d_bringup", "shadow_node.yaml")),
+                   "-p", "num_frames:=9", "-p", "depth_topic:=/camera/depth/image_rect_raw",
+                   "-p", "extrinsics_source:=file", "-p", f"extrinsics_file:={ext}", "-p", f"log_path:={log}",
+                   "-p", "server_wait_s:=1.5", "-p", "settle_s:=0.1", "-p", "scenario:=synthetic",
+                   "-p", "policy:=scripted", "-p", "candidate_topic:=/policy_b/joint_trajectory"]
+    procs = {"imagine": start_process(imagine_args, env=env, cwd=cwd),
+             "shadow": start_process(shadow_args, env=env, cwd=cwd)}
+    rclpy.init()
+    node = rclpy.create_node("shadow_test_robot")
+    robot = Robot(node, scene)
+    client = ActionClient(node, Imagine, "/k4d/imagine")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    th = threading.Thread(target=ex.spin, daemon=True)
+    th.start()
+    outputs = {}
+    try:
+        assert wait_for(lambda: client.server_is_ready() or procs["imagine"].poll() is not None, 120), "no imagine"
+        assert procs["imagine"].poll() is None, stop_process(procs["imagine"])
+        assert wait_for(lambda: SHADOW in node.get_node_names() or procs["shadow"].poll() is not None, 60)
+        assert procs["shadow"].poll() is None, stop_process(procs["shadow"])
+        yield {"node": node, "robot": robot, "client": client, "procs": procs, "args": imagine_args, "env": env,
+               "cwd": cwd, "log": log, "outputs": outputs}
+    finally:
+        ex.shutdown(timeout_sec=2.0)
+        th.join(timeout=5.0)
+        for name, p in procs.items():
+            outputs[name] = stop_process(p)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        for name, out in outputs.items():
+            print(f"---- {name} ----\n{out[-3000:]}")
+
+
+def _actuator(topic: str, extra=("/arm_controller/joint_trajectory", "/policy_b/joint_trajectory")) -> bool:
+    return any(fnmatch.fnmatchcase(topic, p) for p in list(DEFAULT_ACTUATOR_TOPICS) + list(extra))
+
+
+def _assert_no_actuator_publishers(node):
+    pubs = node.get_publisher_names_and_types_by_node(SHADOW, "/")
+    topics = [t for t, _ in pubs]
+    assert "/k4d/shadow/result" in topics, topics
+    assert not [t for t in topics if _actuator(t)], topics
+    for t in ("/arm_controller/joint_trajectory", "/policy_b/joint_trajectory"):
+        assert SHADOW not in [i.node_name for i in node.get_publishers_info_by_topic(t)]
+        assert SHADOW in [i.node_name for i in node.get_subscriptions_info_by_topic(t)]  # it listens, only
+
+
+def test_shadow_node_evaluates_chunks_and_survives_world_model_crash(graph):
+    node, robot, procs = graph["node"], graph["robot"], graph["procs"]
+    assert wait_for(lambda: len(node.get_publisher_names_and_types_by_node(SHADOW, "/")) > 0, 20)
+    _assert_no_actuator_publishers(node)
+    time.sleep(1.0)  # the shadow node has camera frames and sees the server
+
+    # 1. Episode 1: one chunk evaluated end to end through the real imagine node.
+    robot.episode("start pick_box")
+    time.sleep(0.3)
+    robot.send_chunk(0.15)
+    assert wait_for(lambda: robot.find(lambda r: r.chunk_index == 0), 90), "no chunk result"
+    ok = robot.find(lambda r: r.chunk_index == 0)[0]
+    assert ok.status == ShadowEvalResult.STATUS_OK, ok.status_message
+    assert ok.mode == ShadowEvalResult.MODE_LIVE and ok.scenario == "synthetic" and ok.policy == "scripted"
+    assert 0 < ok.psnr_db < 100 and -1 <= ok.ssim <= 1 and ok.imagine_latency_s > 0
+    robot.episode("end success")
+    assert wait_for(lambda: robot.find(lambda r: r.chunk_index == -1), 20)
+    ep1 = robot.find(lambda r: r.chunk_index == -1)[0]
+    assert ep1.status == ShadowEvalResult.STATUS_OK and ep1.has_actual and ep1.actual_success
+
+    # 2. Episode 2: the world-model node is killed while imagining chunk 0; chunk 1 arrives while it is gone.
+    robot.episode("start pick_box")
+    time.sleep(0.3)
+    robot.send_chunk(-0.1)
+    time.sleep(0.4)
+    procs["imagine"].send_signal(signal.SIGKILL)
+    procs["imagine"].wait(10)
+    time.sleep(0.6)
+    robot.send_chunk(-0.1)
+    ep2_id = lambda: [r.episode_id for r in robot.find(lambda r: r.episode_id != ep1.episode_id)]  # noqa: E731
+    assert wait_for(lambda: len(robot.find(lambda r: r.episode_id != ep1.episode_id and r.chunk_index >= 0)) >= 2,
+                    30), "the chunks of the crashed episode were not reported"
+    failed = robot.find(lambda r: r.episode_id != ep1.episode_id and r.chunk_index >= 0)
+    assert [r.status for r in failed] == [ShadowEvalResult.STATUS_FAILED_TO_EVALUATE] * 2, \
+        [(r.status, r.status_message) for r in failed]
+    assert "disappeared" in failed[0].status_message or "not available" in failed[0].status_message
+    robot.episode("end failure")
+    assert wait_for(lambda: robot.find(lambda r: r.chunk_index == -1 and r.episode_id == ep2_id()[0]), 20)
+    ep2 = robot.find(lambda r: r.chunk_index == -1 and r.episode_id == ep2_id()[0])[0]
+    assert ep2.status == ShadowEvalResult.STATUS_FAILED_TO_EVALUATE and ep2.has_actual and not ep2.actual_success
+
+    # 3. The world model comes back: the next episode is evaluated again.
+    procs["imagine"] = start_process(graph["args"], env=graph["env"], cwd=graph["cwd"])
+    assert wait_for(lambda: graph["client"].server_is_ready(), 120), "imagine node did not come back"
+    time.sleep(1.5)
+    robot.episode("start pick_box")
+    time.sleep(0.3)
+    robot.send_chunk(0.1)
+    done = lambda: robot.find(lambda r: r.episode_id not in (ep1.episode_id, ep2.episode_id))  # noqa: E731
+    assert wait_for(lambda: any(r.chunk_index == 0 for r in done()), 90), "no result after recovery"
+    r3 = [r for r in done() if r.chunk_index == 0][0]
+    assert r3.status == ShadowEvalResult.STATUS_OK, r3.status_message
+    robot.episode("end success")
+    assert wait_for(lambda: any(r.chunk_index == -1 for r in done()), 20)
+
+    # 4. The durable log has everything, in order, the finished episode 1 intact.
+    _assert_no_actuator_publishers(node)
+    recs = read_log(graph["log"])
+    eps = [r for r in recs if r["kind"] == "episode" and r["mode"] == "live"]
+    assert [e["status"] for e in eps] == ["ok", "failed_to_evaluate", "ok"]
+    assert eps[0]["episode_id"] == ep1.episode_id and eps[0]["actual_success"]
+    assert sum(r["kind"] == "chunk" and r["status"] == "failed_to_evaluate" for r in recs) == 2
+
+
+def test_runtime_guard_refuses_actuator_publishers(tmp_path):
+    from rclpy.parameter import Parameter
+
+    from k4d_bringup.ros.shadow_node import ShadowNode
+
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = ShadowNode("k4d_shadow_guard", context=ctx, parameter_overrides=[
+            Parameter("log_path", value=str(tmp_path / "log.jsonl")),
+            Parameter("candidate_topic", value="/policy_b/joint_trajectory")])
+        for topic in ("/arm_controller/joint_trajectory", "/gripper_controller/command", "/policy_b/joint_trajectory",
+                      "/arm_controller/follow_joint_trajectory"):
+            with pytest.raises(ValueError, match="refusing to publish"):
+                node.create_publisher(JointTrajectory, topic, 10)
+        assert node.create_publisher(String, "/k4d/shadow/notes", 10) is not None
+        node.destroy_node()
+        # A configuration that would publish results on an actuator topic does not start.
+        with pytest.raises(ValueError, match="refusing to publish"):
+            ShadowNode("k4d_shadow_guard2", context=ctx, parameter_overrides=[
+                Parameter("log_path", value=str(tmp_path / "log2.jsonl")),
+                Parameter("result_topic", value="/arm_controller/joint_trajectory")])
+    finally:
+        rclpy.try_shutdown(context=ctx)

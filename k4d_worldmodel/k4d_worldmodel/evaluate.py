@@ -1,0 +1,481 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""Quality of a K4D checkpoint on held-out episodes: video, geometry, object and policy-success metrics.
+
+    k4d eval --checkpoint RUN/pipeline --data /tmp/k4d_heldout --split all --out RUN/eval --steps 20
+
+For every held-out clip the model imagines the rollout from the first frame and the (kinematic) robot pointmap
+sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps`` (robot pixels); then, on frames
+1..T-1 (frame 0 is given):
+
+* RGB: PSNR and SSIM (``metrics.psnr`` / ``metrics.ssim``, per frame, averaged).
+* Geometry: Chamfer L1/L2 and F-score@0.01 m between the imagined metric points and the simulator's world
+  pointmap (depth back-projection) per frame, on pixels where the ground truth has depth, up to
+  ``max_points`` random points per frame and side. If the metric lift fails the imagined XYZ is de-normalised
+  with the ground truth's own per-clip bounds instead ("oracle bounds", counted in ``lift_failed``).
+* Object (k4d episodes only; they know the target object, camera pose and zone): the target object is found in
+  a pointmap sequence -- ground truth or imagined, with the same code -- by ``track_object``: points in the base
+  frame that are above the table (``min_height_m``), not robot (kinematic robot mask, dilated by 1 px) and on the
+  table area are grouped into 8-connected pixel components; starting from the object's known initial position
+  (which the first frame shows), each frame takes the component nearest to the previous position (a frame without
+  one keeps it). The centre is the median x, y and the 90th-percentile height minus the object's half height
+  (the camera sees the top). ``object_err_m``: mean over frames of the distance between the imagined and the ground
+  truth track; ``object_final_err_m``: the same at the last frame.
+* 4D success predicate (``success_4d``): the simulator's own ``sim.policies.classify`` applied to the track
+  (final centre within the zone radius; pick_place also resting on the table; max lift from the track), so the
+  identical rule decides success on the imagined and on the ground-truth pointmaps. Reported: success rate per
+  noise level (sigma, a stand-in for policies of different quality) for the simulator label, the predicate on the
+  ground truth (how faithful the 4D predicate is) and the predicate on each method; per-episode agreement with the
+  simulator label; success-rate difference; Pearson r and MMRV across the sigma groups (``metrics.pearson_r``,
+  ``metrics.mmrv``).
+
+Methods in the same run: ``k4d`` (the model, CFG per ``--guidance``, ``cfg_mode="correct"``), ``no_robot`` (same
+model and noise, robot condition removed in every pass: the pipeline's unconditional path), ``copy_first`` (the
+world stays still: first RGB frame and first world pointmap repeated). The joint-vector embedding ablation is not
+implemented. Output: ``metrics.json``, ``report.md``, ``report.html`` and side-by-side MP4s ``videos/<name>.mp4``
+(top: GT | k4d | copy-first RGB; bottom: their depth, same colour scale).
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from . import metrics as M
+
+METHODS = ("k4d", "no_robot", "copy_first")
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------- object track
+def _to_base(xyz_cam: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
+    return xyz_cam @ T_base_cam[:3, :3].T + T_base_cam[:3, 3]
+
+
+def track_object(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.ndarray, init_pos_base: np.ndarray,
+                 half_height: float, min_height_m: float = 0.006, max_height_m: float = 0.3,
+                 table_x: tuple = (-0.1, 0.8), table_y: tuple = (-0.5, 0.5), min_pixels: int = 2
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Track the target object through a metric world pointmap (see module docstring).
+
+    Args:
+        world_xyz: `(T, H, W, 3)` metres, camera optical frame (NaN = no point).
+        robot_mask: `(T, H, W)` bool robot pixels (excluded, dilated by one pixel).
+        T_base_cam: `(4, 4)` camera pose in the robot base frame. init_pos_base: `(3,)` initial object centre.
+        half_height: the object's half height (m).
+
+    Returns:
+        ``(track (T, 3) float64 metres base frame, seen (T,) bool)``.
+    """
+    from scipy import ndimage
+
+    T = world_xyz.shape[0]
+    track = np.zeros((T, 3))
+    seen = np.zeros(T, dtype=bool)
+    prev = np.asarray(init_pos_base, dtype=np.float64).copy()
+    for t in range(T):
+        p = _to_base(world_xyz[t].astype(np.float64), T_base_cam)
+        robot = ndimage.binary_dilation(robot_mask[t], iterations=1)
+        cand = (np.isfinite(p).all(-1) & ~robot & (p[..., 2] > min_height_m) & (p[..., 2] < max_height_m)
+                & (p[..., 0] > table_x[0]) & (p[..., 0] < table_x[1]) & (p[..., 1] > table_y[0])
+                & (p[..., 1] < table_y[1]))
+        labels, n = ndimage.label(cand, structure=np.ones((3, 3)))
+        best, best_d = None, np.inf
+        for k in range(1, n + 1):
+            pts = p[labels == k]
+            if len(pts) < min_pixels:
+                continue
+            c = np.r_[np.median(pts[:, :2], axis=0), np.percentile(pts[:, 2], 90) - half_height]
+            d = np.linalg.norm(c[:2] - prev[:2])
+            if d < best_d:
+                best, best_d = c, d
+        if best is not None:
+            prev = best
+            seen[t] = True
+        track[t] = prev
+    return track, seen
+
+
+def success_4d(task: str, track: np.ndarray, goal_xy: Iterable[float], zone_radius: float, rest_z: float) -> bool:
+    """The simulator's success rule (``sim.policies.classify``) applied to an object track `(T, 3)` (base frame)."""
+    from k4d_bringup.sim.policies import classify
+
+    max_lift = float(np.max(track[:, 2]) - rest_z)
+    return bool(classify(task, track[-1], track[0, :2], np.asarray(goal_xy, np.float64)[:2], float(zone_radius),
+                         float(rest_z), max_lift).success)
+
+
+def object_info(clip: dict[str, Any]) -> dict | None:
+    """Target object / zone / camera facts of a k4d clip, or None (Kinema4D layout, or missing metadata)."""
+    meta = clip.get("meta") or {}
+    if not meta.get("objects") or "object_pos" not in clip or "T_base_cam" not in clip or "zone" not in meta:
+        return None
+    obj = meta["objects"][0]
+    size = list(obj.get("size", []))
+    if obj.get("kind") == "cube":
+        hh = float(size[0])
+    else:  # cylinder: (radius, half_height)
+        hh = float(size[1] if len(size) > 1 else size[0])
+    return {"task": meta.get("task", "pick_place"), "half_height": hh, "init": clip["object_pos"][0, 0],
+            "goal": meta["zone"]["center_base"], "radius": float(meta["zone"]["radius"]),
+            "T_base_cam": np.asarray(clip["T_base_cam"], np.float64)}
+
+
+# --------------------------------------------------------------------------------------------- per clip
+def _sample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return points if len(points) <= n else points[rng.choice(len(points), n, replace=False)]
+
+
+def geometry_metrics(pred_xyz: np.ndarray, gt_xyz: np.ndarray, tau: float = 0.01, max_points: int = 4096,
+                     seed: int = 0) -> dict[str, float]:
+    """Chamfer L1/L2 and F-score@tau averaged over frames 1.. of `(T, H, W, 3)` metric pointmaps (see docstring)."""
+    rng = np.random.default_rng(seed)
+    out = {"chamfer_l1": [], "chamfer_l2": [], "fscore": []}
+    for t in range(1, len(gt_xyz)):
+        valid = np.isfinite(gt_xyz[t]).all(-1) & np.isfinite(pred_xyz[t]).all(-1)
+        if valid.sum() < 3:
+            continue
+        gt = _sample(gt_xyz[t][valid], max_points, rng)
+        pr = _sample(pred_xyz[t][valid], max_points, rng)
+        c = M.chamfer(pr, gt)
+        out["chamfer_l1"].append(c["l1"])
+        out["chamfer_l2"].append(c["l2"])
+        out["fscore"].append(M.fscore(pr, gt, tau)["f"])
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in out.items()}
+
+
+def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], gt_track: np.ndarray | None,
+                 info: dict | None, tau: float, max_points: int) -> dict[str, Any]:
+    """All per-clip metrics of one method's `(T, H, W, 3)` uint8 RGB and metric XYZ."""
+    gt_rgb = clip["rgb"]
+    row: dict[str, Any] = {
+        "psnr": M.psnr_video(rgb[1:], gt_rgb[1:]),
+        "ssim": M.ssim_video(rgb[1:], gt_rgb[1:]),
+        **geometry_metrics(xyz_m, clip["world_xyz"], tau, max_points),
+    }
+    if info is not None and gt_track is not None:
+        track, seen = track_object(xyz_m, clip["robot_mask"], info["T_base_cam"], info["init"], info["half_height"])
+        err = np.linalg.norm(track - gt_track, axis=1)
+        row.update({"object_err_m": float(err[1:].mean()), "object_final_err_m": float(err[-1]),
+                    "object_seen_frac": float(seen.mean()),
+                    "success_4d": success_4d(info["task"], track, info["goal"], info["radius"], info["half_height"])})
+    return row
+
+
+@contextlib.contextmanager
+def robot_condition_removed(pipe):
+    """Within the block every transformer call runs the pipeline's unconditional path (robot tokens and robot
+    latent injection scaled to 0, as ``cfg_mode="correct"``'s unconditional pass)."""
+    tr = pipe.transformer
+    original = tr.forward
+
+    def forward(*args, **kwargs):
+        b = kwargs["hidden_states"].shape[0]
+        kwargs["robot_token_scale"] = torch.zeros(b, device=kwargs["hidden_states"].device)
+        kwargs["robot_injection_scale"] = torch.zeros(b, device=kwargs["hidden_states"].device)
+        return original(*args, **kwargs)
+
+    tr.forward = forward
+    try:
+        yield pipe
+    finally:
+        del tr.forward  # back to the class method
+
+
+def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None
+            ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``."""
+    from .lifting import lift_pointmaps
+
+    robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
+    out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
+               robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
+    xyz_m, fit = lift_pointmaps(out.xyz, clip["robot_xyz"], out.robot_mask, lift_config)
+    lifted = "metric"
+    if not fit.metric:
+        lo, hi = np.asarray(clip["world_lo"]), np.asarray(clip["world_hi"])
+        xyz_m = (out.xyz * (hi - lo) + lo).astype(np.float32)
+        lifted = "oracle_bounds"
+    return out.rgb, xyz_m, {"lift": lifted, "lift_quality": fit.quality, "lift_residual_m": fit.residual_m,
+                            "rollout_s": out.timings["total_s"]}
+
+
+# --------------------------------------------------------------------------------------------- report
+def depth_colormap(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`(...)` depth (m) -> `(..., 3)` uint8 viridis between lo (near) and hi (far); NaN -> black."""
+    finite = np.isfinite(depth)
+    x = np.clip((np.nan_to_num(depth) - lo) / max(hi - lo, 1e-9), 0, 1) * (len(_VIRIDIS) - 1)
+    i = np.minimum(x.astype(int), len(_VIRIDIS) - 2)
+    f = (x - i)[..., None]
+    out = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f
+    out[~finite] = 0
+    return out.round().astype(np.uint8)
+
+
+def write_side_by_side(path: Path, panels: list[tuple[np.ndarray, np.ndarray]], fps: int = 4, scale: int = 3) -> None:
+    """MP4: top row the RGB `(T, H, W, 3)` of each panel, bottom row its depth colormap (shared range)."""
+    import imageio.v2 as imageio
+
+    depths = np.concatenate([p[1][..., 2][np.isfinite(p[1][..., 2])] for p in panels])
+    lo, hi = (np.percentile(depths, 2), np.percentile(depths, 98)) if depths.size else (0.0, 1.0)
+    frames = []
+    for t in range(panels[0][0].shape[0]):
+        top = np.concatenate([p[0][t] for p in panels], axis=1)
+        bottom = np.concatenate([depth_colormap(p[1][t][..., 2], lo, hi) for p in panels], axis=1)
+        f = np.concatenate([top, bottom], axis=0)
+        frames.append(np.repeat(np.repeat(f, scale, axis=0), scale, axis=1))
+    imageio.mimwrite(str(path), frames, fps=fps, macro_block_size=1, ffmpeg_log_level="error")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if not np.isfinite(v) else f"{v:.4f}"
+    return str(v)
+
+
+def summarize(rows: list[dict], methods: Iterable[str]) -> dict:
+    """Means per method and the success-rate comparison (see module docstring)."""
+    keys = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m")
+    summary: dict[str, Any] = {"episodes": len(rows), "methods": {}}
+    for m in methods:
+        vals = {}
+        for k in keys:
+            v = [r[m][k] for r in rows if m in r and k in r[m] and np.isfinite(r[m][k])]
+            vals[k] = float(np.mean(v)) if v else float("nan")
+        vals["lift_failed"] = int(sum(1 for r in rows if r.get(m, {}).get("lift") == "oracle_bounds"))
+        summary["methods"][m] = vals
+    with_obj = [r for r in rows if "sim_success" in r and all("success_4d" in r.get(m, {}) for m in methods)]
+    if with_obj:
+        real = [r["sim_success"] for r in with_obj]
+        groups = [f"{r['sigma']:g}" for r in with_obj]
+        succ: dict[str, Any] = {"episodes": len(with_obj), "groups": sorted(set(groups)),
+                                "sim": M.success_rates(real, groups), "sim_overall": float(np.mean(real))}
+        gt4d = [r["gt_success_4d"] for r in with_obj]
+        succ["gt_4d"] = M.success_rates(gt4d, groups)
+        succ["gt_4d_overall"] = float(np.mean(gt4d))
+        succ["gt_4d_agreement_with_sim"] = M.success_agreement(real, gt4d)
+        for m in methods:
+            pred = [r[m]["success_4d"] for r in with_obj]
+            rates = M.success_rates(pred, groups)
+            g = succ["groups"]
+            entry = {"rates": rates, "overall": float(np.mean(pred)),
+                     "rate_difference": float(np.mean(pred) - np.mean(real)),
+                     "agreement_with_sim": M.success_agreement(real, pred),
+                     "agreement_with_gt_4d": M.success_agreement(gt4d, pred)}
+            if len(g) >= 2:
+                entry["pearson_r"] = M.pearson_r([succ["sim"][k] for k in g], [rates[k] for k in g])
+                entry["mmrv"] = M.mmrv([succ["sim"][k] for k in g], [rates[k] for k in g])
+            succ[m] = entry
+        summary["success"] = succ
+    return summary
+
+
+def _md_to_html(lines: list[str]) -> str:
+    """The few Markdown constructs of the report (headings, tables, paragraphs) as HTML."""
+    out, in_table = [], False
+    for line in lines:
+        if line.startswith("|"):
+            if line.startswith("|---"):
+                continue
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            cells = [html.escape(c.strip()) for c in line.strip().strip("|").split("|")]
+            out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line and not line.startswith("- ["):
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def write_report(out: Path, summary: dict, rows: list[dict], header: dict, videos: list[str]) -> str:
+    """``report.md`` and ``report.html``; returns the Markdown."""
+    cols = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
+            "lift_failed")
+    md = [f"# k4d world-model evaluation", "",
+          "| " + " | ".join(f"{k}: {_fmt(v)}" for k, v in header.items()) + " |", "|" + "---|" * len(header), "",
+          "## Video and geometry (frames 1..T-1; PSNR/SSIM higher is better, Chamfer lower, F-score@0.01 higher)",
+          "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m, v in summary["methods"].items():
+        md.append(f"| {m} | " + " | ".join(_fmt(v[c]) for c in cols) + " |")
+    succ = summary.get("success")
+    if succ:
+        md += ["", "## Policy success (4D predicate on pointmaps vs simulator label)", "",
+               f"Simulator success rate {succ['sim_overall']:.3f}; the 4D predicate on ground-truth pointmaps "
+               f"gives {succ['gt_4d_overall']:.3f} (agreement with the simulator {succ['gt_4d_agreement_with_sim']:.3f}).",
+               "", "| method | success rate | difference vs sim | agreement vs sim | agreement vs GT 4D | "
+               "Pearson r (sigma groups) | MMRV |", "|---|---|---|---|---|---|---|"]
+        for m in summary["methods"]:
+            e = succ[m]
+            md.append(f"| {m} | {e['overall']:.3f} | {e['rate_difference']:+.3f} | {e['agreement_with_sim']:.3f} | "
+                      f"{e['agreement_with_gt_4d']:.3f} | {_fmt(e.get('pearson_r', float('nan')))} | "
+                      f"{_fmt(e.get('mmrv', float('nan')))} |")
+        md += ["", "| sigma | sim | GT 4D | " + " | ".join(summary["methods"]) + " |",
+               "|---" * (3 + len(summary["methods"])) + "|"]
+        for g in succ["groups"]:
+            md.append(f"| {g} | {succ['sim'][g]:.2f} | {succ['gt_4d'][g]:.2f} | "
+                      + " | ".join(f"{succ[m]['rates'][g]:.2f}" for m in summary["methods"]) + " |")
+    md += ["", "## Episodes", "", "| episode | task | sigma | sim success | " + " | ".join(
+        f"{m} PSNR | {m} CD-L1" for m in summary["methods"]) + " |", "|---" * (4 + 2 * len(summary["methods"])) + "|"]
+    for r in rows:
+        md.append(f"| {r['name']} | {r.get('task', '')} | {_fmt(r.get('sigma', ''))} | {r.get('sim_success', '')} | "
+                  + " | ".join(f"{_fmt(r[m]['psnr'])} | {_fmt(r[m]['chamfer_l1'])}" for m in summary["methods"]) + " |")
+    if videos:
+        md += ["", "## Videos (top: GT | k4d | copy-first RGB; bottom: depth)", ""]
+        md += [f"- [{v}](videos/{v})" for v in videos]
+    text = "\n".join(md) + "\n"
+    (out / "report.md").write_text(text)
+    vids = "".join(f'<figure><video src="videos/{html.escape(v)}" controls loop muted width="100%"></video>'
+                   f"<figcaption>{html.escape(v)}</figcaption></figure>" for v in videos)
+    page = ("<!doctype html><meta charset='utf-8'><title>k4d evaluation</title><style>body{font-family:sans-serif;"
+            "max-width:1100px;margin:auto}td{border:1px solid #ccc;padding:2px 6px}table{border-collapse:collapse}"
+            "</style>" + _md_to_html(md) + vids)
+    (out / "report.html").write_text(page)
+    return text
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "heldout",
+             heldout_fraction: float = 0.2, split_seed: int = 0, steps: int = 20, guidance: float = 1.0,
+             seed: int = 42, max_episodes: int | None = None, methods: Iterable[str] = METHODS, videos: int = 4,
+             base_model_dir: str = "", variant: str | None = None, device: str = "auto", tau: float = 0.01,
+             max_points: int = 4096, progress: bool = True, pipe=None) -> dict:
+    """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
+
+    ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
+    conditional pass only (fast); the released sampler used 5.0.
+    """
+    from tqdm.auto import tqdm
+
+    from .config import WorldModelConfig
+    from .training.data import open_dataset
+
+    methods = tuple(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or "k4d" not in methods:
+        raise ValueError(f"methods must include 'k4d' and be among {METHODS}, got {methods}")
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if pipe is None:
+        from .loading import is_k4d_saved_dir, load_pipeline
+
+        if variant is None:
+            variant = "pmcond"
+            if is_k4d_saved_dir(checkpoint):
+                cfg_file = Path(checkpoint) / "transformer" / "config.json"
+                variant = json.loads(cfg_file.read_text()).get("variant", "pmcond")
+        cfg = WorldModelConfig(checkpoint_dir=str(checkpoint), base_model_dir=base_model_dir, variant=variant,
+                               device=device)
+        pipe = load_pipeline(cfg)
+    pipe.set_progress_bar_config(disable=True)
+    lift_cfg = WorldModelConfig(seed=seed).metric_lift_config()
+    ds = open_dataset(data, pipe.num_frames, pipe.height, pipe.width, split=split,
+                      heldout_fraction=heldout_fraction, split_seed=split_seed)
+    n = len(ds) if max_episodes is None else min(len(ds), int(max_episodes))
+    rows: list[dict] = []
+    video_names: list[str] = []
+    for i in tqdm(range(n), desc="eval", disable=not progress):
+        clip = ds[i]
+        meta = clip.get("meta") or {}
+        row: dict[str, Any] = {"name": clip["name"], "task": meta.get("task", ""), "sigma": meta.get("sigma", 0.0)}
+        if "success" in meta:
+            row["sim_success"] = bool(meta["success"])
+        info = object_info(clip)
+        gt_track = None
+        if info is not None:
+            gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
+                                          info["half_height"])
+            row["gt_success_4d"] = success_4d(info["task"], gt_track, info["goal"], info["radius"],
+                                              info["half_height"])
+            true_pos = clip["object_pos"][:, 0]
+            row["gt_track_err_m"] = float(np.linalg.norm(gt_track - true_pos, axis=1).mean())
+        outputs = {}
+        try:
+            rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg)
+        except ValueError as exc:  # e.g. no robot pixel in the clip
+            print(f"eval: skipping {clip['name']}: {exc}", file=sys.stderr)
+            continue
+        outputs["k4d"] = (rgb, xyz_m, extra)
+        if "no_robot" in methods:
+            with robot_condition_removed(pipe):
+                outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg)
+        if "copy_first" in methods:
+            T = clip["rgb"].shape[0]
+            outputs["copy_first"] = (np.repeat(clip["rgb"][:1], T, 0), np.repeat(clip["world_xyz"][:1], T, 0),
+                                     {"lift": "gt_first_frame"})
+        for m in methods:
+            rgb_m, xyz_mm, extra_m = outputs[m]
+            row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, gt_track, info, tau, max_points), **extra_m}
+        rows.append(row)
+        if len(video_names) < videos:
+            name = f"{clip['name']}.mp4"
+            panels = [(clip["rgb"], clip["world_xyz"]), outputs["k4d"][:2]]
+            if "copy_first" in outputs:
+                panels.append(outputs["copy_first"][:2])
+            write_side_by_side(out / "videos" / name, panels)
+            video_names.append(name)
+    if not rows:
+        raise ValueError(f"no episode of {data} (split {split!r}) could be evaluated")
+    summary = summarize(rows, methods)
+    header = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "episodes": len(rows),
+              "steps": steps, "guidance": guidance, "seed": seed, "device": str(pipe.device),
+              "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}", "commit": _commit()}
+    result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}
+    (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    write_report(out, summary, rows, header, video_names)
+    return result
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def print_summary(result: dict, file=None) -> None:
+    """Short human-readable summary (method table, success-rate difference and agreement)."""
+    file = file or sys.stdout
+    s = result["summary"]
+    print(f"k4d eval: {s['episodes']} episodes", file=file)
+    for m, v in s["methods"].items():
+        print(f"  {m:10s} PSNR {_fmt(v['psnr'])}  SSIM {_fmt(v['ssim'])}  CD-L1 {_fmt(v['chamfer_l1'])} m  "
+              f"CD-L2 {_fmt(v['chamfer_l2'])} m^2  F@0.01 {_fmt(v['fscore'])}  obj {_fmt(v['object_err_m'])} m",
+              file=file)
+    succ = s.get("success")
+    if succ:
+        print(f"  success rate: sim {succ['sim_overall']:.3f}, 4D predicate on GT {succ['gt_4d_overall']:.3f} "
+              f"(agreement {succ['gt_4d_agreement_with_sim']:.3f})", file=file)
+        for m in s["methods"]:
+            e = succ[m]
+            print(f"  {m:10s} success {e['overall']:.3f} (difference {e['rate_difference']:+.3f}), agreement with "
+                  f"sim {e['agreement_with_sim']:.3f}, with GT 4D {e['agreement_with_gt_4d']:.3f}, Pearson r "
+                  f"{_fmt(e.get('pearson_r', float('nan')))}, MMRV {_fmt(e.get('mmrv', float('nan')))}", file=file)

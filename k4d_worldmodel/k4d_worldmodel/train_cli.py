@@ -1,0 +1,77 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""``k4d train``, ``k4d train-vae`` and ``k4d eval``: train / fine-tune the world model and measure its quality.
+
+    k4d train --data /tmp/k4d_ds --config default --out /tmp/k4d_run [--resume] [--max-steps N] [--time-budget-s S]
+    k4d train --data /tmp/k4d_new --config lora --base-checkpoint /tmp/k4d_run/pipeline --out /tmp/k4d_ft
+    k4d train-vae --data /tmp/k4d_ds --config default --out /tmp/k4d_vae
+    k4d eval --checkpoint /tmp/k4d_run/pipeline --data /tmp/k4d_heldout --split all --out /tmp/k4d_run/eval
+
+Several GPUs: ``accelerate launch -m k4d_worldmodel.training.train`` takes the same arguments as ``k4d train``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training.train import run_from_args
+
+    return run_from_args(args)
+
+
+def _run_train_vae(args: argparse.Namespace) -> int:
+    from .training.train import run_from_args
+
+    args.vae_only = True
+    return run_from_args(args)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, print_summary
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    result = evaluate(args.checkpoint, args.data, args.out, split=args.split, heldout_fraction=args.heldout_fraction,
+                      split_seed=args.split_seed, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                      max_episodes=args.max_episodes, methods=methods, videos=args.videos,
+                      base_model_dir=args.base_model, variant=args.variant, device=args.device,
+                      progress=not args.no_progress)
+    print_summary(result)
+    print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``train-vae`` and ``eval`` on the ``k4d`` command line."""
+    from .training.train import add_train_arguments
+
+    p = subparsers.add_parser("train", help="train or LoRA-fine-tune the K4D world model (accelerate)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    p.set_defaults(func=_run_train)
+
+    p = subparsers.add_parser("train-vae", help="train only the small Wan VAE of a train config",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    p.set_defaults(func=_run_train_vae)
+
+    p = subparsers.add_parser("eval", help="quality metrics + report of a K4D checkpoint on held-out episodes",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="K4DPipeline folder, or released checkpoint folder")
+    p.add_argument("--base-model", default="", help="Wan2.1-I2V base folder (released layout)")
+    p.add_argument("--variant", default=None, choices=("pmcond", "full"), help="default: from the checkpoint")
+    p.add_argument("--data", required=True, help="episode folder (k4d *.npz) or Kinema4D layout folder")
+    p.add_argument("--split", default="heldout", choices=("train", "heldout", "all"),
+                   help="which part of --data (default heldout; use all for a separately generated folder)")
+    p.add_argument("--heldout-fraction", type=float, default=0.2, help="split fraction (default 0.2)")
+    p.add_argument("--split-seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=float, default=1.0, help="CFG scale; <= 1 = conditional only (default 1)")
+    p.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
+    p.add_argument("--max-episodes", type=int, default=None, help="evaluate at most N episodes")
+    p.add_argument("--methods", default="k4d,no_robot,copy_first", help="comma list (default all)")
+    p.add_argument("--videos", type=int, default=4, help="side-by-side MP4s to write (default 4)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.set_defaults(func=_run_eval)

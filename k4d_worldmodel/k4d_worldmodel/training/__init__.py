@@ -1,0 +1,1 @@
+"""Training and fine-tuning of the K4D world model (see train.py)."""

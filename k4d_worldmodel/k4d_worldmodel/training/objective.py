@@ -1,0 +1,158 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""Flow-matching training inputs for the K4D transformer, built with the pipeline's own conditioning code.
+
+    from k4d_worldmodel.training.objective import encode_clip, stack_encoded, flow_matching_step
+    enc = encode_clip(pipe, clip)                     # frozen VAE/CLIP, once per clip (cached by the trainer)
+    batch = stack_encoded([enc, enc])
+    loss = flow_matching_step(transformer, batch, generator, soft_mask_fraction=0.1)
+
+``encode_clip`` calls exactly what ``K4DPipeline.__call__`` calls at inference: ``K4DPipeline._robot_mask``,
+``normalize_robot_pointmap``, ``render_robot_rgb`` (full variant without robot RGB), ``encode_image``,
+``prepare_condition`` and ``prepare_robot_condition``; the target latent is ``encode_video`` of the RGB and of
+the world pointmap (the latter with the Kinema4D pointmap normalisation ``(z + 0.17) / 1.36``), concatenated along
+the width like the pipeline's latents (left RGB, right XYZ). So training and inference see identical inputs.
+
+Objective (Kinema4D / Wan flow matching): ``sigma = shift * u / (1 + (shift - 1) * u)`` with ``u ~ U(0, 1)``
+(uniform over the shifted sigma table of the flow scheduler, ``shift`` = the scheduler's ``flow_shift``),
+``x_t = (1 - sigma) x0 + sigma n``, ``timestep = 1000 sigma``, target ``n - x0``, MSE over every latent element.
+
+Training-only conditioning (the release's): the "soft mask" sets a random ``soft_mask_fraction`` (10 %) of the
+ones of the latent-grid robot mask to 0.5 (the same positions in every mask channel and in both width halves of
+the "full" variant). ``cond_dropout`` (k4d addition, default 0.1 in the configs) drops the robot condition of a
+sample exactly as the pipeline's ``cfg_mode="correct"`` unconditional pass does (robot tokens and injection scale
+0), so classifier-free guidance and the "no robot" baseline have a trained unconditional branch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..pipelines.pipeline_k4d import (
+    POINTMAP_LATENT_MEAN,
+    POINTMAP_LATENT_STD,
+    K4DPipeline,
+    normalize_robot_pointmap,
+    render_robot_rgb,
+)
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def _video01(frames: np.ndarray) -> torch.Tensor:
+    """`(T, H, W, 3)` uint8 or float in [0, 1] -> `[1, 3, T, H, W]` float32 in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float()
+    if frames.dtype == np.uint8:
+        x = x / 255.0
+    return x.permute(3, 0, 1, 2)[None]
+
+
+def check_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> None:
+    """Raise ValueError naming the key if ``clip`` does not have the model's T x H x W."""
+    t, h, w = pipe.num_frames, pipe.height, pipe.width
+    for key, shape in (("rgb", (t, h, w, 3)), ("world01", (t, h, w, 3)), ("robot_xyz", (t, h, w, 3)),
+                       ("robot_mask", (t, h, w))):
+        if tuple(clip[key].shape) != shape:
+            raise ValueError(f"clip[{key!r}] must have shape {shape} for this model, got {tuple(clip[key].shape)}; "
+                             f"open the dataset with num_frames={t}, height={h}, width={w}")
+
+
+@torch.no_grad()
+def encode_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Frozen-encoder inputs of one clip (tensors on CPU, float32, no batch dimension).
+
+    Returns ``x0 [16, F, h, 2w]`` (normalised RGB | XYZ latents), ``condition [4 + 16, F, h, 2w]`` (first-frame mask
+    + condition latent), ``robot_condition [4 + 16, F, h, w_cond]`` and ``image_tokens [N_img, image_dim]``.
+    Raises ValueError if the clip has no robot pixel (the pipeline cannot condition on an absent robot).
+    """
+    check_clip(pipe, clip)
+    link = clip.get("robot_link")
+    mask = K4DPipeline._robot_mask(clip["robot_xyz"], link) & clip["robot_mask"]
+    if not mask.any():
+        raise ValueError(f"clip {clip.get('name', '?')!r} has no robot pixel; cannot build a robot condition")
+    xyz01, _, _ = normalize_robot_pointmap(clip["robot_xyz"], mask)
+    robot_rgb = None
+    if pipe.variant == "full":
+        robot_rgb = clip.get("robot_rgb")
+        robot_rgb = render_robot_rgb(link, mask) if robot_rgb is None else np.where(mask[..., None], robot_rgb, 0)
+        robot_rgb = robot_rgb.astype(np.uint8)
+    rgb = clip["rgb"]
+    image01 = torch.from_numpy(np.ascontiguousarray(rgb[0])).permute(2, 0, 1).float() / 255.0
+    image_tokens = pipe.encode_image(np.ascontiguousarray(rgb[0]))
+    condition = pipe.prepare_condition(image01)
+    robot_condition = pipe.prepare_robot_condition(xyz01, mask, robot_rgb)
+    rgb_latent = pipe.encode_video(_video01(rgb))
+    pm_latent = (pipe.encode_video(_video01(clip["world01"])) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
+    x0 = torch.cat([rgb_latent, pm_latent], dim=-1)
+    return {"x0": x0[0].float().cpu(), "condition": condition[0].float().cpu(),
+            "robot_condition": robot_condition[0].float().cpu(), "image_tokens": image_tokens[0].float().cpu()}
+
+
+def stack_encoded(items: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Batch a list of [`encode_clip`] outputs along a new first dimension."""
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+
+
+def soft_mask(robot_condition: torch.Tensor, mask_channels: int, fraction: float, variant: str,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training soft mask: a random ``fraction`` of the robot mask's ones -> 0.5 (out of place).
+
+    ``robot_condition`` `[B, mask_channels + 16, F, h, w_cond]`; the same positions change in every mask channel
+    and (``variant == "full"``) in both width halves.
+    """
+    if fraction <= 0:
+        return robot_condition
+    m = robot_condition[:, :1]
+    if variant == "full":
+        m = m[..., : m.shape[-1] // 2]
+    rand = torch.rand(m.shape, generator=generator, device="cpu").to(m.device)
+    m = torch.where((m == 1) & (rand < fraction), torch.full_like(m, 0.5), m)
+    if variant == "full":
+        m = m.repeat(1, 1, 1, 1, 2)
+    return torch.cat([m.expand(-1, mask_channels, -1, -1, -1), robot_condition[:, mask_channels:]], dim=1)
+
+
+def sample_sigmas(batch_size: int, shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flow-matching noise levels `(B,)` in (0, 1): ``shift * u / (1 + (shift - 1) * u)``, ``u ~ U(0, 1)``."""
+    u = torch.rand(batch_size, generator=generator)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def flow_matching_step(transformer: torch.nn.Module, batch: dict[str, torch.Tensor],
+                       generator: torch.Generator | None = None, shift: float = 3.0,
+                       soft_mask_fraction: float = 0.1, cond_dropout: float = 0.0,
+                       sigmas: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One flow-matching loss (scalar float32) on an encoded batch (see module docstring).
+
+    ``transformer`` may be wrapped (DDP/FSDP); its config is read from the unwrapped module. Random draws come
+    from the CPU ``generator`` (so a seed gives the same batch on every device) unless ``sigmas`` `(B,)` /
+    ``noise`` are given.
+    """
+    core = getattr(transformer, "module", transformer)
+    core = getattr(core, "_orig_mod", core)
+    cfg = core.config
+    x0 = batch["x0"]
+    b, device = x0.shape[0], x0.device
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+    if sigmas is None:
+        sigmas = sample_sigmas(b, shift, generator)
+    sigmas = sigmas.to(device=device, dtype=torch.float32)
+    s = sigmas.view(-1, 1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    target = noise - x0
+    rc = soft_mask(batch["robot_condition"], cfg.mask_channels, soft_mask_fraction, cfg.variant, generator)
+    keep = (torch.rand(b, generator=generator) >= cond_dropout).float().to(device)
+    param_dtype = next(core.parameters()).dtype
+    pred = transformer(
+        hidden_states=torch.cat([x_t, batch["condition"]], dim=1).to(param_dtype),
+        timestep=sigmas * NUM_TRAIN_TIMESTEPS,
+        encoder_hidden_states_image=batch["image_tokens"].to(param_dtype),
+        robot_condition=rc.to(param_dtype),
+        robot_token_scale=keep,
+        robot_injection_scale=keep,
+        return_dict=False,
+    )[0]
+    return F.mse_loss(pred.float(), target.float())

@@ -1,0 +1,447 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""Train the K4D world model (small model from scratch, or LoRA fine-tuning of a checkpoint) with accelerate.
+
+    k4d train --data /tmp/k4d_ds --config default --out /tmp/k4d_run --max-steps 2000 --time-budget-s 300
+    # several GPUs (DDP / FSDP / DeepSpeed as set by `accelerate config`):
+    accelerate launch -m k4d_worldmodel.training.train --data /tmp/k4d_ds --config default --out /tmp/k4d_run
+
+Modes (``mode:`` in the config):
+
+* ``full``: a [`K4DTransformer3DModel`] of the config's size (same class and forward as the 14B model) trained
+  from scratch, with a small Wan VAE trained first on the same clips (``vae:``; see ``training/vae.py``) and a
+  frozen, randomly initialised tiny CLIP vision encoder. Output: ``OUT/pipeline/`` (``K4DPipeline.save_pretrained``,
+  safetensors sharded to ``save_max_shard_mb``), loadable by ``loading.load_pipeline``.
+* ``lora``: loads ``base.checkpoint_dir`` with ``loading.load_pipeline`` (our layout, or the released layout with
+  ``base.base_model_dir``), freezes it, and trains a peft LoRA on ``to_q/to_k/to_v/to_out.0`` of ``attn1`` and
+  ``attn2`` plus (``lora.train_added_modules``) the Kinema4D modules. A released checkpoint's own adapter is loaded
+  unfused and trained further. Output: ``OUT/lora/`` (``pytorch_lora_weights.safetensors`` in the released key
+  format + ``added_weights.safetensors``: use it as ``checkpoint_dir`` with the same ``base_model_dir``) and, for our
+  layout, also ``OUT/pipeline/`` with the LoRA fused.
+
+Both: flow matching on encoder outputs cached once per clip (``training/objective.py``: the pipeline's own
+conditioning code, soft mask, robot-condition dropout), AdamW, linear warm-up, gradient clipping, mixed precision
+(bf16 on GPU), optional gradient checkpointing, resumable ``accelerate`` checkpoints in ``OUT/checkpoints/``
+(``--resume`` continues from the newest; only trainable parameters are written, so a 14B LoRA state stays small),
+a tqdm bar with the loss, and ``OUT/train_metrics.json`` (loss history, loss on a fixed batch before/after, timing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+
+STATE_FILE = "trainer_state.json"
+
+
+# ------------------------------------------------------------------------------------------------ building
+def build_image_encoder(cfg: TrainConfig, seed: int):
+    """Frozen random tiny CLIP vision model + matching processor (no pretrained weights can be fetched)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    enc = CLIPVisionModel(CLIPVisionConfig(**cfg.image_encoder)).eval()
+    size = int(cfg.image_encoder.get("image_size", 224))
+    proc = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return enc, proc
+
+
+def build_full_pipeline(cfg: TrainConfig, vae) -> "K4DPipeline":  # noqa: F821
+    """A fresh K4D pipeline of ``cfg``'s size around ``vae`` (float32, CPU)."""
+    from ..models.transformer_k4d import K4DTransformer3DModel
+    from ..pipelines.pipeline_k4d import K4DPipeline, make_scheduler
+
+    torch.manual_seed(cfg.seed)
+    kw = cfg.transformer_kwargs()
+    kw.setdefault("in_channels", 2 * kw.get("out_channels", 16) + kw.get("mask_channels", 4))
+    kw.setdefault("image_dim", int(cfg.image_encoder.get("hidden_size", 64)))
+    transformer = K4DTransformer3DModel(**kw)
+    enc, proc = build_image_encoder(cfg, cfg.seed + 7)
+    pipe = K4DPipeline(vae=vae, transformer=transformer, scheduler=make_scheduler("unipc", cfg.flow_shift),
+                       image_encoder=enc, image_processor=proc)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_base_pipeline(cfg: TrainConfig, dtype: torch.dtype) -> tuple[Any, str]:
+    """Load ``cfg.base`` for LoRA; returns ``(pipe, layout)`` with layout "released" or "k4d"."""
+    from ..config import WorldModelConfig
+    from ..loading import is_k4d_saved_dir, load_pipeline
+
+    b = cfg.base
+    released = not is_k4d_saved_dir(b.checkpoint_dir)
+    wm = WorldModelConfig(checkpoint_dir=b.checkpoint_dir, base_model_dir=b.base_model_dir, variant=b.variant,
+                          device="cpu", dtype="float32", lora_mode="peft" if released else "fuse",
+                          lora_rank=int(b.lora_rank), lora_alpha=float(b.lora_alpha))
+    overrides = {k: v for k, v in dict(b.k4d_config).items() if k != "variant"} if released else {}
+    pipe = load_pipeline(wm, **overrides)
+    if dtype != torch.float32:
+        pipe.transformer.to(dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, "released" if released else "k4d"
+
+
+def _resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.mixed_precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return cfg.mixed_precision
+
+
+def _fixed_batch_loss(transformer, batch: dict[str, torch.Tensor], seed: int) -> float:
+    """Loss on a fixed batch: fixed noise, sigmas evenly spread in (0, 1), no soft mask, no dropout."""
+    from .objective import flow_matching_step
+
+    b = batch["x0"].shape[0]
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch["x0"].shape, generator=g).to(batch["x0"].device)
+    sigmas = (torch.arange(b, dtype=torch.float32) + 0.5) / b
+    was_training = transformer.training
+    transformer.eval()
+    with torch.no_grad():
+        loss = flow_matching_step(transformer, batch, g, soft_mask_fraction=0.0, cond_dropout=0.0, sigmas=sigmas,
+                                  noise=noise)
+    transformer.train(was_training)
+    return float(loss)
+
+
+def _latest_checkpoint(ckpt_root: Path) -> Path | None:
+    found = sorted(ckpt_root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return found[-1] if found else None
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out: str | os.PathLike,
+          resume: bool = False, max_steps: int | None = None, time_budget_s: float | None = None,
+          progress: bool = True, log=None) -> dict:
+    """Run one training job (see module docstring); returns the metrics also written to ``OUT/train_metrics.json``.
+
+    ``max_steps`` / ``time_budget_s`` override the config's. Raises ValueError / FileNotFoundError naming the
+    offending argument, config field or file.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from .data import open_dataset
+    from .lora import add_lora, lora_module_names, merge_lora, save_released_lora, set_trainable
+    from .objective import encode_clip, flow_matching_step, stack_encoded
+    from .vae import train_vae
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
+    if max_steps is not None:
+        cfg.max_steps = int(max_steps)
+    if time_budget_s is not None:
+        cfg.time_budget_s = float(time_budget_s)
+    if cfg.mode == "lora" and not cfg.base.checkpoint_dir:
+        raise ValueError("mode 'lora' needs base.checkpoint_dir (config) or --base-checkpoint: the checkpoint to "
+                         "fine-tune")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    precision = _resolve_precision(cfg)
+    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                      cpu=not torch.cuda.is_available(),
+                      project_config=ProjectConfiguration(project_dir=str(out), automatic_checkpoint_naming=False))
+    say = log or (lambda msg: acc.print(msg, file=sys.stderr))
+    set_seed(cfg.seed)
+    t_start = time.perf_counter()
+    metrics: dict[str, Any] = {"mode": cfg.mode, "device": str(acc.device), "num_processes": acc.num_processes,
+                               "mixed_precision": precision, "torch": torch.__version__}
+    if acc.is_main_process:
+        import yaml
+
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    # 1. Model
+    layout = "k4d"
+    if cfg.mode == "full":
+        geom = (cfg.num_frames, cfg.height, cfg.width)
+        vae_dir = out / "vae"
+        if cfg.vae.pretrained:
+            from diffusers import AutoencoderKLWan
+
+            vae = AutoencoderKLWan.from_pretrained(cfg.vae.pretrained, use_safetensors=True, local_files_only=True)
+        elif cfg.vae.train and resume and (vae_dir / "config.json").is_file():
+            from diffusers import AutoencoderKLWan
+
+            vae = AutoencoderKLWan.from_pretrained(str(vae_dir), use_safetensors=True, local_files_only=True)
+            say(f"train: resuming with the VAE in {vae_dir}")
+        else:
+            vae = None
+    else:
+        base_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        pipe, layout = load_base_pipeline(cfg, base_dtype)
+        geom = (pipe.num_frames, pipe.height, pipe.width)
+
+    # 2. Data (clips at the model's geometry)
+    ds = open_dataset(data, *geom, split="train", heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed)
+    if cfg.data_format != "auto" and ds.format != cfg.data_format:
+        raise ValueError(f"data_format is {cfg.data_format!r} but {data} holds the {ds.format!r} format")
+    clips = [ds[i] for i in range(len(ds))]
+    metrics["train_episodes"] = len(clips)
+    metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
+    say(f"train: {len(clips)} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}")
+
+    if cfg.mode == "full":
+        if vae is None:
+            if cfg.vae.train:
+                if acc.is_main_process:
+                    _, vae_metrics = train_vae(clips, cfg.vae, vae_dir, device=acc.device, mixed_precision=precision,
+                                               seed=cfg.seed, progress=progress, log=say)
+                    metrics["vae"] = {k: v for k, v in vae_metrics.items() if k not in ("latents_mean", "latents_std")}
+                acc.wait_for_everyone()
+                from diffusers import AutoencoderKLWan
+
+                vae = AutoencoderKLWan.from_pretrained(str(vae_dir), use_safetensors=True, local_files_only=True)
+            else:
+                from .vae import build_vae
+
+                torch.manual_seed(cfg.seed)
+                vae = build_vae(cfg.vae).eval()
+        pipe = build_full_pipeline(cfg, vae)
+    transformer = pipe.transformer
+    for module in (pipe.vae, pipe.image_encoder):
+        module.requires_grad_(False).eval()
+    pipe.vae.to(acc.device)
+    pipe.image_encoder.to(acc.device)
+    transformer.to(acc.device)
+
+    if cfg.mode == "lora":
+        transformer.requires_grad_(False)
+        if layout == "k4d":
+            add_lora(transformer, cfg.lora.rank, cfg.lora.alpha)
+        trainable = set_trainable(transformer, cfg.lora.train_added_modules)
+        metrics["lora_modules"] = len(lora_module_names(transformer))
+    else:
+        transformer.requires_grad_(True)
+        trainable = [n for n, _ in transformer.named_parameters()]
+    n_train = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+    metrics["params_total"] = sum(p.numel() for p in transformer.parameters())
+    metrics["params_trainable"] = n_train
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    say(f"train: mode {cfg.mode} ({layout}), transformer {metrics['params_total'] / 1e6:.2f} M params, "
+        f"{n_train / 1e6:.2f} M trainable, precision {precision}, device {acc.device}")
+
+    # 3. Encode every clip once with the frozen VAE / CLIP (the pipeline's conditioning code)
+    t_enc = time.perf_counter()
+    cache = []
+    for c in clips:
+        try:
+            cache.append(encode_clip(pipe, c))
+        except ValueError as exc:  # a clip without a visible robot cannot be conditioned on
+            say(f"train: skipping clip {c['name']}: {exc}")
+    if not cache:
+        raise ValueError(f"no usable training clip in {data}")
+    metrics["encode_s"] = time.perf_counter() - t_enc
+    fixed = stack_encoded(cache[: min(4, len(cache))], acc.device)
+
+    # 4. Optimiser, schedule, accelerate
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    warm = max(cfg.warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    transformer, opt, sched = acc.prepare(transformer, opt, sched)
+
+    def save_hook(models, weights, output_dir):
+        for i, m in enumerate(models):
+            core = acc.unwrap_model(m)
+            sd = {n: p.detach().float().cpu().contiguous() for n, p in core.named_parameters() if p.requires_grad}
+            if acc.is_main_process:
+                save_file(sd, os.path.join(output_dir, f"trainable_{i}.safetensors"))
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        for i in range(len(models)):
+            m = models.pop()
+            core = acc.unwrap_model(m)
+            sd = load_file(os.path.join(input_dir, f"trainable_{len(models)}.safetensors"))
+            missing = set(sd) - {n for n, _ in core.named_parameters()}
+            if missing:
+                raise ValueError(f"checkpoint {input_dir}: parameter '{sorted(missing)[0]}' is not in the model")
+            core.load_state_dict(sd, strict=False)
+
+    acc.register_save_state_pre_hook(save_hook)
+    acc.register_load_state_pre_hook(load_hook)
+
+    ckpt_root = out / "checkpoints"
+    step = 0
+    history: list[dict] = []
+    if resume:
+        latest = _latest_checkpoint(ckpt_root)
+        if latest is None:
+            say(f"train: --resume given but no checkpoint in {ckpt_root}; starting at step 0")
+        else:
+            acc.load_state(str(latest))
+            state = json.loads((latest / STATE_FILE).read_text())
+            step, history = int(state["step"]), list(state.get("history", []))
+            say(f"train: resumed from {latest} at step {step}")
+    metrics["start_step"] = step
+    with acc.autocast():
+        metrics["fixed_batch_loss_before"] = _fixed_batch_loss(acc.unwrap_model(transformer), fixed, cfg.seed + 99)
+
+    def save_checkpoint(at: int) -> None:
+        path = ckpt_root / f"checkpoint-{at}"
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            (path / STATE_FILE).write_text(json.dumps({"step": at, "history": history}))
+            for old in sorted(ckpt_root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[
+                    : -cfg.keep_checkpoints or None]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    # 5. Loop
+    transformer.train()
+    t_loop = time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train[{cfg.mode}]",
+               disable=not (progress and acc.is_main_process))
+    window: list[float] = []
+    stopped = "max_steps"
+    while step < cfg.max_steps:
+        if cfg.time_budget_s and time.perf_counter() - t_loop > cfg.time_budget_s:
+            stopped = "time_budget"
+            break
+        for micro in range(cfg.grad_accum):
+            g = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([cfg.seed, step, micro, acc.process_index]).generate_state(1)[0]))
+            idx = torch.randint(len(cache), (cfg.batch_size,), generator=g).tolist()
+            batch = stack_encoded([cache[i] for i in idx], acc.device)
+            with acc.accumulate(transformer), acc.autocast():
+                loss = flow_matching_step(transformer, batch, g, cfg.flow_shift, cfg.soft_mask_fraction,
+                                          cfg.cond_dropout)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.grad_clip:
+                    acc.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+        loss_v = float(loss.detach())
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"training loss is {loss_v} at step {step}; lower lr ({cfg.lr})")
+        step += 1
+        window.append(loss_v)
+        bar.set_postfix(loss=f"{loss_v:.4f}")
+        bar.update()
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop})
+            window = []
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save_checkpoint(step)
+    bar.close()
+    if window:
+        history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop})
+    train_s = time.perf_counter() - t_loop
+    save_checkpoint(step)
+
+    # 6. Final weights
+    core = acc.unwrap_model(transformer)
+    with acc.autocast():
+        metrics["fixed_batch_loss_after"] = _fixed_batch_loss(core, fixed, cfg.seed + 99)
+    metrics.update({"steps": step, "stopped": stopped, "train_s": train_s, "history": history,
+                    "steps_per_s": (step - metrics["start_step"]) / max(train_s, 1e-9)})
+    if acc.is_main_process:
+        core = core.to("cpu").float()
+        save_dtype = torch.bfloat16 if cfg.save_dtype == "bfloat16" else torch.float32
+        if cfg.mode == "lora":
+            files = save_released_lora(core, out / "lora")
+            metrics["lora_dir"] = str(out / "lora")
+            metrics["lora_base_model_dir"] = cfg.base.base_model_dir
+            say(f"train: LoRA written to {files['lora']} (+ {files['added'].name})")
+        if cfg.mode == "full" or layout == "k4d":
+            if cfg.mode == "lora":
+                core = merge_lora(core)
+            pipe.transformer = core if save_dtype == torch.float32 else core.to(save_dtype)
+            pipe.vae.to("cpu")
+            pipe.image_encoder.to("cpu")
+            pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True,
+                                 max_shard_size=f"{cfg.save_max_shard_mb}MB")
+            metrics["pipeline_dir"] = str(out / "pipeline")
+            sizes = {str(p.relative_to(out)): p.stat().st_size for p in (out / "pipeline").rglob("*.safetensors")}
+            metrics["checkpoint_bytes"] = int(sum(sizes.values()))
+            metrics["largest_file_bytes"] = int(max(sizes.values()))
+            say(f"train: pipeline written to {out / 'pipeline'} ({metrics['checkpoint_bytes'] / 2**20:.1f} MiB)")
+        metrics["total_s"] = time.perf_counter() - t_start
+        (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1))
+        say(f"train: {step} steps ({stopped}) in {train_s:.0f} s, loss {history[0]['loss'] if history else 'n/a'}"
+            f" -> {history[-1]['loss'] if history else 'n/a'}; fixed-batch loss "
+            f"{metrics['fixed_batch_loss_before']:.4f} -> {metrics['fixed_batch_loss_after']:.4f}")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return metrics
+
+
+def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out: str | os.PathLike,
+                   max_steps: int | None = None, time_budget_s: float | None = None, progress: bool = True) -> dict:
+    """``k4d train-vae``: train only the config's VAE and save it to ``OUT`` (use as ``vae.pretrained``)."""
+    from .data import open_dataset
+    from .vae import train_vae
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
+    if max_steps is not None:
+        cfg.vae.steps = int(max_steps)
+    if time_budget_s is not None:
+        cfg.vae.time_budget_s = float(time_budget_s)
+    ds = open_dataset(data, cfg.num_frames, cfg.height, cfg.width, split="train",
+                      heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed)
+    clips = [ds[i] for i in range(len(ds))]
+    _, metrics = train_vae(clips, cfg.vae, out, mixed_precision=_resolve_precision(cfg), seed=cfg.seed,
+                           progress=progress, log=lambda m: print(m, file=sys.stderr))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="episode folder (k4d *.npz) or Kinema4D layout folder")
+    p.add_argument("--config", required=True, help="train config YAML, or a built-in name (default, smoke, lora)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints/, pipeline/ or lora/, metrics)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoints/checkpoint-N")
+    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    p.add_argument("--time-budget-s", type=float, default=None, help="override time_budget_s (transformer loop)")
+    p.add_argument("--base-checkpoint", default=None, help="override base.checkpoint_dir (mode lora)")
+    p.add_argument("--base-model-dir", default=None, help="override base.base_model_dir (released layout)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config file with the command-line overrides applied (validated again)."""
+    import dataclasses
+
+    cfg = TrainConfig.from_yaml(args.config)
+    base = cfg.base
+    if getattr(args, "base_checkpoint", None):
+        base = dataclasses.replace(base, checkpoint_dir=args.base_checkpoint)
+    if getattr(args, "base_model_dir", None):
+        base = dataclasses.replace(base, base_model_dir=args.base_model_dir)
+    return TrainConfig.from_dict({**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, "base": base})
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "vae_only", False):
+        train_vae_only(args.data, config_from_args(args), args.out, max_steps=args.max_steps,
+                       time_budget_s=args.time_budget_s, progress=not args.no_progress)
+        return 0
+    train(args.data, config_from_args(args), args.out, resume=args.resume, max_steps=args.max_steps,
+          time_budget_s=args.time_budget_s, progress=not args.no_progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``accelerate launch -m k4d_worldmodel.training.train ...`` (same arguments as ``k4d train``)."""
+    p = argparse.ArgumentParser(prog="k4d_worldmodel.training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""ImagineEngine on a tiny saved pipeline (CPU, a few denoising steps per rollout)."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from k4d_worldmodel.config import WorldModelConfig
+from k4d_worldmodel.engine import (EngineNotLoaded, EngineOutOfMemory, ImagineEngine, ImagineRequest, InvalidRequest,
+                                   K4DCancelled, SamplingOverrides, model_identity, sequence_from_arrays)
+from k4d_worldmodel.tiny import tiny_inputs
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, pmcond_pipe):
+    path = tmp_path_factory.mktemp("wm") / "tiny_model"
+    pmcond_pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    eng = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu", num_inference_steps=2,
+                                         guidance_scale=1.0, seed=3))
+    eng.load()
+    return eng
+
+
+@pytest.fixture(scope="module")
+def request_(pmcond_pipe):
+    inp = tiny_inputs(pmcond_pipe)
+    return ImagineRequest(image=inp["image"], sequence=sequence_from_arrays(inp["robot_xyz"], inp["robot_link"]))
+
+
+def test_run_defaults_progress_and_identity(engine, request_, model_dir):
+    stages = []
+    res = engine.run(request_, progress=lambda stage, step, total, el, eta: stages.append((stage, step, total)))
+    t, h, w = engine.geometry
+    assert res.rgb.shape == (t, h, w, 3) and res.rgb.dtype == np.uint8
+    assert res.xyz.shape == (t, h, w, 3) and res.xyz.dtype == np.float32
+    assert res.lift.quality in ("good", "poor", "failed") and res.metric == res.lift.metric
+    s = res.sampling
+    assert (s.num_inference_steps, s.guidance_scale, s.seed, s.num_frames, s.scheduler, s.cfg_mode, s.seed_drawn) == \
+        (2, 1.0, 3, t, "unipc", "correct", False)
+    assert stages == [("preparing", 0, 2), ("denoising", 1, 2), ("denoising", 2, 2), ("decoding", 2, 2),
+                      ("lifting", 2, 2)]
+    assert {"encode_s", "denoise_s", "decode_s", "lift_s", "generation_s"} <= set(res.timings)
+    assert re.fullmatch(r"tiny_model@[0-9a-f]{12}", res.model_id) and res.model_id == engine.model_id
+    assert model_identity(engine.config) == engine.model_id  # stable
+    assert engine.estimate_s(2) > 0
+
+
+def test_drawn_seed_is_reported_and_reproducible(engine, request_):
+    a = engine.run(ImagineRequest(request_.image, request_.sequence, SamplingOverrides(seed=-1, scheduler="euler")))
+    assert a.sampling.seed_drawn and a.sampling.seed >= 0 and a.sampling.scheduler == "euler"
+    b = engine.run(ImagineRequest(request_.image, request_.sequence,
+                                  SamplingOverrides(seed=a.sampling.seed, scheduler="euler")))
+    assert not b.sampling.seed_drawn
+    np.testing.assert_array_equal(a.rgb, b.rgb)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(sampling=SamplingOverrides(num_frames=6)), "4k+1"),
+    (dict(sampling=SamplingOverrides(num_frames=13)), "generates 9 frames"),
+    (dict(sampling=SamplingOverrides(scheduler="ddim")), "sampling.scheduler"),
+    (dict(image=np.zeros((16, 16, 3), np.uint8)), "initial_image must be 48x32"),
+    (dict(empty_robot=True), "no robot pixel"),
+])
+def test_invalid_requests_name_the_field(engine, request_, change, words):
+    seq = request_.sequence
+    if change.pop("empty_robot", False):
+        seq = sequence_from_arrays(np.full_like(seq.xyz, np.nan))
+    req = ImagineRequest(change.get("image", request_.image), seq, change.get("sampling", SamplingOverrides()))
+    with pytest.raises(InvalidRequest, match=re.escape(words)):
+        engine.run(req)
+
+
+def test_stop_between_steps(engine, request_):
+    with pytest.raises(K4DCancelled) as info:
+        engine.run(request_, should_stop=lambda: True)
+    assert info.value.step == 1
+
+
+def test_out_of_memory_is_reported_and_engine_keeps_working(engine, request_, monkeypatch):
+    tr = engine.pipe.transformer
+    original, calls = tr.forward, []
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "forward", forward)
+    with pytest.raises(EngineOutOfMemory, match="out of memory.*keeps serving"):
+        engine.run(request_)
+    assert engine.run(request_).rgb is not None
+
+
+def test_unload(model_dir, request_):
+    eng = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu"))
+    eng.load()
+    assert eng.loaded
+    eng.unload()
+    assert not eng.loaded
+    with pytest.raises(EngineNotLoaded):
+        eng.run(request_)

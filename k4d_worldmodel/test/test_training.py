@@ -1,0 +1,205 @@
+"""Training: data loaders, flow-matching objective, full training (loss down, save, resume, load + run), LoRA."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from k4d_worldmodel.training.synthetic import write_synthetic_episodes
+
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_episodes(root, episodes=4, num_frames=5, height=32, width=48)
+    return root
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    from k4d_worldmodel.training.config import TrainConfig
+
+    return TrainConfig.from_yaml("smoke")
+
+
+@pytest.fixture(scope="module")
+def trained(synth, smoke_cfg, tmp_path_factory):
+    from k4d_worldmodel.training.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    metrics = train(synth, smoke_cfg, out, progress=False, log=lambda m: None)
+    return out, metrics
+
+
+def test_split_and_resize(synth):
+    from k4d_worldmodel.training.data import frame_indices, open_dataset, split_names
+
+    names = [f"{i:06d}" for i in range(10)]
+    tr, he = split_names(names, "train", 0.2, 3), split_names(names, "heldout", 0.2, 3)
+    assert len(he) == 2 and set(tr) | set(he) == set(names) and not set(tr) & set(he)
+    assert split_names(names, "heldout", 0.2, 3) == he and split_names(names, "heldout", 0.2, 4) != he
+    assert frame_indices(49, 17).tolist()[:3] == [0, 3, 6] and frame_indices(49, 17)[-1] == 48
+    ds = open_dataset(synth, 5, 16, 32, split="all")  # crop 32x48 -> 32x64? no: to aspect 1:2 -> 24x48 -> 16x32
+    c = ds[0]
+    assert c["rgb"].shape == (5, 16, 32, 3) and c["rgb"].dtype == np.uint8
+    assert c["world_xyz"].shape == (5, 16, 32, 3) and c["robot_mask"].shape == (5, 16, 32)
+    assert 0 <= c["world01"].min() and c["world01"].max() <= 1
+    # nearest-neighbour resize keeps true metric points: every world point is a point of the original episode
+    from k4d_bringup.dataset.generate import load_episode
+
+    ep = load_episode(synth / "000000.npz")
+    assert np.isin(c["world_xyz"][..., 2], ep["world_xyz"][..., 2]).all()
+    assert np.isnan(c["robot_xyz"][~c["robot_mask"]]).all() and np.isfinite(c["robot_xyz"][c["robot_mask"]]).all()
+
+
+def test_kinema4d_layout_loader(synth, tmp_path):
+    from k4d_bringup.dataset.export import export_kinema4d
+    from k4d_worldmodel.training.data import Kinema4DDataset, detect_format, open_dataset
+
+    export_kinema4d(synth, tmp_path / "k4", fps=4)
+    assert detect_format(tmp_path / "k4") == "kinema4d"
+    ds = open_dataset(tmp_path / "k4", 5, 32, 48, split="all")
+    assert isinstance(ds, Kinema4DDataset) and len(ds) == 4
+    c, ref = ds[0], open_dataset(synth, 5, 32, 48, split="all")[0]
+    assert c["rgb"].shape == (5, 32, 48, 3)
+    # robot mask recovered from mask_videos, metres recovered from pointmap_minmax.json (lossy video: ~1 cm)
+    assert (c["robot_mask"] == ref["robot_mask"]).mean() > 0.97
+    both = c["robot_mask"] & ref["robot_mask"]
+    assert np.nanmedian(np.abs(c["robot_xyz"][both] - ref["robot_xyz"][both])) < 0.02
+    assert np.median(np.abs(c["world_xyz"] - ref["world_xyz"])) < 0.02
+
+
+def test_generated_episodes_load(tmp_path):
+    from k4d_bringup.sim.render import gl_available
+
+    ok, why = gl_available()
+    if not ok:
+        pytest.skip(why)
+    from k4d_bringup.dataset.generate import generate
+    from k4d_worldmodel.training.data import open_dataset
+
+    generate(1, 3, tmp_path, num_frames=5, width=48, height=32, fy=40.0, progress=False)
+    c = open_dataset(tmp_path, 5, 32, 48, split="all")[0]
+    assert c["robot_mask"].any() and np.isfinite(c["world_xyz"]).mean() > 0.9
+    assert c["meta"]["task"] in ("pick_place", "push") and c["object_pos"].shape[:2] == (5, 1)
+
+
+def test_encode_clip_uses_pipeline_conditioning(synth, pmcond_pipe):
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.objective import encode_clip, flow_matching_step, soft_mask, stack_encoded
+
+    pipe = pmcond_pipe
+    clip = open_dataset(synth, pipe.num_frames, pipe.height, pipe.width, split="all")[0]
+    enc = encode_clip(pipe, clip)
+    assert enc["x0"].shape == pipe.transformer.latent_shape
+    assert enc["robot_condition"].shape == pipe.transformer.robot_condition_shape
+    # identical to what the pipeline computes at inference
+    from k4d_worldmodel.pipelines.pipeline_k4d import normalize_robot_pointmap
+
+    xyz01, _, _ = normalize_robot_pointmap(clip["robot_xyz"], clip["robot_mask"])
+    ref = pipe.prepare_robot_condition(xyz01, clip["robot_mask"], None)[0]
+    torch.testing.assert_close(enc["robot_condition"], ref)
+    # soft mask: only ones change, to 0.5, about the requested fraction
+    rc = torch.zeros(1, 20, 3, 40, 40)
+    rc[:, :4] = 1.0
+    soft = soft_mask(rc, 4, 0.1, "pmcond", torch.Generator().manual_seed(0))
+    frac = (soft[:, 0] == 0.5).float().mean().item()
+    assert 0.07 < frac < 0.13 and torch.equal(soft[:, 0], soft[:, 3]) and set(soft[:, :4].unique().tolist()) == {0.5, 1.0}
+    batch = stack_encoded([enc, enc])
+    loss = flow_matching_step(pipe.transformer, batch, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_full_training_reduces_loss_saves_resumes_and_loads(trained, synth, smoke_cfg):
+    from k4d_worldmodel.config import WorldModelConfig
+    from k4d_worldmodel.loading import load_pipeline
+    from k4d_worldmodel.tiny import tiny_inputs
+    from k4d_worldmodel.training.train import train
+
+    out, m = trained
+    assert m["steps"] == smoke_cfg.max_steps
+    assert m["fixed_batch_loss_after"] < m["fixed_batch_loss_before"]
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == smoke_cfg.max_steps
+    assert (out / "vae" / "config.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert all(p.stat().st_size <= 16 * 2**20 for p in (out / "pipeline").rglob("*.safetensors"))
+    # the saved pipeline loads with loading.load_pipeline and runs
+    pipe = load_pipeline(WorldModelConfig(checkpoint_dir=str(out / "pipeline"), device="cpu"))
+    pipe.set_progress_bar_config(disable=True)
+    assert (pipe.num_frames, pipe.height, pipe.width) == (5, 32, 48)
+    assert pipe.vae.config.latents_std != [2.8184] and len(pipe.vae.config.latents_mean) == 16
+    o = pipe(**tiny_inputs(pipe), num_inference_steps=2, seed=0)
+    assert o.rgb.shape == (5, 32, 48, 3) and np.isfinite(o.xyz).all()
+    # resume: continues from checkpoint-6 with the same VAE and reaches step 8
+    m2 = train(synth, smoke_cfg, out, resume=True, max_steps=8, progress=False, log=lambda x: None)
+    assert m2["start_step"] == 6 and m2["steps"] == 8
+    assert (out / "checkpoints" / "checkpoint-8").is_dir()
+
+
+def test_lora_on_our_checkpoint(trained, synth, tmp_path):
+    from safetensors.torch import load_file
+
+    from k4d_worldmodel.loading import _LORA_KEY, fuse_lora_, load_saved
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.lora import add_lora, lora_module_names
+    from k4d_worldmodel.training.train import train
+
+    out, _ = trained
+    base = load_saved(out / "pipeline")
+    add_lora(base.transformer, 4, 8.0)
+    names = lora_module_names(base.transformer)
+    assert len(names) == 2 * 8 and all(n.split(".")[-1] in ("to_q", "to_k", "to_v", "0") for n in names)
+    assert not any("add_k_proj" in n or "ffn" in n for n in names)
+
+    cfg = TrainConfig.from_dict(dict(mode="lora", base=dict(checkpoint_dir=str(out / "pipeline")),
+                                     lora=dict(rank=4, alpha=8.0), batch_size=2, max_steps=3, lr=5e-3,
+                                     warmup_steps=0, checkpoint_every=0))
+    m = train(synth, cfg, tmp_path, progress=False, log=lambda x: None)
+    assert m["lora_modules"] == 16
+    lora = load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
+    assert len(lora) == 2 * 8 * 2 and all(_LORA_KEY.match(k) and k.startswith("transformer.") for k in lora)
+    assert lora["transformer.blocks.0.attn1.to_q.lora_A.weight"].shape == (4, 24)
+    # the fused pipeline equals base + (alpha / r) B A + the trained added modules
+    added = load_file(str(tmp_path / "lora" / "added_weights.safetensors"))
+    ref = load_saved(out / "pipeline").transformer
+    ref.load_state_dict(added, strict=False)
+    fuse_lora_(ref, {k[len("transformer."):]: v for k, v in lora.items()}, 8.0 / 4)
+    fused = load_saved(tmp_path / "pipeline").transformer
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[k], v, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_on_released_layout(synth, tmp_path):
+    from k4d_worldmodel.config import WorldModelConfig
+    from k4d_worldmodel.loading import load_pipeline
+    from k4d_worldmodel.tiny import build_tiny_pipeline, save_released_layout, tiny_inputs, tiny_transformer_config
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.train import train
+
+    save_released_layout(build_tiny_pipeline("pmcond"), tmp_path / "base", tmp_path / "ckpt", lora_rank=4)
+    tc = tiny_transformer_config("pmcond")
+    k4d = {k: tc[k] for k in ("num_latent_frames", "latent_height", "latent_width", "arm_patch_size", "arm_dim")}
+    cfg = TrainConfig.from_dict(dict(mode="lora", base=dict(checkpoint_dir=str(tmp_path / "ckpt"),
+                                     base_model_dir=str(tmp_path / "base"), lora_rank=4, lora_alpha=4.0,
+                                     k4d_config=k4d), batch_size=2, max_steps=2, lr=5e-3, warmup_steps=0))
+    m = train(synth, cfg, tmp_path / "run", progress=False, log=lambda x: None)
+    assert m["lora_modules"] == 16 and not (tmp_path / "run" / "pipeline").exists()
+    pipe = load_pipeline(WorldModelConfig(checkpoint_dir=str(tmp_path / "run" / "lora"),
+                                          base_model_dir=str(tmp_path / "base"), lora_rank=4, lora_alpha=4.0,
+                                          device="cpu"), **k4d)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(**tiny_inputs(pipe), num_inference_steps=1, seed=0).rgb.shape == (9, 32, 48, 3)
+
+
+def test_config_errors_name_the_field():
+    from k4d_worldmodel.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="num_frames"):
+        TrainConfig.from_dict({"num_frames": 8})
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"vae": {"bogus": 1}})
+    with pytest.raises(ValueError, match="height"):
+        TrainConfig.from_dict({"height": 60})
