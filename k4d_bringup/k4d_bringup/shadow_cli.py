@@ -82,31 +82,68 @@ def cmd_replay(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from k4d_bringup.sim_cli import NodeSpec, ProcessGraph, config_path
+    import os
+    import signal
+    import subprocess
+
+    from k4d_bringup.sim_cli import config_path, load_ros_params, write_ros_params
 
     params = [Path(p).resolve() for p in (args.params or [config_path("k4d_bringup", "robot.yaml")])]
-    shadow_files = [config_path("k4d_bringup", "shadow_node.yaml")] + params
-    nodes = [NodeSpec("k4d_shadow", "k4d_bringup.ros.shadow_node", "", shadow_files)]
-    if not args.no_overlay:
-        nodes.append(NodeSpec("k4d_pointmap", "k4d_kinematics.ros.pointmap_node", "",
-                              [config_path("k4d_kinematics", "pointmap_node.yaml")] + params))
-        nodes.append(NodeSpec("k4d_overlay", "k4d_bringup.ros.overlay_node", "", params))
+    robot: dict = {}
+    for p in params:
+        robot.update(load_ros_params(p))
     workdir = Path(args.workdir or "k4d_shadow_run").resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    graph = ProcessGraph(nodes, workdir, workdir / "logs")
-    print(f"k4d shadow run: {', '.join(n.name for n in nodes)} (logs in {workdir / 'logs'}); Ctrl-C to stop")
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    over = {}
+    ext = robot.get("extrinsics_file", "")
+    if ext and not Path(ext).is_absolute():  # relative to the robot file, as in shadow.launch.py
+        over["extrinsics_file"] = str((params[-1].parent / ext).resolve())
+    over_files = [write_ros_params(workdir / "params" / "robot_overrides.yaml", over)] if over else []
+    js = robot.get("joint_states_topic", "/joint_states")
+    # (name, module, parameter files, remappings): the nodes and files of shadow.launch.py
+    nodes = [("k4d_shadow", "k4d_bringup.ros.shadow_node",
+              [config_path("k4d_bringup", "shadow_node.yaml")] + params + over_files, [])]
+    if not args.no_overlay:
+        nodes.append(("k4d_pointmap", "k4d_kinematics.ros.pointmap_node",
+                      [config_path("k4d_kinematics", "pointmap_node.yaml")] + params + over_files,
+                      [f"joint_states:={js}"]))
+        nodes.append(("k4d_overlay", "k4d_bringup.ros.overlay_node", params, []))
+    env = dict(os.environ)
+    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_path("k4d_bringup", "fastdds_large_data.xml")))
+    env["PYTHONUNBUFFERED"] = "1"
+    procs = {}
+    for name, module, files, remaps in nodes:
+        cmd = [sys.executable, "-m", module, "--ros-args", "-r", f"__node:={name}"]
+        for r in remaps:
+            cmd += ["-r", r]
+        for f in files:
+            cmd += ["--params-file", str(f)]
+        procs[name] = subprocess.Popen(cmd, cwd=str(workdir), env=env, stdout=open(workdir / "logs" / f"{name}.log",
+                                                                                   "w"), stderr=subprocess.STDOUT)
+    print(f"k4d shadow run: {', '.join(procs)} (logs in {workdir / 'logs'}); Ctrl-C to stop")
+    code = 0
     try:
         t0 = time.monotonic()
         while args.duration is None or time.monotonic() - t0 < args.duration:
-            if graph.failed():
-                print(f"k4d shadow run: node {graph.failed()} exited:\n{graph.tail(graph.failed())}", file=sys.stderr)
-                return 1
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                log = (workdir / "logs" / f"{dead[0]}.log").read_text(errors="replace").splitlines()[-20:]
+                print(f"k4d shadow run: node {dead[0]} exited:\n" + "\n".join(log), file=sys.stderr)
+                code = 1
+                break
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        graph.stop()
-    return 0
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return code
 
 
 def cmd_calib_check(args) -> int:

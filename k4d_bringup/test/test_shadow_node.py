@@ -70,7 +70,7 @@ class Robot:
         self.q = scene.home_q()
         self.motion = None  # (t0, q_from, q_to, duration)
         self.results: list = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.pub_js = node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
         self.pub_img = node.create_publisher(Image, "/camera/color/image_raw", SENSOR_QOS)
         self.pub_depth = node.create_publisher(Image, "/camera/depth/image_rect_raw", SENSOR_QOS)
@@ -237,16 +237,16 @@ def test_shadow_node_evaluates_chunks_and_survives_world_model_crash(graph):
     procs["imagine"].wait(10)
     time.sleep(0.6)
     robot.send_chunk(-0.1)
-    ep2_id = lambda: [r.episode_id for r in robot.find(lambda r: r.episode_id != ep1.episode_id)]  # noqa: E731
     assert wait_for(lambda: len(robot.find(lambda r: r.episode_id != ep1.episode_id and r.chunk_index >= 0)) >= 2,
                     30), "the chunks of the crashed episode were not reported"
     failed = robot.find(lambda r: r.episode_id != ep1.episode_id and r.chunk_index >= 0)
     assert [r.status for r in failed] == [ShadowEvalResult.STATUS_FAILED_TO_EVALUATE] * 2, \
         [(r.status, r.status_message) for r in failed]
     assert "disappeared" in failed[0].status_message or "not available" in failed[0].status_message
+    ep2_id = failed[0].episode_id
     robot.episode("end failure")
-    assert wait_for(lambda: robot.find(lambda r: r.chunk_index == -1 and r.episode_id == ep2_id()[0]), 20)
-    ep2 = robot.find(lambda r: r.chunk_index == -1 and r.episode_id == ep2_id()[0])[0]
+    assert wait_for(lambda: robot.find(lambda r: r.chunk_index == -1 and r.episode_id == ep2_id), 20)
+    ep2 = robot.find(lambda r: r.chunk_index == -1 and r.episode_id == ep2_id)[0]
     assert ep2.status == ShadowEvalResult.STATUS_FAILED_TO_EVALUATE and ep2.has_actual and not ep2.actual_success
 
     # 3. The world model comes back: the next episode is evaluated again.
@@ -294,5 +294,48 @@ def test_runtime_guard_refuses_actuator_publishers(tmp_path):
             ShadowNode("k4d_shadow_guard2", context=ctx, parameter_overrides=[
                 Parameter("log_path", value=str(tmp_path / "log2.jsonl")),
                 Parameter("result_topic", value="/arm_controller/joint_trajectory")])
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_overlay_node_draws_the_robot_mask(tmp_path):
+    from k4d_bringup.ros.overlay_node import OverlayNode
+    from k4d_kinematics.ros.conversions import image_to_numpy
+
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        overlay = OverlayNode("k4d_overlay_test", context=ctx)
+        peer = rclpy.create_node("overlay_peer", context=ctx)
+        got = []
+        peer.create_subscription(Image, "/k4d/overlay", got.append, SENSOR_QOS)
+        pub_img = peer.create_publisher(Image, "/camera/color/image_raw", SENSOR_QOS)
+        pub_mask = peer.create_publisher(Image, "/k4d/robot_mask", SENSOR_QOS)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(overlay)
+        ex.add_node(peer)
+        rgb = np.full((32, 48, 3), 100, np.uint8)
+        mask = np.zeros((32, 48), np.uint8)
+        mask[8:24, 10:30] = 255
+        stamp = time_from_ns(time.time_ns())
+        deadline = time.monotonic() + 15
+        while not got and time.monotonic() < deadline:
+            m = numpy_to_image(mask, "mono8")
+            m.header.stamp = stamp
+            pub_mask.publish(m)
+            i = numpy_to_image(rgb, "rgb8")
+            i.header.stamp = stamp
+            pub_img.publish(i)
+            for _ in range(5):
+                ex.spin_once(timeout_sec=0.05)
+        assert got, "no /k4d/overlay image"
+        out = image_to_numpy(got[-1])
+        assert out.shape == (32, 48, 3) and got[-1].encoding == "rgb8"
+        assert (out[16, 20] != rgb[16, 20]).any()       # robot pixels tinted
+        assert (out[2, 2] == rgb[2, 2]).all()           # background untouched
+        assert (out[8, 15] == 255).all()                # white outline
+        ex.shutdown()
+        overlay.destroy_node()
+        peer.destroy_node()
     finally:
         rclpy.try_shutdown(context=ctx)

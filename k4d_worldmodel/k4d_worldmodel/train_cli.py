@@ -75,3 +75,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=_run_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m k4d_worldmodel.train_cli {train,train-vae,eval} ...`` without the rest of the k4d CLI."""
+    parser = argparse.ArgumentParser(prog="python -m k4d_worldmodel.train_cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,8 +52,12 @@ exec > >(tee -a "$LOG") 2>&1
 
 WHEELS=${K4D_WHEELS:-$REPO/.whl}
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/k4d_site "$WHEELS"/*.whl
-  export PYTHONPATH=/tmp/k4d_site${PYTHONPATH:+:$PYTHONPATH}
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/k4d_site \
+      "$WHEELS"/*.whl; then
+    export PYTHONPATH=/tmp/k4d_site${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "device_train.sh: could not install the wheels in $WHEELS (other Python?); using the installed packages"
+  fi
 fi
 export PYTHONPATH="$REPO/k4d_kinematics:$REPO/k4d_bringup:$REPO/k4d_worldmodel${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -92,7 +96,7 @@ train("$WORK/train", cfg, "$WORK/run", time_budget_s=float($TRAIN_BUDGET), progr
 PYEOF
 
 echo "== 3. evaluate on the held-out episodes ($EVAL_STEPS steps)"
-"$PY" -m k4d_worldmodel.train_cli_main eval --checkpoint "$WORK/run/pipeline" --data "$WORK/heldout" --split all \
+"$PY" -m k4d_worldmodel.train_cli eval --checkpoint "$WORK/run/pipeline" --data "$WORK/heldout" --split all \
   --out "$WORK/run/eval" --steps "$EVAL_STEPS" --videos 4 --no-progress
 
 echo "== 4. pack"

@@ -154,6 +154,10 @@ def node_proc(ros, model_dir, tmp_path_factory):
         ok = wait_for(lambda: proc.poll() is not None or active(), 60.0)
         assert ok and proc.poll() is None, f"imagine node did not become active:\n{stop_process(proc)}"
         assert graph.client.wait_for_server(timeout_sec=20.0)
+        # discovery of the feedback and output topics can lag behind the action services on a loaded machine
+        topics = ["/k4d/imagine/_action/feedback", "/k4d/imagined/rollout", "/k4d/imagined/rgb", "/diagnostics"]
+        assert wait_for(lambda: all(graph.node.count_publishers(t) >= 1 for t in topics), 20.0)
+        time.sleep(0.3)
         yield graph, proc
     finally:
         graph.close()

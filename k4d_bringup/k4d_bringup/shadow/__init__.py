@@ -20,4 +20,6 @@ Pearson r and MMRV across policies). Pieces:
 - ``report``    HTML report with videos (real | imagined), plots and tables.
 - ``calib``     the camera-calibration check: projected robot vs image edges (and depth).
 - ``imaginers`` in-process world model (checkpoint) and action-client imaginers for offline replay.
+- ``offline``   ``k4d shadow replay``: a recording through the same session, in batch.
+- ``synthetic`` a small synthetic RGB-D workcell camera (table, box, the YAM) for tests and examples.
 """

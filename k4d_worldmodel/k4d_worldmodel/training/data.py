@@ -21,7 +21,7 @@ included (``linspace(0, T_src - 1, T).round()``); the image is centre-cropped to
 RGB is resized with antialiased bilinear filtering and every pointmap / mask / link map with nearest neighbour
 (pointmaps keep true metric camera-frame XYZ and stay pixel-aligned with the RGB; averaging XYZ across a depth
 edge would invent points). ``K`` is updated for the crop and scale. Generate episodes at the model size
-(``k4d dataset generate --width 96 --height 64 --fy 80 --num-frames 17``) to skip resizing altogether.
+(``k4d dataset generate --width 96 --height 64 --fy 80 --frames 17``) to skip resizing altogether.
 
 Split: episode names are shuffled with ``numpy.random.default_rng(split_seed)`` and the last
 ``round(heldout_fraction * n)`` (at least 1 when the fraction is > 0 and n >= 2) are "heldout", the rest "train";
