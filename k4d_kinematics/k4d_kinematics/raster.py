@@ -211,10 +211,11 @@ def raster_faces(vcam, ufix, vfix, vok, faces, flabel, fcull, chunk_bounds, fx, 
 
 
 @njit(cache=True, parallel=True)
-def merge_to_pointmap(inv, lab, box, fx, fy, cx, cy, xyz, link, depth):
+def merge_to_pointmap(inv, lab, box, fx, fy, cx, cy, xyz, link, depth, write_depth=True):
     """Merge chunk buffers (nearest wins), write xyz (H,W,3) / link (H,W) / depth (H,W), reset the buffers.
 
-    Pixels outside the union of touched boxes are set to background (NaN / -1 / NaN).
+    Pixels outside the union of touched boxes are set to background (NaN / -1 / NaN). With
+    ``write_depth=False`` the depth image is left untouched (sequences need only xyz and link).
     """
     C, H, W = inv.shape
     r0, r1, c0, c1 = H, -1, W, -1
@@ -240,10 +241,12 @@ def merge_to_pointmap(inv, lab, box, fx, fy, cx, cy, xyz, link, depth):
                 xyz[r, c, 0] = (c - cx) * z / fx
                 xyz[r, c, 1] = (r - cy) * z / fy
                 xyz[r, c, 2] = z
-                depth[r, c] = z
+                if write_depth:
+                    depth[r, c] = z
             else:
                 xyz[r, c, 0] = nan
                 xyz[r, c, 1] = nan
                 xyz[r, c, 2] = nan
-                depth[r, c] = nan
+                if write_depth:
+                    depth[r, c] = nan
             link[r, c] = bl

@@ -200,7 +200,7 @@ class PlanNode(Node):
             times = np.asarray(res.times, np.float64) - res.times[0]
             seq_msg = None
             if want_seq:
-                xyz, link = self._renderer_for(model, cam).render_sequence(Q)
+                xyz, link = self._renderer_for(model, cam).render_sequence(Q, out=self._sequence_buffers(len(Q), cam))
                 seq = PointmapSequenceData(
                     xyz=xyz, link=link, times=times, joint_names=list(model.joint_names),
                     positions=Q, link_names=list(model.link_names), camera=cam, source="plan", source_id=source_id,
@@ -217,6 +217,16 @@ class PlanNode(Node):
             self.pub_ghost.publish(ghost)
         self.stats.record(time.perf_counter() - t0)
         return True
+
+    def _sequence_buffers(self, frames: int, cam) -> tuple[np.ndarray, np.ndarray]:
+        """Output arrays reused from plan to plan (the message conversion copies them): fresh ~200 MB
+        arrays per 49-frame 480x720 plan cost as much page-faulting as the rendering itself."""
+        shape = (frames, cam.height, cam.width)
+        buf = getattr(self, "_seq_buf", None)
+        if buf is None or buf[1].shape != shape:
+            buf = (np.empty(shape + (3,), np.float32), np.empty(shape, np.int16))
+            self._seq_buf = buf
+        return buf
 
     def _renderer_for(self, model: RobotModel, cam: PinholeCamera) -> PointmapRenderer:
         ext = self.extrinsics.get(model.root_link, cam.frame_id)
