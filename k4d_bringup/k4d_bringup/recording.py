@@ -174,11 +174,14 @@ def recording_topics(path: str | os.PathLike) -> dict[str, str]:
 
 
 def replay(node, path: str | os.PathLike, rate: float = 1.0, topics: Optional[Iterable[str]] = None,
-           qos=10, stop: Optional[threading.Event] = None, discovery_wait_s: float = 2.0) -> dict[str, int]:
+           qos=10, stop: Optional[threading.Event] = None, discovery_wait_s: float = 2.0,
+           start_delay_s: float = 0.5) -> dict[str, int]:
     """Publish a recording's messages into the graph with the recorded timing (scaled by ``rate``).
 
-    Publishers are created first and given up to ``discovery_wait_s`` to match subscribers, so the
-    first messages are not lost to DDS discovery.
+    Publishers are created first and given up to ``discovery_wait_s`` to match subscribers, then
+    ``start_delay_s`` more (like ``ros2 bag play --delay``): DDS discovery is not symmetric, and a
+    subscriber that the publisher already sees may not yet see the publisher, which would lose the
+    first messages of a volatile topic.
     """
     if rate <= 0:
         raise ValueError(f"rate must be > 0, got {rate}")
@@ -189,6 +192,7 @@ def replay(node, path: str | os.PathLike, rate: float = 1.0, topics: Optional[It
     deadline = time.monotonic() + discovery_wait_s
     while time.monotonic() < deadline and not all(p.get_subscription_count() > 0 for p in pubs.values()):
         time.sleep(0.05)
+    time.sleep(max(0.0, start_delay_s))
     t0_log = t0_wall = None
     for topic, _datatype, log_ns, data in read_messages(path, list(pubs)):
         if stop is not None and stop.is_set():

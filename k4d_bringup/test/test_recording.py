@@ -68,7 +68,7 @@ def test_record_live_topic_then_replay_into_graph(tmp_path):
             "rclpy.spin(n)\n")
         # wait until the listener process is up and discovered before replaying
         spin_until(node, lambda: node.count_subscribers("/joint_states") > 1, timeout=20)
-        counts = replay(node, path, rate=4.0, discovery_wait_s=10.0)
+        counts = replay(node, path, rate=1.0, discovery_wait_s=10.0, start_delay_s=1.0)
         time.sleep(1.0)
         out = stop_process(listener)
         assert counts["/joint_states"] == len(recorded)
