@@ -89,4 +89,21 @@ for pkg in k4d_kinematics k4d_worldmodel k4d_bringup; do
       --config-settings editable_mode=compat -e "$pkg" >/dev/null
   fi
 done
+# Compile the numba rasteriser once (cached next to its source), so the first node start or test is not
+# 20-40 s of JIT compilation on a fresh clone.
+JIT_HASH=$(sha256sum k4d_kinematics/k4d_kinematics/raster.py | cut -c1-16)
+JIT_STAMP="$VENV/.k4d-jit-$JIT_HASH"
+if [ $FORCE = 1 ] || [ ! -f "$JIT_STAMP" ]; then
+  log "compiling the pointmap rasteriser (numba cache)"
+  (cd /tmp && "$VENV/bin/python" -c "
+from k4d_kinematics.camera import Extrinsics, PinholeCamera
+from k4d_kinematics.pointmap import PointmapRenderer
+from k4d_kinematics.robot import RobotModel
+m = RobotModel.yam()
+r = PointmapRenderer(m, PinholeCamera(96, 64, 80.0, 80.0, 47.5, 31.5),
+                     Extrinsics.look_at((0.9, 0.3, 0.8), (0.2, 0.0, 0.15)))
+r.render_sequence(r.model.lower[None].repeat(2, 0) * 0)
+")
+  rm -f "$VENV"/.k4d-jit-*; touch "$JIT_STAMP"
+fi
 log "done in $(( $(date +%s) - t0 )) s"
