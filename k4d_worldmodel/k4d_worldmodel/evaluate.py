@@ -306,7 +306,7 @@ def write_report(out: Path, summary: dict, rows: list[dict], header: dict, video
     """``report.md`` and ``report.html``; returns the Markdown."""
     cols = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
             "lift_failed")
-    md = [f"# k4d world-model evaluation", "",
+    md = ["# k4d world-model evaluation", "",
           "| " + " | ".join(f"{k}: {_fmt(v)}" for k, v in header.items()) + " |", "|" + "---|" * len(header), "",
           "## Video and geometry (frames 1..T-1; PSNR/SSIM higher is better, Chamfer lower, F-score@0.01 higher)",
           "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -4,57 +4,16 @@
     imag = make_imaginer(checkpoint="")           # action client of /k4d/imagine (a server must be running)
     rollout = imag(initial_rgb, seq)              # RolloutData, or raises RuntimeError with the reason
 
-In process: ``k4d_worldmodel.engine.ImagineEngine`` (the imagine node's ROS-free engine) when it exists;
-otherwise the pipeline is assembled here from ``k4d_worldmodel.loading`` (``load_pipeline``) and lifted to
-metres with ``k4d_worldmodel.lifting.lift_pointmaps``, the same steps. Without a checkpoint the replay needs a running Imagine server.
+In process: ``k4d_worldmodel.engine.ImagineEngine``, the imagine node's own ROS-free engine (load, sample,
+lift to metres). Without a checkpoint the replay needs a running Imagine server.
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import numpy as np
 
 from .session import RolloutData
-
-
-class PipelineImaginer:
-    """The K4D pipeline in this process (CPU or GPU), with metric lifting."""
-
-    def __init__(self, checkpoint: str, device: str = "auto", num_inference_steps: int = 0,
-                 guidance_scale: float = 0.0, seed: int = 42):
-        from pathlib import Path
-
-        from k4d_worldmodel.config import WorldModelConfig
-        from k4d_worldmodel.loading import load_pipeline
-
-        kw = {"checkpoint_dir": str(checkpoint), "device": device, "seed": int(seed) if seed >= 0 else 42}
-        if num_inference_steps > 0:
-            kw["num_inference_steps"] = int(num_inference_steps)
-        if guidance_scale > 0:
-            kw["guidance_scale"] = float(guidance_scale)
-        self.cfg = WorldModelConfig(**kw)
-        self.pipe = load_pipeline(self.cfg)
-        self.model_id = Path(checkpoint).resolve().name
-        self.width, self.height, self.num_frames = self.pipe.width, self.pipe.height, self.pipe.num_frames
-
-    def __call__(self, initial_rgb: np.ndarray, seq, rec=None) -> RolloutData:
-        from k4d_worldmodel.lifting import lift_pointmaps
-
-        if initial_rgb.shape[:2] != (self.height, self.width):
-            raise RuntimeError(f"initial image is {initial_rgb.shape[1]}x{initial_rgb.shape[0]} but the model takes "
-                               f"{self.width}x{self.height}")
-        if seq.num_frames != self.num_frames:
-            raise RuntimeError(f"the chunk has {seq.num_frames} frames but the model makes {self.num_frames} "
-                               f"(set num_frames)")
-        t0 = time.perf_counter()
-        c = self.cfg
-        out = self.pipe(image=initial_rgb, robot_xyz=seq.xyz, robot_link=seq.link,
-                        num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale, seed=c.seed,
-                        cfg_mode=c.cfg_mode)
-        xyz_m, fit = lift_pointmaps(out.xyz, seq.xyz, config=c.metric_lift_config())
-        return RolloutData(out.rgb, xyz_m, bool(fit.metric), self.model_id, time.perf_counter() - t0, fit.quality,
-                           float(fit.residual_m))
 
 
 class EngineImaginer:
@@ -126,11 +85,7 @@ class ActionImaginer:
 
 
 def make_imaginer(cfg, checkpoint: str = "", device: str = "auto"):
-    """In-process world model for ``checkpoint`` (engine if available, else pipeline), else an action client."""
+    """In-process world model (k4d_worldmodel's ImagineEngine) for ``checkpoint``, else an action client."""
     if checkpoint:
-        try:
-            from k4d_worldmodel.engine import ImagineEngine  # noqa: F401
-        except ImportError:
-            return PipelineImaginer(checkpoint, device, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed)
         return EngineImaginer(checkpoint, device, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed)
     return ActionImaginer(cfg)

@@ -220,11 +220,11 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         transformer.requires_grad_(False)
         if layout == "k4d":
             add_lora(transformer, cfg.lora.rank, cfg.lora.alpha)
-        trainable = set_trainable(transformer, cfg.lora.train_added_modules)
+        set_trainable(transformer, cfg.lora.train_added_modules)
         metrics["lora_modules"] = len(lora_module_names(transformer))
     else:
         transformer.requires_grad_(True)
-        trainable = [n for n, _ in transformer.named_parameters()]
+
     n_train = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     metrics["params_total"] = sum(p.numel() for p in transformer.parameters())
     metrics["params_trainable"] = n_train
