@@ -17,7 +17,7 @@ from k4d_bringup.shadow.chunks import ChunkQueue
 from k4d_bringup.shadow.config import ShadowConfig
 from k4d_bringup.shadow.guard import ActuatorGuard
 from k4d_bringup.shadow.log import ShadowLog, read_log
-from k4d_bringup.shadow.metrics import _mmrv, _pearson_r, backproject_depth, mmrv, pearson_r
+from k4d_bringup.shadow.metrics import backproject_depth, mmrv, pearson_r
 from k4d_bringup.shadow.session import Kinematics, RolloutData, ShadowSession
 from k4d_bringup.shadow.synthetic import SyntheticScene
 from k4d_kinematics.sequence import JointTrajectoryData
@@ -225,12 +225,11 @@ def test_table3_pearson_and_mmrv_on_constructed_inputs():
     assert rank["pearson_r"] == pytest.approx(np.corrcoef(gt, im)[0, 1])
     assert rank["mmrv"] == 0.0  # same order
     # MMRV by hand: real [0.5, 0.3, 0.8], imagined order swaps the first two -> each of them violates by 0.2.
-    assert _mmrv([0.5, 0.3, 0.8], [0.3, 0.6, 0.9]) == pytest.approx(0.4 / 3)
     assert mmrv([0.5, 0.3, 0.8], [0.3, 0.6, 0.9]) == pytest.approx(0.4 / 3)
     assert mmrv([0.2, 0.9], [0.9, 0.2]) == pytest.approx(0.7)
     assert pearson_r([0.1, 0.5, 0.9], [0.2, 0.6, 1.0]) == pytest.approx(1.0)
     assert pearson_r([0.1, 0.5, 0.9], [0.9, 0.5, 0.1]) == pytest.approx(-1.0)
-    assert math.isnan(pearson_r([0.5], [0.4])) and math.isnan(_pearson_r([0.5, 0.5], [0.1, 0.2]))
+    assert math.isnan(pearson_r([0.5], [0.4])) and math.isnan(pearson_r([0.5, 0.5], [0.1, 0.2]))
 
 
 def test_calibration_of_imagined_probabilities():

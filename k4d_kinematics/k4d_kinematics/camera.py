@@ -24,6 +24,23 @@ from scipy.spatial.transform import Rotation
 QUAT_NORM_TOL = 1e-3  # |‖q‖ - 1| accepted (then renormalised)
 
 
+def depth_to_xyz(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Back-project depth images to camera optical-frame points.
+
+    depth: (..., H, W) float metres (NaN invalid). K: (3, 3) intrinsics, pixel centres at integers.
+    Returns (..., H, W, 3) float32 metres: x = (u - cx) z / fx, y = (v - cy) z / fy, z = depth (NaN kept).
+    """
+    depth = np.asarray(depth, np.float32)
+    H, W = depth.shape[-2:]
+    u = ((np.arange(W, dtype=np.float64) - K[0, 2]) / K[0, 0]).astype(np.float32)
+    v = ((np.arange(H, dtype=np.float64) - K[1, 2]) / K[1, 1]).astype(np.float32)
+    out = np.empty(depth.shape + (3,), np.float32)
+    out[..., 0] = depth * u[None, :]
+    out[..., 1] = depth * v[:, None]
+    out[..., 2] = depth
+    return out
+
+
 def _finite(name: str, value) -> float:
     try:
         v = float(value)
@@ -77,6 +94,13 @@ class PinholeCamera:
         xyz_cam = np.asarray(xyz_cam, np.float64)
         z = xyz_cam[..., 2]
         return np.stack([self.fx * xyz_cam[..., 0] / z + self.cx, self.fy * xyz_cam[..., 1] / z + self.cy], -1)
+
+    def backproject(self, depth: np.ndarray) -> np.ndarray:
+        """(..., H, W) depth (m along the optical axis, NaN invalid) of this camera -> (..., H, W, 3) float32 XYZ (m)."""
+        depth = np.asarray(depth)
+        if depth.shape[-2:] != (self.height, self.width):
+            raise ValueError(f"depth is {depth.shape[-1]}x{depth.shape[-2]}, camera is {self.width}x{self.height}")
+        return depth_to_xyz(depth, self.K)
 
     @classmethod
     def from_camera_info_fields(cls, width: int, height: int, k: Sequence[float], d: Sequence[float] = (),

@@ -71,3 +71,22 @@ def test_shipped_configs():
     assert (cam.width, cam.height) == (720, 480)
     ext = Extrinsics.from_yaml(cfg / "extrinsics.yaml")
     assert ext.parent_frame == "base" and ext.child_frame == cam.frame_id
+
+
+def test_backproject_inverts_project_and_checks_size():
+    import numpy as np
+    from k4d_kinematics.camera import PinholeCamera
+
+    cam = PinholeCamera(8, 6, 5.0, 4.0, 3.5, 2.5)
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 2.0, (2, 6, 8)).astype(np.float32)
+    depth[0, 1, 2] = np.nan
+    xyz = cam.backproject(depth)
+    assert xyz.shape == (2, 6, 8, 3) and xyz.dtype == np.float32
+    uv = cam.project(xyz[1].reshape(-1, 3)).reshape(6, 8, 2)
+    v, u = np.mgrid[0:6, 0:8]
+    np.testing.assert_allclose(uv[..., 0], u, atol=1e-4)
+    np.testing.assert_allclose(uv[..., 1], v, atol=1e-4)
+    assert np.isnan(xyz[0, 1, 2]).all()
+    with pytest.raises(ValueError, match="camera is 8x6"):
+        cam.backproject(np.ones((5, 8)))

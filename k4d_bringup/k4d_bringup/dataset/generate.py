@@ -268,7 +268,7 @@ def load_episode(path: str | Path) -> dict:
     """Read ``<name>.npz`` (+ ``<name>.json`` as ``meta``). Adds ``world_xyz`` (T, H, W, 3) float32 metres,
     camera optical frame, back-projected from ``depth`` and ``K`` (NaN where depth is NaN), and
     ``robot_mask`` (T, H, W) bool = robot_link >= 0."""
-    from ..sim.render import depth_to_xyz
+    from k4d_kinematics.camera import depth_to_xyz
 
     path = Path(path)
     if path.suffix != ".npz":

@@ -75,23 +75,6 @@ class CameraFrame:
     stamp: float = 0.0
 
 
-def depth_to_xyz(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Back-project a depth image to camera optical-frame points.
-
-    depth: (..., H, W) float metres (NaN invalid). K: (3, 3) intrinsics, pixel centres at integers.
-    Returns (..., H, W, 3) float32 metres: x = (u - cx) z / fx, y = (v - cy) z / fy, z = depth (NaN kept).
-    """
-    depth = np.asarray(depth, np.float32)
-    H, W = depth.shape[-2:]
-    u = ((np.arange(W, dtype=np.float64) - K[0, 2]) / K[0, 0]).astype(np.float32)
-    v = ((np.arange(H, dtype=np.float64) - K[1, 2]) / K[1, 1]).astype(np.float32)
-    out = np.empty(depth.shape + (3,), np.float32)
-    out[..., 0] = depth * u[None, :]
-    out[..., 1] = depth * v[:, None]
-    out[..., 2] = depth
-    return out
-
-
 class CameraRenderer:
     """Offscreen renderer of one fixed camera of a SimScene.
 
