@@ -12,7 +12,6 @@ the YAM finger pads, pointing straight down (``sim.ik.top_down_pose``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -21,7 +20,6 @@ import numpy as np
 
 # Gripper openings (metres between the pads) used by the scripted demo.
 GRIPPER_OPEN_M = 0.08
-HOVER_M = 0.10  # height of the TCP above the grasp / place point before descending
 
 
 @dataclass
@@ -48,46 +46,35 @@ class DemoStep:
             raise ValueError(f"DemoStep '{self.label}': kind 'joints' needs a joint dict")
 
 
+# Labels of the pose keyframes of ``pick_place_keyframes`` (gripper changes become gripper steps).
+_POSE_LABELS = ("hover over object", "descend", None, "lift", "carry", "lower", None, "retreat")
+
+
 def pick_place_steps(obj_xyz_base: Sequence[float], obj_half_height: float, place_xy_base: Sequence[float],
-                     home_joints: Optional[dict] = None, obj_yaw: float = 0.0, grasp_width_m: float = 0.0,
-                     hover_m: float = HOVER_M, open_m: float = GRIPPER_OPEN_M) -> list[DemoStep]:
-    """Top-down pick of an object resting at ``obj_xyz_base`` (centre, m) and place at ``place_xy_base``.
+                     home_joints: Optional[dict] = None, obj_yaw: float = 0.0, obj_kind: str = "cube",
+                     grasp_width_m: float = 0.0, open_m: float = GRIPPER_OPEN_M) -> list[DemoStep]:
+    """The scripted policy's top-down pick-and-place (``sim.policies.pick_place_keyframes``) as demo steps.
 
-    obj_half_height: m (the grasp point is the object centre, at most 2 cm above the table... the TCP is
-    kept 5 mm above the table). obj_yaw: rad about base z (the fingers close across the object's
-    x faces; yaw is folded into [-pi/4, pi/4] for a cube). grasp_width_m: commanded opening when closed
-    (0 = squeeze). Returns: open, hover, descend, close, lift, carry, lower, open, retreat (, home).
+    obj_xyz_base: object centre (m, base frame) resting on the table; obj_yaw (rad about base z) and
+    obj_kind ("cube" / "cylinder") give the grasp yaw; grasp_width_m: commanded opening when closed
+    (0 = squeeze). Returns: open, hover, descend, close, lift, carry, lower, release, retreat (, home).
     """
-    from k4d_bringup.sim.ik import top_down_pose
+    from k4d_bringup.sim.policies import fold_grasp_yaw, pick_place_keyframes
 
-    p = np.asarray(obj_xyz_base, np.float64).reshape(3)
-    goal = np.asarray(place_xy_base, np.float64).reshape(2)
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(goal))):
-        raise ValueError(f"pick_place_steps: non-finite object {p} or place {goal} position")
-    yaw = (float(obj_yaw) + math.pi / 4) % (math.pi / 2) - math.pi / 4 + math.pi / 2
-    z_grasp = max(float(p[2]), 0.005)
-    z_place = z_grasp + 0.005
-    steps = [
-        DemoStep("gripper", "open", width_m=open_m, settle_s=0.3),
-        DemoStep("pose", "hover over object", pose=top_down_pose([p[0], p[1], z_grasp + hover_m], yaw)),
-        DemoStep("pose", "descend", pose=top_down_pose([p[0], p[1], z_grasp], yaw)),
-        DemoStep("gripper", "close", width_m=grasp_width_m, settle_s=0.6),
-        DemoStep("pose", "lift", pose=top_down_pose([p[0], p[1], z_grasp + hover_m], yaw)),
-        DemoStep("pose", "carry", pose=top_down_pose([goal[0], goal[1], z_place + hover_m], yaw)),
-        DemoStep("pose", "lower", pose=top_down_pose([goal[0], goal[1], z_place], yaw)),
-        DemoStep("gripper", "release", width_m=open_m, settle_s=0.4),
-        DemoStep("pose", "retreat", pose=top_down_pose([goal[0], goal[1], z_place + hover_m], yaw)),
-    ]
+    frames = pick_place_keyframes(obj_xyz_base, fold_grasp_yaw(float(obj_yaw), obj_kind), obj_half_height,
+                                  place_xy_base)
+    steps = [DemoStep("gripper", "open", width_m=open_m, settle_s=0.3)]
+    grip = 1.0
+    for (pose, g, duration), label in zip(frames, _POSE_LABELS):
+        if g != grip:
+            steps.append(DemoStep("gripper", "close" if g < 0.5 else "release",
+                                  width_m=grasp_width_m if g < 0.5 else open_m, settle_s=duration))
+            grip = g
+        else:
+            steps.append(DemoStep("pose", label, pose=pose))
     if home_joints:
         steps.append(DemoStep("joints", "home", joints=dict(home_joints)))
     return steps
-
-
-def placed_in_zone(obj_xyz_base: Sequence[float], zone_xy_base: Sequence[float], zone_radius_m: float,
-                   max_height_m: float = 0.06) -> bool:
-    """Success predicate of pick-and-place: the object centre rests inside the zone's radius on the table."""
-    p = np.asarray(obj_xyz_base, np.float64)
-    return bool(np.hypot(*(p[:2] - np.asarray(zone_xy_base, np.float64)[:2])) <= zone_radius_m and p[2] <= max_height_m)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ the overlay drawing, and the k4d sim parameter-file helpers."""
 import numpy as np
 import pytest
 
-from k4d_bringup.demo import DemoStep, pick_place_steps, placed_in_zone
+from k4d_bringup.demo import DemoStep, pick_place_steps
+from k4d_bringup.sim.policies import classify
 from k4d_kinematics.overlay import mask_edges, overlay_frame, project_mask
 
 
@@ -36,14 +37,10 @@ def test_scripted_pick_place_succeeds_in_sim():
             q = sim.q_robot()
             traj = sim.planner.plan_cartesian(q, s.pose) if s.kind == "pose" else sim.planner.plan_joint(q, s.joints)
             sim.run_trajectory(traj)
-    assert placed_in_zone(sim.object_states()[0].pos_base, zone.center_base, zone.radius)
+    final = sim.object_states()[0].pos_base
+    assert classify("pick_place", final, obj.pos_base[:2], zone.center_base, zone.radius,
+                    rest_z=sim.layout.target.half_height, max_lift=0.0).success
     sim.close()
-
-
-def test_placed_in_zone():
-    assert placed_in_zone([0.1, 0.0, 0.02], [0.12, 0.0], 0.03)
-    assert not placed_in_zone([0.2, 0.0, 0.02], [0.12, 0.0], 0.03)
-    assert not placed_in_zone([0.1, 0.0, 0.2], [0.1, 0.0], 0.03)  # still in the air
 
 
 def test_overlay_draws_mask_edges_and_ghost():

@@ -28,9 +28,10 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Empty, Float64, Header, String
-from visualization_msgs.msg import MarkerArray
+from visualization_msgs.msg import Marker, MarkerArray
 
-from k4d_bringup.demo import DemoStep, pick_place_steps, placed_in_zone
+from k4d_bringup.demo import DemoStep, pick_place_steps
+from k4d_bringup.sim.policies import classify
 from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStats
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS
@@ -110,7 +111,8 @@ class DemoNode(Node):
         self.have_joints = True
 
     def target(self):
-        """(xyz (3,), half height, yaw) of the target object, or None before object states arrive."""
+        """(xyz (3,), half height, yaw, kind "cube" | "cylinder") of the target object, or None before object
+        states arrive."""
         from scipy.spatial.transform import Rotation
 
         m = next((m for (ns, _i), m in sorted(self.objects.items()) if ns == "target"), None)
@@ -118,7 +120,8 @@ class DemoNode(Node):
             return None
         p, o = m.pose.position, m.pose.orientation
         yaw = Rotation.from_quat([o.x, o.y, o.z, o.w]).as_euler("xyz")[2]
-        return np.array([p.x, p.y, p.z]), 0.5 * m.scale.z, float(yaw)
+        kind = "cylinder" if m.type == Marker.CYLINDER else "cube"
+        return np.array([p.x, p.y, p.z]), 0.5 * m.scale.z, float(yaw), kind
 
     def zone(self):
         m = self.objects.get(("zone", 0))
@@ -147,14 +150,14 @@ class DemoNode(Node):
         home = dict(zip(ARM, (float(v) for v in self.cfg.home_q)))
         while self.cfg.episodes == 0 or self.episode < self.cfg.episodes:
             self.episode += 1
-            (xyz, half_h, yaw), (zone_xy, zone_r) = self.target(), self.zone()
+            (xyz, half_h, yaw, kind), (zone_xy, zone_r) = self.target(), self.zone()
             to_zone = self.episode % 2 == 1
             place_xy = zone_xy if to_zone else start_xy
             self.get_logger().info(f"episode {self.episode}: pick the target at {np.round(xyz, 3).tolist()} and "
                                    f"place it {'in the zone' if to_zone else 'back'} at {np.round(place_xy, 3).tolist()}")
             t_ep = time.monotonic()
             ok = True
-            for step in pick_place_steps(xyz, half_h, place_xy, home, obj_yaw=yaw):
+            for step in pick_place_steps(xyz, half_h, place_xy, home, obj_yaw=yaw, obj_kind=kind):
                 result = yield from self._do(step)
                 self._publish_status(episode=self.episode, step=step.label, ok=result)
                 if not result:
@@ -165,8 +168,9 @@ class DemoNode(Node):
                     break
             yield 0.5  # let the object settle before judging
             final = self.target()[0]
-            goal_ok = placed_in_zone(final, zone_xy, zone_r) if to_zone else \
-                bool(np.hypot(*(final[:2] - start_xy)) < 0.03)
+            # the same success predicate as the scripted policies (in the zone, resting on the table)
+            goal_ok = classify("pick_place", final, xyz[:2], place_xy if to_zone else start_xy,
+                               zone_r if to_zone else 0.03, rest_z=half_h, max_lift=0.0).success
             success = ok and goal_ok
             self.successes += int(success)
             if success:

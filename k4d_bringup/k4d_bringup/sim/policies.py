@@ -129,11 +129,39 @@ class ScriptedPolicy:
         return ActionChunk(self._poses[a:b].copy(), self._grip[a:b].copy(), self.dt)
 
 
-def _grasp_yaw(obj) -> float:
-    """Finger yaw for a top-down grasp: cube faces aligned, folded into [-pi/4, pi/4]; cylinders 0."""
-    if obj.kind != "cube":
+def fold_grasp_yaw(yaw: float, kind: str = "cube") -> float:
+    """Finger yaw (rad) for a top-down grasp: cube faces aligned, folded into [-pi/4, pi/4]; cylinders 0."""
+    if kind != "cube":
         return 0.0
-    return float((obj.yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4)
+    return float((yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4)
+
+
+def pick_place_keyframes(pos_base, grasp_yaw: float, half_height: float, place_xy_base,
+                         lift_height: float = 0.12) -> list[tuple[np.ndarray, float, float]]:
+    """Keyframes of a top-down pick of an object resting with its centre at ``pos_base`` (3,) m (base frame)
+    and its place at ``place_xy_base`` (2,) m: ``(T_base_tcp (4, 4), gripper 0 closed .. 1 open, duration s)``.
+
+    Grasps low on tall objects (stable: the pads reach 1.7 cm below the TCP), never below 1.6 cm, and
+    releases with the object's bottom 4 mm above the table. Used by ``PickPlacePolicy`` (simulator state)
+    and by the ROS demo node (object states from the topic), so both run the same motion.
+    """
+    p = np.asarray(pos_base, np.float64).reshape(3)
+    goal = np.asarray(place_xy_base, np.float64).reshape(2)
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(goal)) and math.isfinite(grasp_yaw)):
+        raise ValueError(f"pick_place_keyframes: non-finite object {p.tolist()}, place {goal.tolist()} or yaw {grasp_yaw}")
+    grasp_z = max(min(p[2], 0.024), 0.016)
+    place_z = grasp_z + (p[2] - half_height) + 0.004
+    up, zc, yaw = lift_height, np.r_[goal, 0.0], grasp_yaw
+    return [
+        (top_down_pose(p + [0, 0, up], yaw), 1.0, 1.6),
+        (top_down_pose([p[0], p[1], grasp_z], yaw), 1.0, 1.0),
+        (top_down_pose([p[0], p[1], grasp_z], yaw), 0.0, 0.6),
+        (top_down_pose([p[0], p[1], up], yaw), 0.0, 1.0),
+        (top_down_pose(zc + [0, 0, up], yaw), 0.0, 1.4),
+        (top_down_pose(zc + [0, 0, place_z], yaw), 0.0, 1.0),
+        (top_down_pose(zc + [0, 0, place_z], yaw), 1.0, 0.8),
+        (top_down_pose(zc + [0, 0, up], yaw), 1.0, 1.0),
+    ]
 
 
 class PickPlacePolicy(ScriptedPolicy):
@@ -148,25 +176,9 @@ class PickPlacePolicy(ScriptedPolicy):
     def keyframes(self, sim):
         tgt = sim.layout.target
         st = next(s for s in sim.object_states() if s.name == tgt.name)
-        p = st.pos_base
         yaw_obj = Rotation.from_quat(np.r_[st.quat_wxyz[1:], st.quat_wxyz[0]]).as_euler("xyz")[2]
-        yaw = _grasp_yaw(type(tgt)(**{**tgt.__dict__, "yaw": yaw_obj}))
-        zc = np.r_[sim.layout.zone.center_base, 0.0]
-        hh = tgt.half_height
-        # Grasp low on tall objects (stable, the pads reach 1.7 cm below the TCP); never below 1.6 cm.
-        grasp_z = max(min(p[2], 0.024), 0.016)
-        place_z = grasp_z + (p[2] - hh) + 0.004  # object bottom 4 mm above the table at release
-        up = self.lift_height
-        return [
-            (top_down_pose(p + [0, 0, up], yaw), 1.0, 1.6),
-            (top_down_pose([p[0], p[1], grasp_z], yaw), 1.0, 1.0),
-            (top_down_pose([p[0], p[1], grasp_z], yaw), 0.0, 0.6),
-            (top_down_pose([p[0], p[1], up], yaw), 0.0, 1.0),
-            (top_down_pose(zc + [0, 0, up], yaw), 0.0, 1.4),
-            (top_down_pose(zc + [0, 0, place_z], yaw), 0.0, 1.0),
-            (top_down_pose(zc + [0, 0, place_z], yaw), 1.0, 0.8),
-            (top_down_pose(zc + [0, 0, up], yaw), 1.0, 1.0),
-        ]
+        return pick_place_keyframes(st.pos_base, fold_grasp_yaw(yaw_obj, tgt.kind), tgt.half_height,
+                                    sim.layout.zone.center_base, self.lift_height)
 
 
 class PushPolicy(ScriptedPolicy):
