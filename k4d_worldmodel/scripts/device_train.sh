@@ -20,7 +20,8 @@
 #   k4d_default.tar.part-aa, -ab, ...   tar of pipeline/ (K4DPipeline.save_pretrained, safetensors shards
 #                                       <= 15 MB) and eval/ (report.md, report.html, videos/); reassemble with
 #                                       cat k4d_default.tar.part-* | tar -x
-#   metrics.json  (train + VAE + eval metrics, timings, options)   report.md   sample.mp4   log.txt
+#   metrics.json  (train + VAE + eval metrics, timings, options)   report.md   sample.mp4
+#   log.txt (the last 2 MB of the log)   phases.json (seconds at the end of each finished phase)
 set -euo pipefail
 T0=$SECONDS
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -47,8 +48,15 @@ fi
 : "${OUT:?set OUT to the output folder}"
 WORK=${WORK:-/tmp/k4d_device}
 rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
-LOG="$OUT/log.txt"; : > "$LOG"
-exec > >(tee -a "$LOG") 2>&1
+# The full log stays in $WORK (a first GPU run produced a log over the 16 MiB a returned file may have, and
+# got nothing back when the call hit its time limit): $OUT/log.txt gets its last 2 MB and $OUT/phases.json
+# the time of every finished phase, written as each phase ends and again on exit, whatever happens.
+FULL_LOG="$WORK/full.log"; : > "$FULL_LOG"
+exec > >(tee -a "$FULL_LOG") 2>&1
+PHASES="{}"
+phase_done() { PHASES=$("$PY" -c "import json,sys; d=json.loads(sys.argv[1]); d[sys.argv[2]]=int(sys.argv[3]); print(json.dumps(d))" "$PHASES" "$1" "$((SECONDS - T0))"); echo "$PHASES" > "$OUT/phases.json"; }
+finish() { tail -c 2000000 "$FULL_LOG" > "$OUT/log.txt" 2>/dev/null || true; echo "$PHASES" > "$OUT/phases.json"; }
+trap finish EXIT
 
 WHEELS=${K4D_WHEELS:-$REPO/.whl}
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -81,6 +89,7 @@ print("labels train", {l: sum(x["label"] == l for x in m) for l in ("success", "
 PYEOF
 GEN_S=$((SECONDS - T0))
 echo "generation took ${GEN_S} s"
+phase_done generate
 
 # the transformer gets what is left of the total budget after generation, the VAE, encoding and evaluation
 EVAL_EST=$(( SMOKE == 1 ? 20 : 100 )); ENC_EST=$(( SMOKE == 1 ? 5 : 40 ))
@@ -94,10 +103,12 @@ cfg = TrainConfig.from_yaml("$CONFIG")
 cfg.vae.time_budget_s = float($VAE_BUDGET)
 train("$WORK/train", cfg, "$WORK/run", time_budget_s=float($TRAIN_BUDGET), progress=False)
 PYEOF
+phase_done train
 
 echo "== 3. evaluate on the held-out episodes ($EVAL_STEPS steps)"
 "$PY" -m k4d_worldmodel.train_cli eval --checkpoint "$WORK/run/pipeline" --data "$WORK/heldout" --split all \
   --out "$WORK/run/eval" --steps "$EVAL_STEPS" --videos 4 --no-progress
+phase_done eval
 
 echo "== 4. pack"
 "$PY" - <<PYEOF
@@ -115,5 +126,6 @@ first_video=$(ls "$WORK/run/eval/videos"/*.mp4 2>/dev/null | head -n 1 || true)
 [ -n "$first_video" ] && cp "$first_video" "$OUT/sample.mp4"
 cp "$WORK/run/config.yaml" "$WORK/run/pipeline/train_config.yaml"
 tar -C "$WORK/run" -cf - pipeline eval | split -b 15m - "$OUT/k4d_default.tar.part-"
+phase_done pack
 ls -l "$OUT"
 echo "device_train.sh: done in $((SECONDS - T0)) s"
