@@ -24,6 +24,7 @@ is within the zone. A near miss is a non-success where the object got at least h
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 
@@ -74,7 +75,7 @@ def _min_jerk(n: int) -> np.ndarray:
     return 10 * s ** 3 - 15 * s ** 4 + 6 * s ** 5
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(abc.ABC):
     """Base class: a TCP path of keyframes (pose, gripper, duration) sampled every ``dt`` and chunked.
 
     dt: action period (s). chunk_size: actions per chunk (8-16 like action-chunking policies).
@@ -92,9 +93,9 @@ class ScriptedPolicy:
         self._grip = np.zeros(0)
         self._cursor = 0
 
+    @abc.abstractmethod
     def keyframes(self, sim) -> list[tuple[np.ndarray, float, float]]:
         """[(T_base_tcp (4, 4), gripper 0..1, duration s)] from the current state; subclasses implement."""
-        raise NotImplementedError
 
     def reset(self, sim) -> None:
         """Plan the whole path from the current sim state."""

@@ -37,6 +37,7 @@ optional ``K (3, 3)``, ``T_base_cam (4, 4)``, ``object_pos (T, O, 3)`` metres ba
 """
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -153,7 +154,7 @@ def finish_clip(clip: dict[str, Any], num_frames: int, height: int, width: int) 
 
 
 # ------------------------------------------------------------------------------------------------ datasets
-class ClipDataset(Dataset):
+class ClipDataset(Dataset, abc.ABC):
     """Base class: ``names`` (after the split), ``num_frames``, ``height``, ``width``; ``__getitem__`` -> clip dict."""
 
     def __init__(self, root: str | Path, num_frames: int, height: int, width: int, split: str = "train",
@@ -174,14 +175,16 @@ class ClipDataset(Dataset):
             raise ValueError(f"split {split!r} of {self.root} is empty ({len(all_names)} episodes, "
                              f"heldout_fraction={heldout_fraction})")
 
+    @abc.abstractmethod
     def list_names(self) -> list[str]:
-        raise NotImplementedError
+        """Names of all episodes/clips under ``root`` (sorted)."""
 
     def __len__(self) -> int:
         return len(self.names)
 
+    @abc.abstractmethod
     def __getitem__(self, i: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """Clip ``i`` of this split, resized to the model's frames x height x width."""
 
 
 class EpisodeDataset(ClipDataset):
