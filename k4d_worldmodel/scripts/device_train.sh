@@ -54,8 +54,8 @@ rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
 FULL_LOG="$WORK/full.log"; : > "$FULL_LOG"
 exec > >(tee -a "$FULL_LOG") 2>&1
 PHASES="{}"
-phase_done() { PHASES=$("$PY" -c "import json,sys; d=json.loads(sys.argv[1]); d[sys.argv[2]]=int(sys.argv[3]); print(json.dumps(d))" "$PHASES" "$1" "$((SECONDS - T0))"); echo "$PHASES" > "$OUT/phases.json"; }
 finish() { tail -c 2000000 "$FULL_LOG" > "$OUT/log.txt" 2>/dev/null || true; echo "$PHASES" > "$OUT/phases.json"; }
+phase_done() { PHASES=$("$PY" -c "import json,sys; d=json.loads(sys.argv[1]); d[sys.argv[2]]=int(sys.argv[3]); print(json.dumps(d))" "$PHASES" "$1" "$((SECONDS - T0))"); finish; }
 trap finish EXIT
 
 WHEELS=${K4D_WHEELS:-$REPO/.whl}
