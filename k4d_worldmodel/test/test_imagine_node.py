@@ -171,6 +171,8 @@ def test_goal_succeeds_with_feedback_and_complete_rollout(node_proc, inputs):
     sent = Sent(graph.client, make_goal(image, seq_msg, steps=3, seed=-1))
     status, res = sent.result()
     assert status == GoalStatus.STATUS_SUCCEEDED and res.success and res.error_code == R.ERROR_NONE, res.error_message
+    # feedback and result travel on different DDS topics: the last feedback may be handled after the result
+    assert wait_for(lambda: any(f.stage == "lifting" for f in sent.feedback), 10.0)
     steps = [f.step for f in sent.feedback if f.stage == "denoising"]
     assert steps == [1, 2, 3] and all(f.total_steps == 3 for f in sent.feedback if f.stage == "denoising")
     assert {"preparing", "denoising", "decoding", "lifting"} <= {f.stage for f in sent.feedback}
@@ -189,7 +191,7 @@ def test_goal_succeeds_with_feedback_and_complete_rollout(node_proc, inputs):
     assert len(ro.metric_affine) == 6 and ro.generation_time_s > 0
     assert ro.metric == (not np.isnan(ro.metric_residual_m))
     assert ro.header.frame_id == "camera_color_optical_frame" and ro.header.stamp.sec == 1
-    assert wait_for(lambda: any(r.request_id == ro.request_id for r in graph.rollouts) and len(graph.rgb) >= t, 10.0)
+    assert wait_for(lambda: any(r.request_id == ro.request_id for r in graph.rollouts) and len(graph.rgb) >= t, 30.0)
     stamps = [m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in graph.rgb[-t:]]
     np.testing.assert_allclose(stamps, 1.0 + np.arange(t) / 8.0)  # condition stamp + time_from_start (8 fps)
 
@@ -201,7 +203,7 @@ def test_goal_succeeds_with_feedback_and_complete_rollout(node_proc, inputs):
                     return float(vals["last_generation_s"]) > 0
         return False
 
-    assert wait_for(diag_ok, 5.0)
+    assert wait_for(diag_ok, 15.0)
 
 
 def test_cancel_mid_run(node_proc, inputs):

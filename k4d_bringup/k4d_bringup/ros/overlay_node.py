@@ -105,10 +105,8 @@ class OverlayNode(Node):
 
 
 def main(args=None) -> int:
-    try:
-        from k4d_kinematics.ros.node_main import run_node
-    except ImportError:
-        from k4d_bringup.ros.node_main import run_node
+    from k4d_kinematics.ros.node_main import run_node
+
     return run_node(OverlayNode, "k4d_overlay", args)
 
 

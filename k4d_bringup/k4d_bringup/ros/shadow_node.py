@@ -409,10 +409,8 @@ def _result_type():
 
 
 def main(args=None) -> int:
-    try:
-        from k4d_kinematics.ros.node_main import run_node
-    except ImportError:  # older layout
-        from k4d_bringup.ros.node_main import run_node
+    from k4d_kinematics.ros.node_main import run_node
+
     return run_node(ShadowNode, "k4d_shadow", args)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Callable
 
 
-def run_node(factory: Callable[[], object], logger_name: str, args=None) -> int:
+def run_node(factory: Callable[[], object], logger_name: str, args=None, threads: int = 1) -> int:
+    """Build the node with ``factory`` and spin it (``threads`` > 1: a MultiThreadedExecutor) until shutdown."""
     import rclpy
     import rclpy.executors
     import rclpy.logging
@@ -24,14 +25,18 @@ def run_node(factory: Callable[[], object], logger_name: str, args=None) -> int:
     except KeyboardInterrupt:
         rclpy.try_shutdown()
         return 0
+    executor = (rclpy.executors.MultiThreadedExecutor(num_threads=threads) if threads > 1
+                else rclpy.executors.SingleThreadedExecutor())
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        executor.spin()
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001 - a publish racing the shutdown is a normal stop
         if rclpy.ok():
             raise
     finally:
+        executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -81,6 +81,7 @@ from k4d_kinematics.ros.conversions import (camera_info_to_camera, camera_to_cam
 from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStats
 from k4d_kinematics.ros.node_logic import (JointStateMerger, ThrottledLog, complete_trajectory, first_line,
                                            resolve_camera_frame)
+from k4d_kinematics.ros.node_main import run_node
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS
 from k4d_kinematics.sequence import PointmapSequenceData, build_pointmap_sequence
@@ -762,24 +763,8 @@ class ImagineNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = ImagineNode()
-    except (ValueError, OSError) as exc:  # configuration errors: say which and stop
-        rclpy.logging.get_logger("imagine_node").fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown(timeout_sec=2.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # several threads: the action server, the GPU worker's feedback and the lifecycle services run concurrently
+    return run_node(ImagineNode, "imagine_node", args, threads=4)
 
 
 if __name__ == "__main__":
