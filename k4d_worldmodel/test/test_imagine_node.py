@@ -199,8 +199,9 @@ def test_goal_succeeds_with_feedback_and_complete_rollout(node_proc, inputs):
         for arr in list(graph.diag):
             for st in arr.status:
                 vals = {kv.key: kv.value for kv in st.values}
-                if st.name == f"{NODE}: imagine" and vals.get("state") == "active" and "queue_length" in vals:
-                    return float(vals["last_generation_s"]) > 0
+                if (st.name == f"{NODE}: imagine" and vals.get("state") == "active" and "queue_length" in vals
+                        and float(vals["last_generation_s"]) > 0):
+                    return True  # a status published after the goal (earlier ones show 0)
         return False
 
     assert wait_for(diag_ok, 15.0)
