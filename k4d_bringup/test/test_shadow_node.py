@@ -8,6 +8,7 @@ episode (STATUS_FAILED_TO_EVALUATE) while the earlier episode stays OK in the lo
 the node is back. Fast DDS gets a 2 s participant lease here so that the killed node leaves the graph quickly.
 """
 import fnmatch
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from k4d_msgs.action import Imagine  # noqa: E402
 from k4d_msgs.msg import ShadowEvalResult  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -305,12 +307,16 @@ def test_overlay_node_draws_the_robot_mask(tmp_path):
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
     try:
-        overlay = OverlayNode("k4d_overlay_test", context=ctx)
+        # topics of its own: other tests' nodes may still publish camera images and masks in this ROS domain
+        ns = f"/overlay_test_{os.getpid()}"
+        overlay = OverlayNode("k4d_overlay_test", context=ctx, parameter_overrides=[
+            Parameter("image_topic", value=f"{ns}/image"), Parameter("mask_topic", value=f"{ns}/mask"),
+            Parameter("overlay_topic", value=f"{ns}/overlay")])
         peer = rclpy.create_node("overlay_peer", context=ctx)
         got = []
-        peer.create_subscription(Image, "/k4d/overlay", got.append, SENSOR_QOS)
-        pub_img = peer.create_publisher(Image, "/camera/color/image_raw", SENSOR_QOS)
-        pub_mask = peer.create_publisher(Image, "/k4d/robot_mask", SENSOR_QOS)
+        peer.create_subscription(Image, f"{ns}/overlay", got.append, SENSOR_QOS)
+        pub_img = peer.create_publisher(Image, f"{ns}/image", SENSOR_QOS)
+        pub_mask = peer.create_publisher(Image, f"{ns}/mask", SENSOR_QOS)
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(overlay)
         ex.add_node(peer)
