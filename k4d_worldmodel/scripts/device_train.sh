@@ -79,14 +79,19 @@ fi
 "$PY" -c "import torch, diffusers, mujoco; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'mujoco', mujoco.__version__)"
 
 echo "== 1. generate $EPISODES train + $HELDOUT held-out episodes ($FRAMES x ${H}x${W}, $WORKERS workers)"
-"$PY" - <<PYEOF
+# A file with a __main__ guard, not a here-document on stdin: generate() runs a spawn process pool, whose
+# workers re-import the main module (from "<stdin>" they cannot, and each one fails and is replaced).
+cat > "$WORK/generate_episodes.py" <<PYEOF
 from k4d_bringup.dataset.generate import generate
-kw = dict(num_frames=$FRAMES, width=$W, height=$H, fy=$FY, workers=$WORKERS, progress=False)
-m = generate($EPISODES, 0, "$WORK/train", **kw)
-h = generate($HELDOUT, 1000, "$WORK/heldout", **kw)
-print("labels train", {l: sum(x["label"] == l for x in m) for l in ("success", "near_miss", "failure")},
-      "heldout", {l: sum(x["label"] == l for x in h) for l in ("success", "near_miss", "failure")})
+
+if __name__ == "__main__":
+    kw = dict(num_frames=$FRAMES, width=$W, height=$H, fy=$FY, workers=$WORKERS, progress=False)
+    m = generate($EPISODES, 0, "$WORK/train", **kw)
+    h = generate($HELDOUT, 1000, "$WORK/heldout", **kw)
+    print("labels train", {l: sum(x["label"] == l for x in m) for l in ("success", "near_miss", "failure")},
+          "heldout", {l: sum(x["label"] == l for x in h) for l in ("success", "near_miss", "failure")})
 PYEOF
+"$PY" "$WORK/generate_episodes.py"
 GEN_S=$((SECONDS - T0))
 echo "generation took ${GEN_S} s"
 phase_done generate
