@@ -29,6 +29,26 @@ def _reserve_domain_id() -> int:
     raise RuntimeError("no free ROS_DOMAIN_ID in 1..100")
 
 
+def _import_real_packages() -> None:
+    """Import the three Python packages before any test module.
+
+    With pytest's importlib mode, a test module ``k4d_worldmodel/test/test_x.py`` is imported as
+    ``k4d_worldmodel.test.test_x``; if ``k4d_worldmodel`` were not imported yet, the project folder of that
+    name (no ``__init__.py``) would stand in for it as a namespace package and hide the real modules.
+    """
+    import importlib
+
+    for name in ("k4d_kinematics", "k4d_worldmodel", "k4d_bringup"):
+        module = importlib.import_module(name)
+        if getattr(module, "__file__", None) is None:
+            raise RuntimeError(f"{name} resolved to the folder {list(module.__path__)}, not the installed package: "
+                               "run scripts/setup.sh (editable installs in compat mode)")
+
+
+# At import of this root conftest, before pytest imports any package's own test/conftest.py.
+_import_real_packages()
+
+
 def pytest_configure(config):
     if "K4D_TEST_DOMAIN_ID" not in os.environ:
         os.environ["K4D_TEST_DOMAIN_ID"] = str(_reserve_domain_id())

@@ -28,8 +28,12 @@ UNKNOWN_JOINT_POLICIES = ("reject", "ignore")
 MISSING_JOINT_POLICIES = ("reject", "zero")
 
 
-def _doc(text: str, read_only: bool = False) -> dict:
+def param_doc(text: str, read_only: bool = False) -> dict:
+    """Field metadata that ``k4d_kinematics.ros.params.declare_config`` turns into a ParameterDescriptor."""
     return {"description": text, "read_only": read_only}
+
+
+_doc = param_doc  # parameter metadata (description, read_only)
 
 
 def _check_choice(name: str, value, choices) -> None:

@@ -12,13 +12,6 @@ from k4d_worldmodel.tiny import tiny_inputs
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, pmcond_pipe):
-    path = tmp_path_factory.mktemp("wm") / "tiny_model"
-    pmcond_pipe.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def engine(model_dir):
     eng = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu", num_inference_steps=2,
                                          guidance_scale=1.0, seed=3))

@@ -48,13 +48,6 @@ sys.exit(main(sys.argv))
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, pmcond_pipe):
-    path = tmp_path_factory.mktemp("wm") / "tiny_model"
-    pmcond_pipe.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def inputs(pmcond_pipe):
     inp = tiny_inputs(pmcond_pipe)
     seq = sequence_from_arrays(inp["robot_xyz"], inp["robot_link"], K=np.array([[40, 0, 23.5], [0, 40, 15.5], [0, 0, 1]]))

@@ -35,12 +35,12 @@ from k4d_bringup.sim.policies import classify
 from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStats
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS
+from k4d_kinematics.config import param_doc
 
 ARM = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 
 
-def _doc(text: str, read_only: bool = False) -> dict:
-    return {"description": text, "read_only": read_only}
+_doc = param_doc
 
 
 @dataclass

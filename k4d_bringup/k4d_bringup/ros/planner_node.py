@@ -46,10 +46,10 @@ from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStat
 from k4d_kinematics.ros.node_logic import ThrottledLog, first_line, joint_values_from_state
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS
+from k4d_kinematics.config import param_doc
 
 
-def _doc(text: str, read_only: bool = False) -> dict:
-    return {"description": text, "read_only": read_only}
+_doc = param_doc
 
 
 @dataclass

@@ -60,10 +60,11 @@ from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStat
 from k4d_kinematics.ros.node_logic import ThrottledLog, first_line  # noqa: E402
 from k4d_kinematics.ros.params import declare_config  # noqa: E402
 from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS  # noqa: E402
+from k4d_kinematics.config import param_doc  # noqa: E402
 
 
 def _doc(text: str, read_only: bool = True) -> dict:
-    return {"description": text, "read_only": read_only}
+    return param_doc(text, read_only)  # read-only unless said otherwise
 
 
 @dataclass

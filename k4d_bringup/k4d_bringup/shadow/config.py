@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from k4d_kinematics.config import RobotCameraConfig
+from k4d_kinematics.config import RobotCameraConfig, param_doc
 
 QUEUE_POLICIES = ("drop_oldest", "drop_newest")
 EPISODE_MODES = ("topic", "idle_gap")
@@ -36,7 +36,7 @@ DEFAULT_ACTUATOR_TOPICS = [
 
 
 def _doc(text: str, read_only: bool = True) -> dict:
-    return {"description": text, "read_only": read_only}
+    return param_doc(text, read_only)  # read-only unless said otherwise
 
 
 def _num(name: str, value, lo: float = 0.0, allow_equal: bool = True) -> None:

@@ -23,7 +23,7 @@ TASKS = ("pick_place", "push")
 ARM_JOINTS = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 FINGER_JOINTS = ("joint7", "joint8")
 
-# Planning limits for the YAM (the URDF's velocity/effort values are placeholders of 1). These are k4d's
+# Planning limits for the YAM (the URDF's velocity/effort values are dummy 1s). These are k4d's
 # conservative choices, not datasheet values: about 140 deg/s on the big joints 1-3 and 230 deg/s on the
 # wrist 4-6, i.e. the speeds of typical tele-operated YAM motions, with acceleration/jerk that move a
 # 1 rad rest-to-rest step in about 0.9 s. Override them in config/sim.yaml (planner.max_*) once measured.
@@ -227,7 +227,7 @@ class PlannerConfig:
     """Time parameterisation limits (ruckig) for joint1..6, in joint order.
 
     max_velocity (rad/s), max_acceleration (rad/s^2), max_jerk (rad/s^3): (6,) each; the URDF's
-    velocity limits are placeholders; the defaults are the conservative k4d limits documented above.
+    velocity limits are dummy values (1); the defaults are the conservative k4d limits documented above.
     sample_dt: spacing of the returned trajectory samples (s); 0.004 = the 250 Hz controller rate.
     cartesian_step: spacing of the IK waypoints along a straight Cartesian path (metres).
     cartesian_max_joint_step: largest joint jump allowed between consecutive Cartesian waypoints (rad);

@@ -8,7 +8,7 @@
 Every returned ``k4d_kinematics.sequence.JointTrajectoryData`` covers ``joint1..joint6`` (the arm; the
 gripper is commanded separately), sampled every ``PlannerConfig.sample_dt`` seconds from t = 0, and
 respects the velocity/acceleration/jerk limits of ``PlannerConfig`` (realistic YAM limits; the URDF's
-velocity limits are placeholders).
+velocity limits are dummy values of 1).
 
 - Joint goals: one ruckig problem over the six joints (time-synchronised, rest to rest, jerk-limited).
 - Paths (``plan_path``, used by ``plan_cartesian``): the joint waypoints are joined piecewise-linearly

@@ -73,7 +73,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import Header
 
-from k4d_kinematics.config import RobotCameraConfig
+from k4d_kinematics.config import RobotCameraConfig, param_doc
 from k4d_kinematics.ros.conversions import (camera_info_to_camera, camera_to_camera_info, duration_from_seconds,
                                             image_to_numpy, joint_trajectory_to_data, msg_to_pointmap_sequence,
                                             numpy_to_image, pointmap_sequence_to_msg, rgb_from_image, time_from_ns,
@@ -95,8 +95,7 @@ QUALITY = {"good": ImaginedRollout.QUALITY_GOOD, "poor": ImaginedRollout.QUALITY
 R = Imagine.Result
 
 
-def _doc(text: str, read_only: bool = False) -> dict:
-    return {"description": text, "read_only": read_only}
+_doc = param_doc
 
 
 @dataclass
