@@ -27,7 +27,7 @@ setup(
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "benchmarks"]),
     include_package_data=True,
-    package_data={package_name: ["description/**/*", "data/**/*", "training/configs/*.yaml"]},
+    package_data={package_name: ["description/**/*", "data/**/*", "training/configs/*.yaml", "checkpoints/**/*"]},
     data_files=data_files,
     install_requires=["setuptools"],
     zip_safe=False,

@@ -21,8 +21,9 @@ def test_k4d_sim_records_and_exits_zero(tmp_path):
     out = tmp_path / "run"
     k4d = Path(sys.executable).with_name("k4d")
     # A small camera keeps the test light on 2 cores; the default (360x240) is what the demo uses.
+    # Without the world model: its CPU rollouts would compete with the sim for the 2 cores (see below).
     proc = subprocess.run([str(k4d), "sim", "--headless", "--duration", "8", "--record", str(out),
-                           "--camera-size", "180x120", "--camera-fy", "150"],
+                           "--no-world-model", "--camera-size", "180x120", "--camera-fy", "150"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     mcap = out / "k4d_sim.mcap"
@@ -40,3 +41,17 @@ def test_k4d_sim_records_and_exits_zero(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["topics"]["/joint_states"]["rate_hz"] > 100
     assert summary["video"]["frames"] > 100 and Path(summary["video"]["path"]).is_file()
+
+
+def test_k4d_sim_starts_the_default_world_model_unless_told_not_to(tmp_path):
+    import argparse
+
+    from k4d_bringup.sim_cli import add_commands, build_graph
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="cmd"))
+    nodes = {n.name: n for n in build_graph(parser.parse_args(["sim", "--headless"]), tmp_path)}
+    assert nodes["k4d_imagine"].overrides["checkpoint_dir"] == "default"
+    assert nodes["k4d_imagine"].overrides["autostart"] is True
+    nodes = {n.name for n in build_graph(parser.parse_args(["sim", "--no-world-model"]), tmp_path / "b")}
+    assert "k4d_imagine" not in nodes and "k4d_sim" in nodes

@@ -174,6 +174,12 @@ def cmd_calib_check(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from k4d_bringup.shadow.simbench import run_bench
+
+    return run_bench(args)
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("shadow", help="shadow-mode policy evaluation: report, offline replay, run beside a robot",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,6 +202,12 @@ def add_commands(sub) -> None:
     rp.add_argument("--report", metavar="DIR", help="also write the HTML report here")
     rp.add_argument("-v", "--verbose", action="store_true")
     rp.set_defaults(func=cmd_replay)
+
+    b = ss.add_parser("bench", help="shadow-evaluate simulated episodes (k4d dataset generate) in batch")
+    from k4d_bringup.shadow.simbench import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(func=cmd_bench)
 
     rn = ss.add_parser("run", help="start shadow_node, pointmap_node and overlay_node (pip-only shadow.launch.py)")
     rn.add_argument("--params", action="append", metavar="YAML", help="robot parameter file(s) (default "

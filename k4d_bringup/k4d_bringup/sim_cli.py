@@ -6,7 +6,8 @@
 
 ``k4d sim`` starts the same nodes with the same YAML parameter files as ``ros2 launch k4d_bringup
 sim.launch.py``: sim_node, planner_node, demo_node (k4d_bringup) and pointmap_node, plan_node
-(k4d_kinematics), plus the world model's imagine_node with ``--checkpoint`` when it is installed. By default
+(k4d_kinematics), plus the world model's imagine_node serving ``/k4d/imagine`` with ``--checkpoint`` (default:
+the model shipped with k4d_worldmodel; ``--no-world-model`` leaves it out). By default
 each node is its own process (``python -m MODULE --ros-args --params-file BASE.yaml --params-file
 OVERRIDES.yaml``), so they use all cores; ``--composed`` runs them in one MultiThreadedExecutor with the
 YAML loaded as ``parameter_overrides``. ``--duration`` counts from the first /joint_states (the sim is up).
@@ -110,6 +111,14 @@ class NodeSpec:
         return out
 
 
+def _default_checkpoint_present() -> bool:
+    try:
+        from k4d_worldmodel.config import default_checkpoint_dir
+    except ImportError:
+        return False
+    return (Path(default_checkpoint_dir()) / "model_index.json").is_file()
+
+
 def build_graph(args, workdir: Path) -> list[NodeSpec]:
     """The nodes of ``k4d sim`` with their parameter files and the run's overrides."""
     from k4d_bringup.ros.sim_node import SimNodeConfig, build_sim_config
@@ -144,10 +153,14 @@ def build_graph(args, workdir: Path) -> list[NodeSpec]:
     if not args.no_demo:
         nodes.append(NodeSpec("k4d_demo", "k4d_bringup.ros.demo_node", "k4d_bringup.ros.demo_node:DemoNode",
                               [config_path("k4d_bringup", "demo_node.yaml")]))
-    if args.checkpoint:
+    checkpoint = "" if getattr(args, "no_world_model", False) else (args.checkpoint or "")
+    if checkpoint:
         if importlib.util.find_spec("k4d_worldmodel.ros.imagine_node") is None:
-            print("k4d sim: --checkpoint given but k4d_worldmodel.ros.imagine_node is not installed; "
-                  "running without the world model", file=sys.stderr)
+            print("k4d sim: k4d_worldmodel.ros.imagine_node is not installed; running without the world model",
+                  file=sys.stderr)
+        elif checkpoint == "default" and not _default_checkpoint_present():
+            print("k4d sim: the default world model is not installed with k4d_worldmodel; running without it "
+                  "(pass --checkpoint DIR)", file=sys.stderr)
         else:
             files = []
             try:
@@ -157,7 +170,8 @@ def build_graph(args, workdir: Path) -> list[NodeSpec]:
             # autostart: no lifecycle manager here; the sim camera's extrinsics serve trajectory goals
             nodes.append(NodeSpec("k4d_imagine", "k4d_worldmodel.ros.imagine_node",
                                   "k4d_worldmodel.ros.imagine_node:ImagineNode", files,
-                                  {"checkpoint_dir": str(Path(args.checkpoint).resolve()), "autostart": True,
+                                  {"checkpoint_dir": checkpoint if checkpoint == "default"
+                                   else str(Path(checkpoint).resolve()), "autostart": True,
                                    **kin_over}))
     return nodes
 
@@ -536,7 +550,9 @@ def add_commands(sub) -> None:
     mode.add_argument("--composed", action="store_true", help="all nodes in one process (MultiThreadedExecutor)")
     p.add_argument("--video", metavar="PATH", help="write the overlay video here (default DIR/k4d_sim.mp4)")
     p.add_argument("--no-video", action="store_true", help="record, but make no video")
-    p.add_argument("--checkpoint", metavar="DIR", help="also run the world model's imagine_node with this checkpoint")
+    p.add_argument("--checkpoint", metavar="DIR", default="default",
+                   help="world model for imagine_node (default: 'default', the model shipped with k4d_worldmodel)")
+    p.add_argument("--no-world-model", action="store_true", help="do not start imagine_node")
     p.add_argument("--no-demo", action="store_true", help="no scripted demo: the arm waits for your goals")
     p.add_argument("--camera-size", metavar="WxH", help="camera resolution (default sim_node.yaml: 360x240)")
     p.add_argument("--camera-fy", type=float, help="camera focal length in pixels (fx = fy)")

@@ -1,6 +1,6 @@
 """Simulated YAM workcell with the k4d nodes and RViz.
 
-    ros2 launch k4d_bringup sim.launch.py [headless:=false] [rviz:=true] [checkpoint:=DIR]
+    ros2 launch k4d_bringup sim.launch.py [headless:=false] [rviz:=true] [checkpoint:=default|DIR|'']
         [scenario:=easy|medium|hard] [seed:=0] [use_moveit:=false] [demo:=true]
 
 The same nodes and the same YAML parameter files run without a distro through ``k4d sim``.
@@ -39,8 +39,9 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("headless", default_value="false", description="no RViz, no viewer windows"),
         DeclareLaunchArgument("rviz", default_value="true", description="start RViz with k4d.rviz"),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="world-model checkpoint dir for imagine_node ('' = no world model)"),
+        DeclareLaunchArgument("checkpoint", default_value="default",
+                              description="world-model checkpoint dir for imagine_node ('default' = the model shipped "
+                                          "with k4d_worldmodel, '' = no world model)"),
         DeclareLaunchArgument("scenario", default_value="easy", description="easy | medium | hard (distractors)"),
         DeclareLaunchArgument("seed", default_value="0", description="scene randomisation seed"),
         DeclareLaunchArgument("use_moveit", default_value="false", description="take plans from MoveIt instead of the sim planner"),

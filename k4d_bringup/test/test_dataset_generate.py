@@ -97,3 +97,11 @@ def test_export_kinema4d_layout(dataset, tmp_path):
     assert iou > 0.8
     assert np.array_equal(imageio.imread(tmp_path / "first_frames" / "000000.png"),
                           load_episode(src / "000000.npz")["rgb"][0])
+
+
+def test_time_budget_stops_starting_episodes(tmp_path):
+    from k4d_bringup.dataset.generate import generate
+
+    metas = generate(3, 7, tmp_path, workers=1, time_budget_s=0.0, **SMALL)
+    info = json.loads((tmp_path / "dataset.json").read_text())
+    assert metas == [] and info["episodes"] == 0 and info["requested"] == 3 and info["stopped"] == "time_budget"

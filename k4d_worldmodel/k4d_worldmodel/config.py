@@ -20,6 +20,18 @@ LORA_MODES = ("fuse", "peft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+DEFAULT_CHECKPOINT = "default"
+DEFAULT_CHECKPOINT_NAME = "k4d-yam-sim"
+
+
+def default_checkpoint_dir() -> str:
+    """The checkpoint shipped with k4d_worldmodel (``checkpoints/k4d-yam-sim``: trained on the simulated YAM
+    workcell; see its README.md model card). ``checkpoint_dir: default`` means this folder."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent / "checkpoints" / DEFAULT_CHECKPOINT_NAME)
+
+
 def _fail(name: str, value, expected: str) -> None:
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
@@ -69,7 +81,8 @@ class WorldModelConfig:
     """Everything needed to load and run the K4D world model.
 
     Attributes:
-        checkpoint_dir: either our ``save_pretrained`` folder (``model_index.json`` of a ``K4DPipeline``), or a
+        checkpoint_dir: ``"default"`` (the model shipped in the package, ``default_checkpoint_dir()``), our
+            ``save_pretrained`` folder (``model_index.json`` of a ``K4DPipeline``), or a
             released Kinema4D checkpoint folder holding ``added_weights.safetensors`` and
             ``pytorch_lora_weights.safetensors``.
         base_model_dir: for a released checkpoint, the ``Wan2.1-I2V-14B-480P-Diffusers`` folder ("" = the files sit
@@ -111,6 +124,8 @@ class WorldModelConfig:
     metric_ransac_iterations: int = 200
 
     def __post_init__(self) -> None:
+        if self.checkpoint_dir == DEFAULT_CHECKPOINT:
+            self.checkpoint_dir = default_checkpoint_dir()
         for name, allowed in (("variant", VARIANTS), ("scheduler", SCHEDULERS), ("cfg_mode", CFG_MODES),
                               ("lora_mode", LORA_MODES), ("dtype", DTYPES), ("vae_dtype", DTYPES)):
             if getattr(self, name) not in allowed:

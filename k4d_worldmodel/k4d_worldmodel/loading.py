@@ -40,7 +40,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .config import WorldModelConfig
+from .config import DEFAULT_CHECKPOINT, WorldModelConfig, default_checkpoint_dir
 from .models.transformer_k4d import ADDED_PARAMETER_NAMES, K4DRotaryPosEmbed, K4DTransformer3DModel
 from .pipelines.pipeline_k4d import K4DPipeline, make_scheduler
 
@@ -65,6 +65,8 @@ def _require(path: Path, what: str) -> Path:
 # ----------------------------------------------------------------------------------------------- layout (b)
 def is_k4d_saved_dir(path: str | os.PathLike) -> bool:
     """True if ``path`` holds a ``K4DPipeline.save_pretrained`` folder."""
+    if str(path) == DEFAULT_CHECKPOINT:
+        path = default_checkpoint_dir()
     index = Path(path) / "model_index.json"
     if not index.exists():
         return False

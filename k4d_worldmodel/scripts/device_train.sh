@@ -6,8 +6,12 @@
 #   k4d_worldmodel/scripts/device_train.sh                 # the real run (GPU box; needs the wheels, see below)
 #   OUT=/tmp/k4d_dev k4d_worldmodel/scripts/device_train.sh --smoke   # tiny CPU end-to-end check (~1 min)
 #
-# Options: --smoke | --episodes N (400) | --heldout N (48) | --vae-budget-s S (90) | --train-budget-s S (200)
-#          | --eval-steps N (20) | --total-budget-s S (510: the transformer budget shrinks to fit it).
+# Options: --smoke | --episodes N (2400, split over the scenarios) | --gen-budget-s S (170: generation stops
+#          starting episodes after it) | --scenarios LIST (easy,medium,hard) | --heldout N (96, other seeds)
+#          | --vae-budget-s S (90) | --train-budget-s S (400) | --eval-steps N (20)
+#          | --total-budget-s S (545: the transformer budget shrinks to fit it) | --eval-episodes N (24)
+#          | --resume (a second call on the same, still warm machine: no generation, the VAE and the data of
+#            the first call are reused and the transformer continues from its last checkpoint).
 # Environment: OUT (output folder, required unless --smoke), PYTHON (default python3), WORK (scratch,
 # default /tmp/k4d_device), K4D_WHEELS (folder of wheels to install first; default <repo>/.whl if present).
 # It does not need the project venv: PYTHONPATH is set to the three repo packages (k4d_kinematics,
@@ -26,15 +30,20 @@ set -euo pipefail
 T0=$SECONDS
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
-SMOKE=0; EPISODES=400; HELDOUT=48; VAE_BUDGET=90; TRAIN_BUDGET=200; EVAL_STEPS=20; TOTAL_BUDGET=510
+SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
+GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
+    --resume) RESUME=1 ;;
+    --eval-episodes) EVAL_EPISODES=$2; shift ;;
     --episodes) EPISODES=$2; shift ;;
     --heldout) HELDOUT=$2; shift ;;
     --vae-budget-s) VAE_BUDGET=$2; shift ;;
     --train-budget-s) TRAIN_BUDGET=$2; shift ;;
     --eval-steps) EVAL_STEPS=$2; shift ;;
+    --gen-budget-s) GEN_BUDGET=$2; shift ;;
+    --scenarios) SCENARIOS=$2; shift ;;
     --total-budget-s) TOTAL_BUDGET=$2; shift ;;
     *) echo "device_train.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -43,11 +52,17 @@ done
 CONFIG=default; W=96; H=64; FY=80.0; FRAMES=17; WORKERS=$(nproc)
 if [ "$SMOKE" = 1 ]; then
   CONFIG=smoke; W=48; H=32; FY=40.0; FRAMES=5; EPISODES=3; HELDOUT=2; VAE_BUDGET=5; TRAIN_BUDGET=10; EVAL_STEPS=2
+  SCENARIOS=easy,hard; GEN_BUDGET=60; EVAL_EPISODES=2
   WORKERS=1; OUT=${OUT:-/tmp/k4d_device_smoke_out}
 fi
 : "${OUT:?set OUT to the output folder}"
 WORK=${WORK:-/tmp/k4d_device}
-rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
+if [ "$RESUME" = 1 ]; then
+  [ -d "$WORK/train" ] && [ -d "$WORK/run" ] || { echo "device_train.sh: --resume needs $WORK/train and $WORK/run" >&2; exit 3; }
+  mkdir -p "$OUT"
+else
+  rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
+fi
 # The full log stays in $WORK (a first GPU run produced a log over the 16 MiB a returned file may have, and
 # got nothing back when the call hit its time limit): $OUT/log.txt gets its last 2 MB and $OUT/phases.json
 # the time of every finished phase, written as each phase ends and again on exit, whatever happens.
@@ -78,56 +93,96 @@ if ! "$PY" -c "import sys; from k4d_bringup.sim.render import gl_available; ok, 
 fi
 "$PY" -c "import torch, diffusers, mujoco; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'mujoco', mujoco.__version__)"
 
-echo "== 1. generate $EPISODES train + $HELDOUT held-out episodes ($FRAMES x ${H}x${W}, $WORKERS workers)"
+GEN_S=0
+if [ "$RESUME" = 0 ]; then
+echo "== 1. generate up to $EPISODES train episodes (scenarios $SCENARIOS, ${GEN_BUDGET} s) + $HELDOUT held-out ($FRAMES x ${H}x${W}, $WORKERS workers)"
 # A file with a __main__ guard, not a here-document on stdin: generate() runs a spawn process pool, whose
 # workers re-import the main module (from "<stdin>" they cannot, and each one fails and is replaced).
+# One sub-folder per scenario (train/easy/000000.npz ...): the training and evaluation loaders read one level.
 cat > "$WORK/generate_episodes.py" <<PYEOF
-from k4d_bringup.dataset.generate import generate
+import multiprocessing as mp
+import time
+
+from k4d_bringup.dataset.generate import GenerateOptions, _worker, _worker_init
 
 if __name__ == "__main__":
-    kw = dict(num_frames=$FRAMES, width=$W, height=$H, fy=$FY, workers=$WORKERS, progress=False)
-    m = generate($EPISODES, 0, "$WORK/train", **kw)
-    h = generate($HELDOUT, 1000, "$WORK/heldout", **kw)
-    print("labels train", {l: sum(x["label"] == l for x in m) for l in ("success", "near_miss", "failure")},
-          "heldout", {l: sum(x["label"] == l for x in h) for l in ("success", "near_miss", "failure")})
+    # One process pool for every set (each new pool pays the workers' imports and JIT compilation again).
+    # Held-out first (other seeds: other scenes and objects), then the training episodes interleaved over the
+    # scenarios, until the generation budget is spent.
+    scenarios = "$SCENARIOS".split(",")
+    opts = {sc: GenerateOptions(num_frames=$FRAMES, width=$W, height=$H, fy=$FY, scenario=sc) for sc in scenarios}
+    jobs = [(i, 1000 + k, "$WORK/heldout/" + sc, opts[sc], 1)
+            for k, sc in enumerate(scenarios) for i in range(max(1, $HELDOUT // len(scenarios)))]
+    n_held = len(jobs)
+    per = max(1, $EPISODES // len(scenarios))
+    jobs += [(i, k, "$WORK/train/" + sc, opts[sc], 1) for i in range(per) for k, sc in enumerate(scenarios)]
+    t0, metas = time.perf_counter(), []
+    with mp.get_context("spawn").Pool($WORKERS, initializer=_worker_init) as pool:
+        for meta in pool.imap(_worker, jobs, chunksize=1):
+            metas.append(meta)
+            if len(metas) > n_held and time.perf_counter() - t0 > $GEN_BUDGET:
+                pool.terminate()  # unfinished episodes leave only hidden .tmp files, which the loaders skip
+                break
+            if len(metas) % 200 == 0:
+                print(f"{len(metas)} episodes in {time.perf_counter() - t0:.0f} s", flush=True)
+    for part, ms in (("heldout", metas[:n_held]), ("train", metas[n_held:])):
+        for sc in scenarios:
+            m = [x for x in ms if x["scenario"] == sc]
+            print(part, sc, len(m), {l: sum(x["label"] == l for x in m) for l in ("success", "near_miss", "failure")})
 PYEOF
 "$PY" "$WORK/generate_episodes.py"
 GEN_S=$((SECONDS - T0))
 echo "generation took ${GEN_S} s"
 phase_done generate
+fi
 
 # the transformer gets what is left of the total budget after generation, the VAE, encoding and evaluation
-EVAL_EST=$(( SMOKE == 1 ? 20 : 100 )); ENC_EST=$(( SMOKE == 1 ? 5 : 40 ))
-LEFT=$(( TOTAL_BUDGET - GEN_S - VAE_BUDGET - EVAL_EST - ENC_EST - 20 ))
+EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 60) : 0 )); ENC_EST=$(( SMOKE == 1 ? 5 : 45 ))
+BENCH_EST=$(( SMOKE == 1 ? 5 : 30 ))
+[ "$RESUME" = 1 ] && VAE_BUDGET=0  # the VAE of the first call is reused
+LEFT=$(( TOTAL_BUDGET - GEN_S - VAE_BUDGET - EVAL_EST - ENC_EST - BENCH_EST - 25 ))
 if [ "$LEFT" -lt "$TRAIN_BUDGET" ]; then TRAIN_BUDGET=$(( LEFT > 10 ? LEFT : 10 )); fi
 echo "== 2. train ($CONFIG): VAE budget ${VAE_BUDGET} s, transformer budget ${TRAIN_BUDGET} s"
-"$PY" - <<PYEOF
+# a file with a __main__ guard again: the clips are read by spawned DataLoader workers
+cat > "$WORK/train_model.py" <<PYEOF
 from k4d_worldmodel.training.config import TrainConfig
 from k4d_worldmodel.training.train import train
-cfg = TrainConfig.from_yaml("$CONFIG")
-cfg.vae.time_budget_s = float($VAE_BUDGET)
-train("$WORK/train", cfg, "$WORK/run", time_budget_s=float($TRAIN_BUDGET), progress=False)
+
+if __name__ == "__main__":
+    cfg = TrainConfig.from_yaml("$CONFIG")
+    cfg.vae.time_budget_s = float($VAE_BUDGET)
+    cfg.load_workers = $WORKERS if $WORKERS > 1 else 0
+    train("$WORK/train", cfg, "$WORK/run", resume=bool($RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False)
 PYEOF
+"$PY" "$WORK/train_model.py"
 phase_done train
 
-echo "== 3. evaluate on the held-out episodes ($EVAL_STEPS steps)"
-"$PY" -m k4d_worldmodel.train_cli eval --checkpoint "$WORK/run/pipeline" --data "$WORK/heldout" --split all \
-  --out "$WORK/run/eval" --steps "$EVAL_STEPS" --videos 4 --no-progress
-phase_done eval
+if [ "$EVAL_EPISODES" -gt 0 ]; then
+  echo "== 3. evaluate on the held-out episodes ($EVAL_STEPS steps)"
+  "$PY" -m k4d_worldmodel.train_cli eval --checkpoint "$WORK/run/pipeline" --data "$WORK/heldout" --split all \
+    --out "$WORK/run/eval" --steps "$EVAL_STEPS" --videos 4 --no-progress --max-episodes "$EVAL_EPISODES"
+  phase_done eval
+fi
+echo "== 3b. rollout wall time on this device (17 and 49 frames)"
+"$PY" "$REPO/k4d_worldmodel/benchmarks/bench_rollout.py" --checkpoint "$WORK/run/pipeline" --repeats 3 \
+  --json "$OUT/bench_rollout.json" || echo "bench_rollout failed (the checkpoint is still packed)"
+phase_done bench
 
 echo "== 4. pack"
 "$PY" - <<PYEOF
 import json, pathlib, time
 run = pathlib.Path("$WORK/run")
-ev = json.loads((run / "eval" / "metrics.json").read_text())
+ev_file = run / "eval" / "metrics.json"
+ev = json.loads(ev_file.read_text()) if ev_file.is_file() else {"header": {}, "summary": {}, "wall_s": 0.0}
 out = {"train": json.loads((run / "train_metrics.json").read_text()),
        "eval": {"header": ev["header"], "summary": ev["summary"], "wall_s": ev["wall_s"]},
        "options": {"config": "$CONFIG", "episodes": $EPISODES, "heldout": $HELDOUT, "frames": $FRAMES,
                    "height": $H, "width": $W, "fy": $FY, "mujoco_gl": "$MUJOCO_GL", "generation_s": $GEN_S}}
 pathlib.Path("$OUT/metrics.json").write_text(json.dumps(out, indent=1))
 PYEOF
-cp "$WORK/run/eval/report.md" "$OUT/report.md"
+[ -f "$WORK/run/eval/report.md" ] && cp "$WORK/run/eval/report.md" "$OUT/report.md"
 first_video=$(ls "$WORK/run/eval/videos"/*.mp4 2>/dev/null | head -n 1 || true)
+mkdir -p "$WORK/run/eval"
 [ -n "$first_video" ] && cp "$first_video" "$OUT/sample.mp4"
 cp "$WORK/run/config.yaml" "$WORK/run/pipeline/train_config.yaml"
 tar -C "$WORK/run" -cf - pipeline eval | split -b 15m - "$OUT/k4d_default.tar.part-"

@@ -217,10 +217,12 @@ def outcome_stats(metas: Sequence[dict]) -> dict:
 
 def generate(episodes: int, seed: int, out_dir: str | Path, workers: int = 1, num_frames: int = 49,
              scenario: str = "easy", sigmas: Sequence[float] = DEFAULT_SIGMAS, tasks: Sequence[str] = ("pick_place", "push"),
-             progress: bool = True, **options) -> list[dict]:
+             progress: bool = True, time_budget_s: float | None = None, **options) -> list[dict]:
     """Generate ``episodes`` episodes into ``out_dir`` with ``workers`` processes; returns their summaries
     (sorted by index) and writes ``dataset.json`` (options) and ``stats.json`` (``outcome_stats``).
 
+    time_budget_s: stop starting episodes once this many seconds have passed (episodes in progress are dropped;
+    ``dataset.json`` then says ``"stopped": "time_budget"`` and lists the episodes written).
     options: further GenerateOptions fields (width, height, fy, sim_config, compress).
     """
     if not (isinstance(episodes, int) and episodes >= 1):
@@ -239,8 +241,16 @@ def generate(episodes: int, seed: int, out_dir: str | Path, workers: int = 1, nu
         bar = tqdm(total=episodes, desc="episodes", unit="ep")
     metas = []
     t0 = time.perf_counter()
+    stopped = "done"
+
+    def out_of_time() -> bool:
+        return time_budget_s is not None and time.perf_counter() - t0 > float(time_budget_s)
+
     if workers == 1:
         for j in jobs:
+            if out_of_time():
+                stopped = "time_budget"
+                break
             metas.append(_worker(j))
             if bar:
                 bar.update(1)
@@ -252,12 +262,17 @@ def generate(episodes: int, seed: int, out_dir: str | Path, workers: int = 1, nu
                 metas.append(meta)
                 if bar:
                     bar.update(1)
+                if out_of_time() and len(metas) < episodes:
+                    stopped = "time_budget"
+                    pool.terminate()  # unfinished episodes only leave hidden .tmp files, which loaders skip
+                    break
     if bar:
         bar.close()
     metas.sort(key=lambda m: m["index"])
     wall = time.perf_counter() - t0
     (out_dir / "dataset.json").write_text(json.dumps({
-        "format_version": FORMAT_VERSION, "episodes": episodes, "seed": int(seed), "workers": workers,
+        "format_version": FORMAT_VERSION, "episodes": len(metas), "requested": episodes, "stopped": stopped,
+        "seed": int(seed), "workers": workers,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.__dict__.items()},
         "names": [m["name"] for m in metas], "wall_time_s": wall}, indent=1))
     (out_dir / "stats.json").write_text(json.dumps(outcome_stats(metas), indent=1))

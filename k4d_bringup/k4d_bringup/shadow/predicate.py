@@ -89,9 +89,11 @@ class RegionPredicate:
         return PredicateResult(True, prob >= 0.5, prob, counts)
 
 
-def make_predicate(cfg, T_base_cam: np.ndarray):
-    """The predicate configured by a ShadowConfig (None for success_predicate 'none')."""
+def make_predicate(cfg, T_base_cam: np.ndarray, region=None):
+    """The predicate configured by a ShadowConfig (None for success_predicate 'none'); ``region`` = (box_min,
+    box_max) replaces the configured box (an episode's own goal, from its start event)."""
     if cfg.success_predicate == "none":
         return None
-    return RegionPredicate(T_base_cam, cfg.success_region_min, cfg.success_region_max, cfg.success_min_points,
-                           cfg.success_window_frames, cfg.robot_margin_px)
+    lo, hi = region if region is not None else (cfg.success_region_min, cfg.success_region_max)
+    return RegionPredicate(T_base_cam, lo, hi, cfg.success_min_points, cfg.success_window_frames,
+                           cfg.robot_margin_px)

@@ -198,11 +198,14 @@ class Episode:
     closed: bool = False
     success_label: Optional[bool] = None
     last_chunk_end_ns: int = 0
+    region: Optional[tuple] = None  # (box_min, box_max) of this episode's goal, overriding the config's
 
 
 def parse_episode_event(text: str) -> dict:
     """'start [label]' / 'end [success|failure|true|false]' or a JSON object with an "event" key -> dict
-    with ``event`` ('start'|'end') and optional ``label``, ``scenario``, ``policy``, ``success`` (bool)."""
+    with ``event`` ('start'|'end') and optional ``label``, ``scenario``, ``policy``, ``success`` (bool) and
+    ``success_region`` (``{"min": [x, y, z], "max": [x, y, z]}`` base frame: this episode's goal box, e.g. a
+    randomised placing zone, used instead of the configured success region)."""
     text = (text or "").strip()
     if text.startswith("{"):
         try:
@@ -235,6 +238,16 @@ def parse_episode_event(text: str) -> dict:
             else:
                 raise ValueError(f"episode end outcome must be success/failure, got {s!r}")
         d["success"] = bool(s)
+    if "success_region" in d:
+        r = d["success_region"]
+        try:
+            lo, hi = np.asarray(r["min"], np.float64), np.asarray(r["max"], np.float64)
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"success_region must be {{'min': [x, y, z], 'max': [x, y, z]}}, got {r!r}") from None
+        if lo.shape != (3,) or hi.shape != (3,) or not (np.isfinite(lo).all() and np.isfinite(hi).all()) \
+                or np.any(lo >= hi):
+            raise ValueError(f"success_region min must be below max on every axis (3 finite values each), got {r!r}")
+        d["success_region"] = (lo, hi)
     return d
 
 
@@ -299,7 +312,8 @@ class ShadowSession:
         with self.lock:
             if d["event"] == "start":
                 self._close_episode(now_ns)
-                self._open_episode(now_ns, d.get("label", ""), d.get("scenario"), d.get("policy"))
+                ep = self._open_episode(now_ns, d.get("label", ""), d.get("scenario"), d.get("policy"))
+                ep.region = d.get("success_region")
             else:
                 if self.episode is not None:
                     if "success" in d:
@@ -487,7 +501,9 @@ class ShadowSession:
         # minus the robot rendered at the measured joint state).
         imag = {"valid": False, "success": False, "probability": NAN, "reason": "success_predicate is 'none'"}
         act = dict(imag)
-        pred = make_predicate(self.cfg, kin.T_base_cam) if kin is not None else None
+        ep = self._find_episode(rec.episode_id)
+        region = ep.region if ep is not None else None
+        pred = make_predicate(self.cfg, kin.T_base_cam, region) if kin is not None else None
         if pred is not None:
             upto = [k for k in range(T) if rec.mode == "candidate" or rec.times[k] <= rec.exec_duration_s + 1e-6]
             ks = upto[-pred.window:]

@@ -296,7 +296,7 @@ class K4DPipeline(DiffusionPipeline):
         return mean, inv_std
 
     def encode_video(self, video01: torch.Tensor) -> torch.Tensor:
-        """VAE-encode a `[1, 3, T, H, W]` video with values in [0, 1] -> normalised latent `[1, 16, F, h, w]` float32.
+        """VAE-encode `[B, 3, T, H, W]` videos with values in [0, 1] -> normalised latents `[B, 16, F, h, w]` float32.
 
         Uses the posterior mode (the release samples at training-data preparation and takes the mode for the
         condition video); normalised with the VAE ``latents_mean``/``latents_std``.
@@ -338,18 +338,21 @@ class K4DPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------- conditioning
     def prepare_condition(self, image01: torch.Tensor) -> torch.Tensor:
-        """Mask + condition latent `[1, 4 + 16, F, h, 2w]` float32 from the first frame `[3, H, W]` in [0, 1].
+        """Mask + condition latent `[B, 4 + 16, F, h, 2w]` float32 from first frames `[3, H, W]` (B = 1) or
+        `[B, 3, H, W]` in [0, 1].
 
         Condition video: frame 0 = RGB frame | uniform dummy pointmap, frames 1.. = 0 (i.e. -1 after scaling);
         mask: frame 0 is 1 on the RGB half and 0.5 on the XYZ half, later latent frames 0.
         """
         t, h, w = self.num_frames, self.height, self.width
-        pm = torch.from_numpy(uniform_pointmap(h, w)).permute(2, 0, 1)
-        first = torch.cat([image01, pm], dim=-1)[None, :, None]  # 1, 3, 1, H, 2W
+        image01 = image01[None] if image01.ndim == 3 else image01
+        b = image01.shape[0]
+        pm = torch.from_numpy(uniform_pointmap(h, w)).permute(2, 0, 1).expand(b, -1, -1, -1)
+        first = torch.cat([image01, pm], dim=-1)[:, :, None]  # B, 3, 1, H, 2W
         # zeros in [-1, 1] space, as in the release (video_condition is padded after scaling to [-1, 1])
-        video = torch.cat([first, torch.full((1, 3, t - 1, h, 2 * w), 0.5)], dim=2)
-        latent = self.encode_video(video)  # 1, 16, F, h, 2w
-        mask = torch.zeros(1, self.transformer.config.mask_channels, *latent.shape[2:], device=latent.device)
+        video = torch.cat([first, torch.full((b, 3, t - 1, h, 2 * w), 0.5)], dim=2)
+        latent = self.encode_video(video)  # B, 16, F, h, 2w
+        mask = torch.zeros(b, self.transformer.config.mask_channels, *latent.shape[2:], device=latent.device)
         mask[:, :, 0, :, : latent.shape[-1] // 2] = 1.0
         mask[:, :, 0, :, latent.shape[-1] // 2 :] = 0.5
         return torch.cat([mask, latent], dim=1)
@@ -357,19 +360,23 @@ class K4DPipeline(DiffusionPipeline):
     def prepare_robot_condition(
         self, xyz01: np.ndarray, mask: np.ndarray, robot_rgb: np.ndarray | None
     ) -> torch.Tensor:
-        """Robot condition `[1, 4 + 16, F, h, w_cond]` float32 (mask channels first, then robot latents).
+        """Robot condition `[B, 4 + 16, F, h, w_cond]` float32 (mask channels first, then robot latents) from
+        `(T, H, W, 3)` / `(T, H, W)` arrays (B = 1) or the same with a leading batch dimension.
 
         "full": latents = VAE(robot RGB) | (VAE(robot pointmap) - (-0.17)) / 1.36 along width, mask tiled x2.
         "pmcond": pointmap latents and untiled mask only.
         """
         cfg = self.transformer.config
-        to_video = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().permute(3, 0, 1, 2)[None]
+        batched = np.ndim(mask) == 4
+        xyz01, mask = (xyz01, mask) if batched else (np.asarray(xyz01)[None], np.asarray(mask)[None])
+        to_video = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().permute(0, 4, 1, 2, 3)
         pm_latent = (self.encode_video(to_video(xyz01)) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
-        m = torch.from_numpy(mask.astype(np.float32))[None, None]  # 1, 1, T, H, W
+        m = torch.from_numpy(np.asarray(mask).astype(np.float32))[:, None]  # B, 1, T, H, W
         m = downsample_robot_mask(m, cfg.latent_height, cfg.latent_width, self.vae_scale_factor_temporal)
-        m = m.to(pm_latent.device).repeat_interleave(cfg.mask_channels, dim=1)  # 1, 4, F, h, w
+        m = m.to(pm_latent.device).repeat_interleave(cfg.mask_channels, dim=1)  # B, 4, F, h, w
         if cfg.variant == "pmcond":
             return torch.cat([m, pm_latent], dim=1)
+        robot_rgb = robot_rgb if batched else np.asarray(robot_rgb)[None]
         rgb_latent = self.encode_video(to_video(robot_rgb.astype(np.float32) / 255.0))
         return torch.cat([m.repeat(1, 1, 1, 1, 2), torch.cat([rgb_latent, pm_latent], dim=-1)], dim=1)
 

@@ -93,7 +93,8 @@ class TrainConfig:
     checkpoint_every: accelerate ``save_state`` every N steps (0 = only at the end); keep_checkpoints: how many.
     log_every: loss-log period. data_format: auto | k4d | kinema4d. heldout_fraction, split_seed: the split.
     save_max_shard_mb: shard size of the saved safetensors (every file <= this). save_dtype: float32 | bfloat16
-        for the saved transformer.
+        for the saved transformer. load_workers: processes reading the episodes at start-up (0 = this one).
+    encode_batch_size: clips per frozen-encoder (VAE) call when the clips are encoded once before training.
     """
 
     mode: str = "full"
@@ -130,6 +131,8 @@ class TrainConfig:
     split_seed: int = 0
     save_max_shard_mb: int = 15
     save_dtype: str = "float32"
+    load_workers: int = 0
+    encode_batch_size: int = 32
 
     def __post_init__(self) -> None:
         if isinstance(self.vae, Mapping):
@@ -148,11 +151,12 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 16 and v % 16 == 0):
                 raise ValueError(f"{name} must be a multiple of 16 (VAE x8, patch x2), got {v!r}")
-        for name in ("batch_size", "grad_accum", "log_every", "save_max_shard_mb"):
+        for name in ("batch_size", "grad_accum", "log_every", "save_max_shard_mb", "encode_batch_size"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("max_steps", "warmup_steps", "checkpoint_every", "keep_checkpoints", "seed", "split_seed"):
+        for name in ("max_steps", "warmup_steps", "checkpoint_every", "keep_checkpoints", "seed", "split_seed",
+                     "load_workers"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
@@ -190,12 +194,13 @@ class TrainConfig:
         return asdict(self)
 
     def transformer_kwargs(self) -> dict:
-        """K4DTransformer3DModel kwargs: ``model`` plus the geometry (latent grid = pixels / 8, frames (T-1)/4+1)."""
+        """K4DTransformer3DModel kwargs: ``model`` plus the geometry (latent grid = pixels / the VAE's spatial
+        factor, 8 or 4; frames (T-1)/4+1)."""
         kw = dict(self.model)
         kw.setdefault("variant", self.variant)
         kw.setdefault("num_latent_frames", (self.num_frames - 1) // 4 + 1)
-        kw.setdefault("latent_height", self.height // 8)
-        kw.setdefault("latent_width", self.width // 8)
+        kw.setdefault("latent_height", self.height // self.vae.spatial_factor)
+        kw.setdefault("latent_width", self.width // self.vae.spatial_factor)
         if "patch_size" in kw:
             kw["patch_size"] = tuple(kw["patch_size"])
         if "arm_patch_size" in kw:

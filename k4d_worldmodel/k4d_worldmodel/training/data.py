@@ -7,7 +7,7 @@
 
 Two sources, detected from the folder's content:
 
-* k4d episodes (``<n>.npz`` + ``<n>.json``, FORMAT.md): read with ``k4d_bringup.dataset.generate.load_episode``;
+* k4d episodes (``<n>.npz`` + ``<n>.json``, FORMAT.md; also one sub-folder level, e.g. ``easy/<n>.npz``): read with ``k4d_bringup.dataset.generate.load_episode``;
   the world pointmap is the depth back-projection (metres, camera optical frame), the robot pointmap and mask
   come from kinematics, the robot appearance is the RGB on the robot mask (as the release's ``mask_videos``).
 * Kinema4D layout (``videos/<n>.mp4``, ``pointmap/<n>.mp4``, ``mask_videos/<n>.mp4``, ``mask_pointmap/<n>.mp4``,
@@ -193,7 +193,7 @@ class EpisodeDataset(ClipDataset):
     format = "k4d"
 
     def list_names(self) -> list[str]:
-        return sorted(p.stem for p in self.root.glob("*.npz") if not p.name.startswith("."))
+        return _episode_names(self.root)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         from k4d_bringup.dataset.generate import load_episode
@@ -258,10 +258,19 @@ class Kinema4DDataset(ClipDataset):
         return finish_clip(clip, self.num_frames, self.height, self.width)
 
 
+def _episode_names(root: Path) -> list[str]:
+    """``<n>`` of ``root/<n>.npz`` and ``<sub>/<n>`` of ``root/<sub>/<n>.npz`` (one folder level: e.g. one
+    ``k4d dataset generate`` output per scenario under a common root), sorted; hidden files are skipped."""
+    names = [p.stem for p in root.glob("*.npz") if not p.name.startswith(".")]
+    names += [f"{p.parent.name}/{p.stem}" for p in root.glob("*/*.npz")
+              if not p.name.startswith(".") and not p.parent.name.startswith(".")]
+    return sorted(names)
+
+
 def detect_format(root: str | Path) -> str:
     """"k4d" (``*.npz`` episodes) or "kinema4d" (``videos/*.mp4``); FileNotFoundError otherwise."""
     root = Path(root)
-    if any(p for p in root.glob("*.npz") if not p.name.startswith(".")):
+    if root.is_dir() and _episode_names(root):
         return "k4d"
     if (root / "videos").is_dir() and any((root / "videos").glob("*.mp4")):
         return "kinema4d"

@@ -67,6 +67,13 @@ def encode_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, torch.Tens
     + condition latent), ``robot_condition [4 + 16, F, h, w_cond]`` and ``image_tokens [N_img, image_dim]``.
     Raises ValueError if the clip has no robot pixel (the pipeline cannot condition on an absent robot).
     """
+    encoded, skipped = encode_clips(pipe, [clip])
+    if skipped:
+        raise ValueError(skipped[0][1])
+    return encoded[0]
+
+
+def _prepare(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, Any]:
     check_clip(pipe, clip)
     link = clip.get("robot_link")
     mask = K4DPipeline._robot_mask(clip["robot_xyz"], link) & clip["robot_mask"]
@@ -78,16 +85,48 @@ def encode_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, torch.Tens
         robot_rgb = clip.get("robot_rgb")
         robot_rgb = render_robot_rgb(link, mask) if robot_rgb is None else np.where(mask[..., None], robot_rgb, 0)
         robot_rgb = robot_rgb.astype(np.uint8)
-    rgb = clip["rgb"]
-    image01 = torch.from_numpy(np.ascontiguousarray(rgb[0])).permute(2, 0, 1).float() / 255.0
-    image_tokens = pipe.encode_image(np.ascontiguousarray(rgb[0]))
-    condition = pipe.prepare_condition(image01)
-    robot_condition = pipe.prepare_robot_condition(xyz01, mask, robot_rgb)
-    rgb_latent = pipe.encode_video(_video01(rgb))
-    pm_latent = (pipe.encode_video(_video01(clip["world01"])) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
-    x0 = torch.cat([rgb_latent, pm_latent], dim=-1)
-    return {"x0": x0[0].float().cpu(), "condition": condition[0].float().cpu(),
-            "robot_condition": robot_condition[0].float().cpu(), "image_tokens": image_tokens[0].float().cpu()}
+    return {"mask": mask, "xyz01": xyz01, "robot_rgb": robot_rgb}
+
+
+@torch.no_grad()
+def encode_clips(pipe: K4DPipeline, clips: list[dict[str, Any]], batch_size: int = 32
+                 ) -> tuple[list[dict[str, torch.Tensor]], list[tuple[str, str]]]:
+    """[`encode_clip`] for many clips, the VAE running on ``batch_size`` clips at a time (the same calls, batched:
+    one clip at a time the small VAE is bound by kernel launches, not arithmetic).
+
+    Returns ``(encoded, skipped)``: the encodings of the usable clips in order, and ``(name, reason)`` of each
+    clip without a robot pixel.
+    """
+    encoded: list[dict[str, torch.Tensor]] = []
+    skipped: list[tuple[str, str]] = []
+    for start in range(0, len(clips), max(1, int(batch_size))):
+        group, prep = [], []
+        for clip in clips[start : start + max(1, int(batch_size))]:
+            try:
+                prep.append(_prepare(pipe, clip))
+                group.append(clip)
+            except ValueError as exc:
+                if "no robot pixel" not in str(exc):
+                    raise
+                skipped.append((str(clip.get("name", "?")), str(exc)))
+        if not group:
+            continue
+        rgb = np.stack([c["rgb"] for c in group])
+        image01 = torch.from_numpy(np.ascontiguousarray(rgb[:, 0])).permute(0, 3, 1, 2).float() / 255.0
+        tokens = [pipe.encode_image(np.ascontiguousarray(r[0]))[0] for r in rgb]
+        condition = pipe.prepare_condition(image01)
+        robot_rgb = None if pipe.variant != "full" else np.stack([p["robot_rgb"] for p in prep])
+        robot_condition = pipe.prepare_robot_condition(np.stack([p["xyz01"] for p in prep]),
+                                                       np.stack([p["mask"] for p in prep]), robot_rgb)
+        videos = lambda key: torch.cat([_video01(c[key]) for c in group])
+        rgb_latent = pipe.encode_video(videos("rgb"))
+        pm_latent = (pipe.encode_video(videos("world01")) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
+        x0 = torch.cat([rgb_latent, pm_latent], dim=-1)
+        for i in range(len(group)):
+            encoded.append({"x0": x0[i].float().cpu(), "condition": condition[i].float().cpu(),
+                            "robot_condition": robot_condition[i].float().cpu(),
+                            "image_tokens": tokens[i].float().cpu()})
+    return encoded, skipped
 
 
 def stack_encoded(items: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

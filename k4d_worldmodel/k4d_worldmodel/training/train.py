@@ -91,6 +91,20 @@ def load_base_pipeline(cfg: TrainConfig, dtype: torch.dtype) -> tuple[Any, str]:
     return pipe, "released" if released else "k4d"
 
 
+def load_clips(ds, workers: int = 0) -> list[dict[str, Any]]:
+    """Every clip of ``ds`` in order; ``workers`` > 0 reads them in that many DataLoader worker processes
+    (decompressing thousands of episodes is the slow part of start-up on one core)."""
+    if workers <= 0 or len(ds) < 2 * workers:
+        return [ds[i] for i in range(len(ds))]
+    from torch.utils.data import DataLoader
+
+    from .data import collate_clips
+
+    loader = DataLoader(ds, batch_size=16, num_workers=int(workers), collate_fn=collate_clips,
+                        multiprocessing_context="spawn")
+    return [c for batch in loader for c in batch]
+
+
 def _resolve_precision(cfg: TrainConfig) -> str:
     if cfg.mixed_precision == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
@@ -135,7 +149,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     from .data import open_dataset
     from .lora import add_lora, lora_module_names, merge_lora, save_released_lora, set_trainable
-    from .objective import encode_clip, flow_matching_step, stack_encoded
+    from .objective import encode_clips, flow_matching_step, stack_encoded
     from .vae import train_vae
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
@@ -187,7 +201,9 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     ds = open_dataset(data, *geom, split="train", heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed)
     if cfg.data_format != "auto" and ds.format != cfg.data_format:
         raise ValueError(f"data_format is {cfg.data_format!r} but {data} holds the {ds.format!r} format")
-    clips = [ds[i] for i in range(len(ds))]
+    t_load = time.perf_counter()
+    clips = load_clips(ds, cfg.load_workers)
+    metrics["load_s"] = time.perf_counter() - t_load
     metrics["train_episodes"] = len(clips)
     metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
     say(f"train: {len(clips)} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}")
@@ -235,12 +251,10 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     # 3. Encode every clip once with the frozen VAE / CLIP (the pipeline's conditioning code)
     t_enc = time.perf_counter()
-    cache = []
-    for c in clips:
-        try:
-            cache.append(encode_clip(pipe, c))
-        except ValueError as exc:  # a clip without a visible robot cannot be conditioned on
-            say(f"train: skipping clip {c['name']}: {exc}")
+    cache, skipped = encode_clips(pipe, clips, cfg.encode_batch_size)
+    for name, why in skipped:  # a clip without a visible robot cannot be conditioned on
+        say(f"train: skipping clip {name}: {why}")
+    del clips
     if not cache:
         raise ValueError(f"no usable training clip in {data}")
     metrics["encode_s"] = time.perf_counter() - t_enc

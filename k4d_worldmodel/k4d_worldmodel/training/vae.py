@@ -38,6 +38,9 @@ class VAEConfig:
         steps, time_budget_s: stop at whichever comes first (time_budget_s 0 = no limit).
         batch_size, lr, weight_decay, kl_weight, grad_clip: optimisation.
         stats_clips: clips used for the latent mean/std.
+        train_frames: frames per training sample, a random window of 1 + 4k consecutive frames of a clip (0 = the
+            whole clip). The VAE is causal and works chunk by chunk (first frame, then 4 at a time), so a
+            9-frame window trains the first-frame and the chunk paths at about half the cost of 17 frames.
     """
 
     train: bool = True
@@ -53,13 +56,18 @@ class VAEConfig:
     kl_weight: float = 1e-6
     grad_clip: float = 1.0
     stats_clips: int = 64
+    train_frames: int = 0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.base_dim, int) and self.base_dim >= 1):
             raise ValueError(f"vae.base_dim must be an integer >= 1, got {self.base_dim!r}")
         self.dim_mult = [int(v) for v in self.dim_mult]
-        if len(self.dim_mult) != 4 or min(self.dim_mult) < 1:
-            raise ValueError(f"vae.dim_mult must be 4 integers >= 1 (spatial factor 8), got {self.dim_mult!r}")
+        if len(self.dim_mult) not in (3, 4) or min(self.dim_mult) < 1:
+            raise ValueError(f"vae.dim_mult must be 3 or 4 integers >= 1 (spatial factor 4 or 8), got "
+                             f"{self.dim_mult!r}")
+        if not (isinstance(self.train_frames, int) and self.train_frames >= 0
+                and (self.train_frames == 0 or (self.train_frames - 1) % 4 == 0)):
+            raise ValueError(f"vae.train_frames must be 0 or 1 + 4k, got {self.train_frames!r}")
         for name in ("steps", "batch_size", "num_res_blocks", "stats_clips"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= (0 if name == "steps" else 1)):
@@ -71,12 +79,21 @@ class VAEConfig:
             setattr(self, name, v)
 
 
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent cell along each image axis: 8 (Wan2.1's, four dim_mult stages) or 4 (three)."""
+        return 2 ** (len(self.dim_mult) - 1)
+
+
 def build_vae(cfg: VAEConfig) -> "AutoencoderKLWan":  # noqa: F821
-    """A fresh ``AutoencoderKLWan`` of ``cfg``'s size (z_dim 16, temporal factor 4, spatial factor 8)."""
+    """A fresh ``AutoencoderKLWan`` of ``cfg``'s size (z_dim 16, temporal factor 4, spatial factor
+    ``cfg.spatial_factor``: the last two down-samplings are the temporal ones, as in Wan2.1)."""
     from diffusers import AutoencoderKLWan
 
+    down = [False] * (len(cfg.dim_mult) - 3) + [True, True]
     return AutoencoderKLWan(base_dim=cfg.base_dim, z_dim=16, dim_mult=list(cfg.dim_mult),
-                            num_res_blocks=cfg.num_res_blocks, temperal_downsample=[False, True, True])
+                            num_res_blocks=cfg.num_res_blocks, temperal_downsample=down,
+                            scale_factor_spatial=cfg.spatial_factor)
 
 
 def clip_videos(clip: dict[str, Any]) -> list[torch.Tensor]:
@@ -84,6 +101,15 @@ def clip_videos(clip: dict[str, Any]) -> list[torch.Tensor]:
     rgb = torch.from_numpy(np.ascontiguousarray(clip["rgb"])).float().permute(3, 0, 1, 2) / 127.5 - 1.0
     pm = torch.from_numpy(np.ascontiguousarray(clip["world01"])).float().permute(3, 0, 1, 2) * 2.0 - 1.0
     return [rgb, pm]
+
+
+def _window(video: torch.Tensor, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """A random window of ``frames`` consecutive frames of a `[3, T, H, W]` video (all of it if 0 or >= T)."""
+    t = video.shape[1]
+    if frames <= 0 or frames >= t:
+        return video
+    start = int(torch.randint(t - frames + 1, (1,), generator=generator))
+    return video[:, start : start + frames]
 
 
 def vae_loss(vae: torch.nn.Module, x: torch.Tensor, kl_weight: float,
@@ -144,7 +170,7 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
         if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
             break
         idx = torch.randint(len(videos), (cfg.batch_size,), generator=g).tolist()
-        x = torch.stack([videos[i] for i in idx]).to(device)
+        x = torch.stack([_window(videos[i], cfg.train_frames, g) for i in idx]).to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, parts = vae_loss(vae, x, cfg.kl_weight, g)
         scaler.scale(loss).backward()

@@ -1,0 +1,200 @@
+"""Shadow-mode evaluation of simulated episodes in batch (``k4d shadow bench``): the must-show numbers.
+
+    k4d dataset generate --episodes 90 --seed 4000 --scenario easy --sigmas 0 0.6 1.2 --tasks pick_place \\
+        --frames 17 --width 96 --height 64 --fy 80 --out /tmp/shadow/easy        # + medium, hard
+    k4d shadow bench /tmp/shadow --checkpoint k4d_worldmodel/checkpoints/k4d-yam-sim --log /tmp/shadow.jsonl
+    k4d shadow report /tmp/shadow.jsonl --out /tmp/shadow_report
+
+Each episode of a ``k4d dataset generate`` folder (or of its scenario sub-folders) is fed to the SAME
+``ShadowSession`` as the live node, with the episode's time as the clock: an episode start event (scenario;
+policy = ``sigma=<noise level>``, the scripted policy's quality; the episode's own goal zone as the success
+region), the executed joint trajectory as one live action chunk, the camera frames (RGB + depth + joint state)
+as they were recorded, and an end event with the simulator's success label. The world model imagines the chunk
+from the frame at its start (in process, ``EngineImaginer``: the imagine node's engine), then the session scores
+it against the recorded frames and applies the region predicate to the imagined metric pointmaps. The JSONL log
+is the node's format, so ``k4d shadow report`` writes Table 3, Pearson r and MMRV across the policies.
+
+Success region: the zone is a disc of radius r around its centre; the box is the inscribed square
+(centre +- r / sqrt 2) from 6 mm above the table to the object's height + 1.5 cm, so an object carried above the
+zone does not count. ``success_min_points`` (3 at 96 x 64 pixels) and the window come from the ShadowConfig.
+Throughput: the returned summary has ``chunks_per_min`` (imagination + scoring wall time only; episodes were
+simulated beforehand).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .config import ShadowConfig
+from .log import ShadowLog
+from .session import Kinematics, ShadowSession
+
+
+# The configured box is only a fallback: every episode's start event carries its own zone (``zone_box``).
+NOMINAL_REGION = {"success_region_min": [0.1, -0.35, 0.006], "success_region_max": [0.5, 0.35, 0.08]}
+
+
+def episode_files(root: str | Path) -> list[Path]:
+    """``<n>.npz`` episodes of ``root`` and of its sub-folders (one level), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"episode folder not found: {root}")
+    files = sorted(p for p in root.glob("*.npz") if not p.name.startswith("."))
+    files += sorted(p for p in root.glob("*/*.npz") if not p.name.startswith(".") and not p.parent.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"no episodes (*.npz) in {root} or its sub-folders")
+    return files
+
+
+def zone_box(meta: dict, object_height_m: float) -> dict:
+    """The success region of an episode: the zone's inscribed square, from 6 mm to object height + 1.5 cm."""
+    c = np.asarray(meta["zone"]["center_base"], np.float64)[:2]
+    h = float(meta["zone"]["radius"]) / math.sqrt(2.0)
+    return {"min": [c[0] - h, c[1] - h, 0.006], "max": [c[0] + h, c[1] + h, object_height_m + 0.015]}
+
+
+def object_height(meta: dict) -> float:
+    obj = meta["objects"][0]
+    size = list(obj.get("size", [0.02]))
+    return 2.0 * float(size[0] if obj.get("kind") == "cube" else (size[1] if len(size) > 1 else size[0]))
+
+
+def _kinematics(model, meta: dict) -> Kinematics:
+    from k4d_kinematics.camera import Extrinsics, PinholeCamera
+
+    cam = meta["camera"]
+    ext = meta["extrinsics"]
+    tr, rot = ext["translation"], ext["rotation"]
+    extrinsics = Extrinsics.from_xyz_quat([tr["x"], tr["y"], tr["z"]], [rot["x"], rot["y"], rot["z"], rot["w"]],
+                                          ext.get("parent_frame", "base"),
+                                          ext.get("child_frame", "camera_color_optical_frame"))
+    camera = PinholeCamera(int(cam["width"]), int(cam["height"]), float(cam["fx"]), float(cam["fy"]),
+                           float(cam["cx"]), float(cam["cy"]), frame_id=extrinsics.child_frame)
+    return Kinematics(model, camera, extrinsics, limits="clamp")
+
+
+def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optional[ShadowConfig] = None,
+          max_episodes: Optional[int] = None, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Evaluate the episodes under ``data`` (see module doc); every result goes to the JSONL log. Returns counts,
+    wall times and ``chunks_per_min``."""
+    from k4d_bringup.dataset.generate import load_episode
+    from k4d_kinematics.robot import RobotModel
+    from k4d_kinematics.sequence import JointTrajectoryData
+
+    files = episode_files(data)[: max_episodes or None]
+    cfg = cfg or ShadowConfig(num_frames=17, success_predicate="region", **NOMINAL_REGION, success_min_points=3,
+                              success_window_frames=1, save_frames=False)
+    log = ShadowLog(log_path)
+    kin_box: dict = {"kin": None}
+    session = ShadowSession(cfg, lambda: kin_box["kin"], log.append, Path(log.path).parent / (Path(log.path).stem
+                                                                                                  + "_frames"))
+    say = progress or (lambda _s: None)
+    model = RobotModel.yam()
+    t_imagine = 0.0
+    t0_wall = time.perf_counter()
+    try:
+        for i, path in enumerate(files):
+            ep = load_episode(path)
+            meta = ep["meta"]
+            kin_box["kin"] = _kinematics(model, meta)
+            base = (i + 1) * 1_000_000_000_000  # 1000 s apart: nothing of one episode reaches the next
+            stamps = base + np.round(np.asarray(ep["times"]) * 1e9).astype(np.int64)
+            names = list(meta["joint_names"])
+            if names != list(model.joint_names):
+                raise ValueError(f"{path}: joints {names} are not the YAM model's {list(model.joint_names)}")
+            q_model = lambda q: np.asarray(q, np.float64)
+            session.on_episode_event(json.dumps({
+                "event": "start", "label": f"{path.parent.name}/{path.stem}", "scenario": meta["scenario"],
+                "policy": f"sigma={meta['sigma']:g}", "success_region": zone_box(meta, object_height(meta))}), base)
+            session.on_frame(int(stamps[0]), ep["rgb"][0], ep["depth"][0], q_model(ep["q"][0]))
+            traj = JointTrajectoryData(names, np.asarray(ep["traj_times"], np.float64),
+                                       np.asarray(ep["traj_positions"], np.float64))
+            session.on_chunk(traj, "live", base, q_model(ep["q"][0]))
+            rec = session.next_dispatch(base, server_ready=True)
+            if rec is not None:
+                t = time.perf_counter()
+                try:
+                    ro, err = imaginer(rec.real[0].rgb, rec.seq, rec), ""
+                except Exception as exc:  # noqa: BLE001 - one failed imagination fails one chunk
+                    ro, err = None, f"world model failed: {exc}"
+                t_imagine += time.perf_counter() - t
+                session.on_imagined(rec, ro, err, base)
+            for k in range(1, len(stamps)):
+                session.on_frame(int(stamps[k]), ep["rgb"][k], ep["depth"][k], q_model(ep["q"][k]))
+            end = int(stamps[-1]) + int(cfg.settle_s * 1e9) + 1
+            session.tick(end)
+            session.on_episode_event(json.dumps({"event": "end", "success": bool(meta["success"])}), end)
+            session.tick(end + 1)
+            say(f"{i + 1}/{len(files)} {path.parent.name}/{path.stem} sigma={meta['sigma']:g} "
+                f"label={'success' if meta['success'] else 'failure'}")
+        session.flush(len(files) * 1_000_000_000_000 + 2_000_000_000_000)
+    finally:
+        log.close()
+    wall = time.perf_counter() - t0_wall
+    n = session.counts["chunks"]
+    return {**session.status(), "log": str(log.path), "episodes_in": len(files), "wall_s": wall,
+            "imagine_s": t_imagine, "chunks_per_min": 60.0 * n / wall if wall > 0 else float("nan"),
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if not isinstance(v, (list, tuple))}}
+
+
+def add_arguments(p) -> None:
+    """The options of ``k4d shadow bench`` (also ``python -m k4d_bringup.shadow.simbench``, no ROS needed)."""
+    p.add_argument("data", metavar="EPISODES_DIR", help="episode folder, or a folder of scenario sub-folders")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="world model run in this process "
+                                                                      "('default' = the shipped model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--log", required=True, metavar="LOG.jsonl")
+    p.add_argument("--max-episodes", type=int, default=None)
+    p.add_argument("--min-points", type=int, default=3, help="success_min_points (default 3, for 96 x 64 images)")
+    p.add_argument("--json", metavar="PATH", help="also write the summary (counts, throughput, Table 3) here")
+    p.add_argument("--report", metavar="DIR", help="also write the HTML report here")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def run_bench(args) -> int:
+    """``k4d shadow bench``: run, then print Table 3 and Pearson r / MMRV per scenario."""
+    from .aggregate import ranking, table3
+    from .imaginers import EngineImaginer
+    from .log import read_log
+
+    imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0)
+    cfg = ShadowConfig(num_frames=imag.engine.pipe.num_frames, success_predicate="region", **NOMINAL_REGION,
+                       success_min_points=args.min_points, success_window_frames=1, save_frames=bool(args.report))
+    out = bench(args.data, imag, args.log, cfg, args.max_episodes, print if args.verbose else None)
+    recs = read_log(args.log)
+    out["device"] = str(imag.engine.pipe.device)
+    out["table3"], out["ranking"] = table3(recs), ranking(recs)
+    print(f"k4d shadow bench: {out['episodes_in']} episodes, {out['chunks']} chunks ({out['ok']} ok, "
+          f"{out['failed']} failed, {out['skipped']} skipped) in {out['wall_s']:.0f} s = "
+          f"{out['chunks_per_min']:.1f} chunks/min on {out['device']}")
+    print(f"{'scenario':10s} {'policy':12s} {'paired':>6s} {'GT rate':>8s} {'imagined':>9s} {'diff':>7s}")
+    for r in out["table3"]:
+        print(f"{r['scenario']:10s} {r['policy']:12s} {r['paired']:6d} {r['gt_rate']:8.3f} "
+              f"{r['imagined_rate']:9.3f} {r['diff']:+7.3f}")
+    for sc, d in out["ranking"].items():
+        print(f"{sc}: Pearson r {d['pearson_r']:.3f}, MMRV {d['mmrv']:.3f} over {len(d['policies'])} policies")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=lambda v: v.item() if hasattr(v, "item")
+                                              else str(v)))
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report(args.log, args.report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m k4d_bringup.shadow.simbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    sys.exit(run_bench(parser.parse_args()))
