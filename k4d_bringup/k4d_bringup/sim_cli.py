@@ -102,6 +102,8 @@ class NodeSpec:
     cls: str
     params_files: list
     overrides: dict = field(default_factory=dict)
+    nice: int = 0  # process niceness (processes mode): > 0 yields the CPU to the robot's nodes
+    threads: int = 0  # OMP / torch threads of the process (0 = library default)
 
     def parameters(self) -> dict:
         out: dict = {}
@@ -167,12 +169,19 @@ def build_graph(args, workdir: Path) -> list[NodeSpec]:
                 files.append(config_path("k4d_worldmodel", "imagine_node.yaml"))
             except FileNotFoundError:
                 pass
-            # autostart: no lifecycle manager here; the sim camera's extrinsics serve trajectory goals
+            # autostart: no lifecycle manager here; the sim camera's extrinsics serve trajectory goals.
+            # adapt_inputs: the sim camera (360x240) and the plans (49 frames) are fitted to the model; the
+            # default model previews with 20 steps and no CFG, so a preview takes seconds on the CPU.
+            sim_model = {"adapt_inputs": True}
+            if checkpoint == "default":
+                sim_model.update(num_inference_steps=20, guidance_scale=1.0)
             nodes.append(NodeSpec("k4d_imagine", "k4d_worldmodel.ros.imagine_node",
                                   "k4d_worldmodel.ros.imagine_node:ImagineNode", files,
                                   {"checkpoint_dir": checkpoint if checkpoint == "default"
                                    else str(Path(checkpoint).resolve()), "autostart": True,
-                                   **kin_over}))
+                                   **sim_model, **kin_over},
+                                  # a CPU world model must not starve the sim: lowest priority, one thread
+                                  nice=19, threads=1))
     return nodes
 
 
@@ -211,6 +220,7 @@ def recorded_topics() -> list[tuple[str, type, object]]:
         ("/arm_controller/joint_trajectory", JointTrajectory, RELIABLE_QOS),
         ("/gripper_controller/command", Float64, RELIABLE_QOS),
         ("/diagnostics", DiagnosticArray, RELIABLE_QOS),
+        ("/k4d/imagined/rgb", Image, RELIABLE_QOS),
     ]
 
 
@@ -273,8 +283,11 @@ class ProcessGraph:
             log = logdir / f"{spec.name}.log"
             self.logs[spec.name] = log
             # cwd: a folder without the source tree's package folders (they would shadow the installed packages)
-            self.procs[spec.name] = subprocess.Popen(cmd, cwd=str(workdir), env=env, stdout=open(log, "w"),
-                                                     stderr=subprocess.STDOUT, start_new_session=True)
+            node_env = dict(env, OMP_NUM_THREADS=str(spec.threads)) if spec.threads else env
+            nice = (lambda n=spec.nice: os.nice(n)) if spec.nice else None
+            self.procs[spec.name] = subprocess.Popen(cmd, cwd=str(workdir), env=node_env, stdout=open(log, "w"),
+                                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                                     preexec_fn=nice)
 
     def failed(self) -> Optional[str]:
         """Name of a node that exited on its own (a crash or a start-up error), else None."""

@@ -89,6 +89,14 @@ class PinholeCamera:
         """(height, width)."""
         return self.height, self.width
 
+    def scaled(self, width: int, height: int) -> "PinholeCamera":
+        """The same camera imaging the same field of view at ``width`` x ``height`` pixels (an image resized
+        without cropping): focal lengths scale with the size, the principal point keeps its place with pixel
+        centres at integer coordinates (``c' = (c + 0.5) * s - 0.5``)."""
+        sx, sy = width / self.width, height / self.height
+        return PinholeCamera(width, height, self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5,
+                             (self.cy + 0.5) * sy - 0.5, self.frame_id)
+
     def project(self, xyz_cam: np.ndarray) -> np.ndarray:
         """Project (..., 3) camera optical-frame points (m) to (..., 2) pixel coords (u, v)."""
         xyz_cam = np.asarray(xyz_cam, np.float64)

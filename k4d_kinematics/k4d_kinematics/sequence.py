@@ -172,6 +172,31 @@ class PointmapSequenceData:
     def num_frames(self) -> int:
         return len(self.times)
 
+    def select_frames(self, idx) -> "PointmapSequenceData":
+        """The frames ``idx`` (indices into this sequence, increasing); times stay relative to this frame 0."""
+        import dataclasses
+
+        idx = np.asarray(idx, dtype=int)
+        if idx.ndim != 1 or not len(idx) or idx.min() < 0 or idx.max() >= self.num_frames:
+            raise ValueError(f"frame indices must be in [0, {self.num_frames}), got {idx.tolist()}")
+        pick = lambda a: None if a is None else np.asarray(a)[idx]  # noqa: E731
+        return dataclasses.replace(self, xyz=self.xyz[idx], link=self.link[idx], times=self.times[idx],
+                                   positions=np.asarray(self.positions)[idx], ik_converged=pick(self.ik_converged),
+                                   ik_residual_m=pick(self.ik_residual_m), ik_residual_rad=pick(self.ik_residual_rad))
+
+    def resized(self, width: int, height: int) -> "PointmapSequenceData":
+        """The sequence as the same camera would image it at ``width`` x ``height`` (``PinholeCamera.scaled``):
+        each pixel takes the point and link at its centre in this sequence (nearest: points stay exact robot
+        surface points, no mixing of robot and background)."""
+        import dataclasses
+
+        cam = self.camera
+        rows = np.minimum(((np.arange(height) + 0.5) * cam.height / height).astype(int), cam.height - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * cam.width / width).astype(int), cam.width - 1)
+        return dataclasses.replace(self, xyz=np.ascontiguousarray(self.xyz[:, rows][:, :, cols]),
+                                   link=np.ascontiguousarray(self.link[:, rows][:, :, cols]),
+                                   camera=cam.scaled(width, height))
+
 
 def build_pointmap_sequence(renderer: PointmapRenderer, traj: JointTrajectoryData, num_frames: int = 49,
                             source: str = "plan", source_id: str = "", fps: float | None = None, stamp_ns: int = 0,

@@ -90,3 +90,17 @@ def test_backproject_inverts_project_and_checks_size():
     assert np.isnan(xyz[0, 1, 2]).all()
     with pytest.raises(ValueError, match="camera is 8x6"):
         cam.backproject(np.ones((5, 8)))
+
+
+def test_scaled_camera_images_the_same_rays():
+    from k4d_kinematics.camera import PinholeCamera
+
+    cam = PinholeCamera(720, 480, 600.0, 610.0, 359.5, 239.5)
+    small = cam.scaled(96, 64)
+    assert (small.width, small.height) == (96, 64)
+    np.testing.assert_allclose([small.fx, small.fy, small.cx, small.cy], [80.0, 610.0 * 64 / 480, 47.5, 31.5])
+    # a point projects to the same place in the image, as a fraction of its size (pixel edges at -0.5)
+    p = np.array([0.1, -0.05, 1.3])
+    uv, uv_small = cam.project(p), small.project(p)
+    np.testing.assert_allclose((uv_small + 0.5) / [96, 64], (uv + 0.5) / [720, 480], atol=1e-12)
+    assert cam.scaled(720, 480) == cam

@@ -115,3 +115,30 @@ def test_perturbations():
     np.testing.assert_array_equal(perturb(xyz, link, PerturbConfig(), rng)[1], link)
     with pytest.raises(ValueError, match="drop_fraction"):
         PerturbConfig(drop_fraction=1.5)
+
+
+def test_select_frames_and_resized_sequence_match_a_direct_render():
+    from k4d_kinematics.camera import Extrinsics, PinholeCamera
+    from k4d_kinematics.pointmap import PointmapRenderer
+    from k4d_kinematics.robot import RobotModel
+    from k4d_kinematics.sequence import JointTrajectoryData, build_pointmap_sequence
+
+    model = RobotModel.yam()
+    big = PinholeCamera(192, 128, 160.0, 160.0, 95.5, 63.5)
+    ext = Extrinsics.look_at((0.95, 0.3, 0.9), (0.22, 0.0, 0.15), parent_frame=model.root_link,
+                             child_frame=big.frame_id)
+    q0 = np.clip(np.r_[[0.0, 1.0, 1.2, -1.0, 0.0, 0.0], np.zeros(model.num_joints - 6)], model.lower, model.upper)
+    q1 = np.clip(q0 + np.r_[[0.5, 0.2, -0.2, 0.3, 0.4, 0.0], np.zeros(model.num_joints - 6)], model.lower, model.upper)
+    traj = JointTrajectoryData(list(model.joint_names), np.array([0.0, 2.0]), np.stack([q0, q1]))
+    seq = build_pointmap_sequence(PointmapRenderer(model, big, ext), traj, 9)
+    sub = seq.select_frames([0, 4, 8])
+    assert sub.num_frames == 3 and np.array_equal(sub.xyz[1], seq.xyz[4], equal_nan=True)
+    np.testing.assert_allclose(sub.times, seq.times[[0, 4, 8]])
+    small = seq.resized(96, 64)
+    direct = build_pointmap_sequence(PointmapRenderer(model, big.scaled(96, 64), ext), traj, 9)
+    a, b = small.link >= 0, direct.link >= 0
+    assert (a & b).sum() / (a | b).sum() > 0.8  # half a small pixel apart: the outlines differ by at most a pixel
+    both = a & b
+    assert np.nanmedian(np.abs(small.xyz[both][:, 2] - direct.xyz[both][:, 2])) < 0.01
+    with pytest.raises(ValueError, match="frame indices"):
+        seq.select_frames([0, 9])

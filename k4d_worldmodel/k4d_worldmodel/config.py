@@ -95,6 +95,10 @@ class WorldModelConfig:
         scheduler: "unipc" (Wan2.1 flow UniPC) or "euler" (flow-matching Euler); flow_shift 3.0 for 480p.
         cfg_mode: "correct" (uncond pass drops the robot condition) or "released" (reproduce the release defect).
         batch_cfg: run cond + uncond as one batch-2 forward.
+        adapt_inputs: fit requests of another size to the model instead of refusing them: the first image is
+            area-resized, the robot pointmaps nearest-resized (camera intrinsics scaled with them) and, from a
+            longer sequence, the model's number of frames is taken evenly spaced (first and last kept). The
+            rollout then comes at the model's size and camera. False (default): such requests are refused.
         lora_mode: "fuse" the released LoRA into the weights (as the release) or keep it as a "peft" adapter.
         lora_rank, lora_alpha: released LoRA hyper-parameters (r 64, alpha 32 -> scale 0.5).
         metric_*: [`MetricLiftConfig`] fields.
@@ -113,6 +117,7 @@ class WorldModelConfig:
     flow_shift: float = 3.0
     cfg_mode: str = "correct"
     batch_cfg: bool = True
+    adapt_inputs: bool = False
     lora_mode: str = "fuse"
     lora_rank: int = 64
     lora_alpha: float = 32.0

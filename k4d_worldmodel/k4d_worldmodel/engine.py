@@ -17,6 +17,8 @@ stays usable.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 import hashlib
 import os
@@ -299,8 +301,27 @@ class ImagineEngine:
         drawn = seed < 0
         return Sampling(steps, guidance, draw_seed() if drawn else seed, n, scheduler, cfg_mode, drawn)
 
+    def adapt(self, request: ImagineRequest) -> ImagineRequest:
+        """``request`` fitted to the model's size and frame count when ``config.adapt_inputs`` (see
+        [`WorldModelConfig`]); otherwise, or when it already fits, ``request`` itself."""
+        t, h, w = self.geometry
+        if not self.config.adapt_inputs:
+            return request
+        img, seq = np.asarray(request.image), request.sequence
+        if img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3 and img.shape[:2] != (h, w):
+            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="area")
+            img = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+        if seq.num_frames > t and (t - 1) % 4 == 0 and not request.sampling.num_frames:
+            seq = seq.select_frames(np.linspace(0, seq.num_frames - 1, t).round().astype(int))
+        if (seq.camera.width, seq.camera.height) != (w, h):
+            seq = seq.resized(w, h)
+        return dataclasses.replace(request, image=img, sequence=seq)
+
     def check_request(self, request: ImagineRequest) -> Sampling:
-        """Check image, sequence and sampling against the loaded model; returns the resolved sampling."""
+        """Check image, sequence and sampling against the loaded model; returns the resolved sampling.
+        (With ``config.adapt_inputs`` the request is checked as [`adapt`] fits it.)"""
+        request = self.adapt(request)
         t, h, w = self.geometry
         img = np.asarray(request.image)
         if img.dtype != np.uint8 or img.shape != (h, w, 3):
@@ -340,6 +361,7 @@ class ImagineEngine:
             InvalidRequest, EngineNotLoaded, K4DCancelled, EngineOutOfMemory; other errors propagate.
         """
         pipe = self._require()
+        request = self.adapt(request)
         if sampling is None:
             sampling = self.check_request(request)
         seq = request.sequence

@@ -98,3 +98,33 @@ def test_unload(model_dir, request_):
     assert not eng.loaded
     with pytest.raises(EngineNotLoaded):
         eng.run(request_)
+
+
+def test_adapt_inputs_fits_larger_and_longer_requests_to_the_model(model_dir, request_):
+    """A camera twice the model's size and a 4x longer plan: refused by default, fitted with adapt_inputs."""
+    seq = request_.sequence
+    t, h, w = seq.num_frames, seq.camera.height, seq.camera.width
+    big_cam = seq.camera.scaled(2 * w, 2 * h)
+    xyz = np.repeat(np.repeat(seq.xyz, 2, axis=1), 2, axis=2)
+    link = np.repeat(np.repeat(seq.link, 2, axis=1), 2, axis=2)
+    long_idx = np.repeat(np.arange(t), 4)[: 4 * (t - 1) + 1]  # 4k+1 frames, each original frame repeated
+    big = sequence_from_arrays(xyz[long_idx], link[long_idx], K=big_cam.K)
+    image = np.repeat(np.repeat(request_.image, 2, axis=0), 2, axis=1)
+    req = ImagineRequest(image=image, sequence=big)
+    strict = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu", num_inference_steps=2,
+                                            guidance_scale=1.0))
+    strict.load()
+    with pytest.raises(InvalidRequest, match="initial_image must be"):
+        strict.check_request(req)
+    eng = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu", num_inference_steps=2,
+                                         guidance_scale=1.0, seed=3, adapt_inputs=True))
+    eng.load()
+    fitted = eng.adapt(req)
+    assert fitted.image.shape == (h, w, 3) and np.array_equal(fitted.image, request_.image)  # 2x2 blocks averaged
+    assert fitted.sequence.num_frames == t and (fitted.sequence.camera.width, fitted.sequence.camera.height) == (w, h)
+    np.testing.assert_allclose(fitted.sequence.camera.K, seq.camera.K, atol=1e-9)
+    np.testing.assert_array_equal(fitted.sequence.link, seq.link)
+    res = eng.run(req)
+    assert res.rgb.shape == (t, h, w, 3) and res.sequence.camera.width == w
+    direct = eng.run(request_)
+    np.testing.assert_array_equal(res.rgb, direct.rgb)  # the same request once fitted: the same rollout

@@ -748,11 +748,16 @@ class ImagineNode(LifecycleNode):
         images, clouds = frame_messages(result, self.cfg.publish_frames)
         pubs = self._pubs
         if pubs:
-            pubs["rollout"].publish(rollout)
-            for msg in images:
-                pubs["rgb"].publish(msg)
-            for msg in clouds:
-                pubs["points"].publish(msg)
+            try:
+                pubs["rollout"].publish(rollout)
+                for msg in images:
+                    pubs["rgb"].publish(msg)
+                for msg in clouds:
+                    pubs["points"].publish(msg)
+            except Exception:  # noqa: BLE001 - only while shutting down: the context is gone
+                if not self._stop:
+                    raise
+                return
         self.last_generation_s = result.timings["generation_s"]
         self.stats.record(self.last_generation_s)
         self.get_logger().info(
