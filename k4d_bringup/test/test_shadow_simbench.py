@@ -71,3 +71,21 @@ def test_bench_with_an_oracle_world_model_agrees_with_the_simulator(tmp_path):
         assert ep["policy"] == f"sigma={m['sigma']:g}" and ep["scenario"] == "easy"
     rows = table3(recs)
     assert {r["policy"] for r in rows} == {"sigma=0", "sigma=1.2"} and all(r["paired"] == 1 for r in rows)
+    assert all(r["imagined_undeterminable"] == 0 and r["actual_known"] == 1 for r in rows)
+
+    # A world model whose XYZ cannot be lifted to metres: success is undeterminable, never guessed.
+    calls.clear()
+
+    def not_metric(rgb0, seq, rec):
+        ro = oracle(rgb0, seq, rec)
+        return RolloutData(ro.rgb, ro.xyz, False, "not-metric")
+
+    bench(tmp_path / "data", not_metric, tmp_path / "bench2.jsonl", cfg)
+    recs2 = read_log(tmp_path / "bench2.jsonl")
+    eps2 = [r for r in recs2 if r["kind"] == "episode"]
+    assert all(not r["imagined_valid"] and not r["imagined_success"] for r in eps2)
+    rows2 = {r["policy"]: r for r in table3(recs2)}
+    for m in metas:
+        row = rows2[f"sigma={m['sigma']:g}"]
+        assert row["paired"] == 0 and row["imagined_undeterminable"] == 1 and np.isnan(row["imagined_rate"])
+        assert row["actual_rate_all"] == float(m["success"])

@@ -42,13 +42,18 @@ def table3(records: list[dict]) -> list[dict]:
     rows = []
     for (scenario, policy, mode), rs in groups.items():
         paired = [r for r in rs if _paired(r)]
+        known = [r for r in rs if r.get("has_actual")]
         gt = float(np.mean([bool(r["actual_success"]) for r in paired])) if paired else float("nan")
         im = float(np.mean([bool(r["imagined_success"]) for r in paired])) if paired else float("nan")
         probs = [r.get("imagined_success_probability") for r in paired]
         probs = [p for p in probs if p is not None and math.isfinite(p)]
         rows.append({"scenario": scenario, "policy": policy, "mode": mode, "episodes": len(rs),
                      "paired": len(paired), "failed": sum(r.get("status") == "failed_to_evaluate" for r in rs),
-                     "gt_rate": gt, "imagined_rate": im,
+                     "gt_rate": gt, "imagined_rate": im, "actual_known": len(known),
+                     "actual_rate_all": float(np.mean([bool(r["actual_success"]) for r in known])) if known
+                     else float("nan"),
+                     "imagined_undeterminable": sum(r.get("status") == "ok" and not r.get("imagined_valid", True)
+                                                    for r in rs),
                      "mean_probability": float(np.mean(probs)) if probs else float("nan"),
                      "diff": im - gt if paired else float("nan")})
     return rows
