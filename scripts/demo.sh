@@ -6,7 +6,7 @@
 # and prints where the recording (MCAP, opens in Foxglove), the video and the summary went.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DURATION="${1:-30}"
+DURATION="${1:-45}"
 shift || true
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"

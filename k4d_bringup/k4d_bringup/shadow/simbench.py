@@ -174,10 +174,12 @@ def run_bench(args) -> int:
     print(f"k4d shadow bench: {out['episodes_in']} episodes, {out['chunks']} chunks ({out['ok']} ok, "
           f"{out['failed']} failed, {out['skipped']} skipped) in {out['wall_s']:.0f} s = "
           f"{out['chunks_per_min']:.1f} chunks/min on {out['device']}")
-    print(f"{'scenario':10s} {'policy':12s} {'paired':>6s} {'GT rate':>8s} {'imagined':>9s} {'diff':>7s}")
+    print(f"{'scenario':10s} {'policy':12s} {'episodes':>8s} {'paired':>6s} {'not metric':>10s} {'GT rate':>8s} "
+          f"{'imagined':>9s} {'diff':>7s} {'GT rate (all known)':>20s}")
     for r in out["table3"]:
-        print(f"{r['scenario']:10s} {r['policy']:12s} {r['paired']:6d} {r['gt_rate']:8.3f} "
-              f"{r['imagined_rate']:9.3f} {r['diff']:+7.3f}")
+        print(f"{r['scenario']:10s} {r['policy']:12s} {r['episodes']:8d} {r['paired']:6d} "
+              f"{r['imagined_undeterminable']:10d} {r['gt_rate']:8.3f} {r['imagined_rate']:9.3f} {r['diff']:+7.3f} "
+              f"{r['actual_rate_all']:20.3f}")
     for sc, d in out["ranking"].items():
         print(f"{sc}: Pearson r {d['pearson_r']:.3f}, MMRV {d['mmrv']:.3f} over {len(d['policies'])} policies")
     if args.json:
