@@ -88,6 +88,11 @@ def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optio
     from k4d_kinematics.sequence import JointTrajectoryData
 
     files = episode_files(data)[: max_episodes or None]
+    if Path(log_path).is_file() and Path(log_path).stat().st_size:
+        import sys
+
+        print(f"k4d shadow bench: {log_path} already holds records; this run appends to them (the log is durable "
+              "and never truncated: pass a new --log to keep runs apart)", file=sys.stderr)
     cfg = cfg or ShadowConfig(num_frames=17, success_predicate="region", **NOMINAL_REGION, success_min_points=3,
                               success_window_frames=1, save_frames=False)
     log = ShadowLog(log_path)
