@@ -89,3 +89,13 @@ def test_bench_with_an_oracle_world_model_agrees_with_the_simulator(tmp_path):
         row = rows2[f"sigma={m['sigma']:g}"]
         assert row["paired"] == 0 and row["imagined_undeterminable"] == 1 and np.isnan(row["imagined_rate"])
         assert row["actual_rate_all"] == float(m["success"])
+
+
+def test_zone_predicate_is_a_disc_inside_its_box():
+    from k4d_bringup.shadow.predicate import RegionPredicate
+
+    pred = RegionPredicate.zone(np.eye(4), (0.3, -0.1), 0.05, 0.0, 0.1, min_points=1, robot_margin_px=0)
+    pts = np.array([[[0.3, -0.1, 0.02], [0.345, -0.055, 0.02], [0.3, -0.06, 0.02], [0.3, -0.1, 0.2]]])
+    assert pred.count(pts) == 2  # the centre and a point 4 cm away; not the box corner, not above the zone
+    with pytest.raises(ValueError, match="radius"):
+        RegionPredicate(np.eye(4), [0, 0, 0], [1, 1, 1], radius=0.0)

@@ -51,6 +51,22 @@ def _finite(name: str, value) -> float:
     return v
 
 
+def nearest_indices(n_src: int, n_dst: int) -> np.ndarray:
+    """Source pixel under each destination pixel centre when an axis of ``n_src`` pixels is resized to ``n_dst``
+    (the sampling that matches ``PinholeCamera.scaled``: pixel edges at -0.5 and n - 0.5 stay put)."""
+    return np.minimum(((np.arange(n_dst) + 0.5) * n_src / n_dst).astype(np.int64), n_src - 1)
+
+
+def resize_nearest(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of the two leading axes ``(H, W, ...)`` to ``(height, width)``: every output pixel
+    is an input pixel (depths and XYZ stay measured values, link ids stay ids)."""
+    img = np.asarray(img)
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img
+    return img[nearest_indices(h, height)][:, nearest_indices(w, width)]
+
+
 @dataclass
 class PinholeCamera:
     """Undistorted pinhole camera.
@@ -229,16 +245,20 @@ class Extrinsics:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Extrinsics":
         """Read ``{parent_frame, child_frame, translation: {x,y,z}, rotation: {x,y,z,w}}``."""
-        data = yaml.safe_load(Path(path).read_text())
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()), str(path))
+
+    @classmethod
+    def from_dict(cls, data, source: str = "extrinsics") -> "Extrinsics":
+        """The inverse of ``to_dict`` (the YAML layout); errors name ``source`` and the field."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: extrinsics YAML must be a mapping")
+            raise ValueError(f"{source}: extrinsics must be a mapping")
         for key in ("parent_frame", "child_frame", "translation", "rotation"):
             if key not in data:
-                raise ValueError(f"{path}: missing field '{key}'")
+                raise ValueError(f"{source}: missing field '{key}'")
         t, r = data["translation"], data["rotation"]
         for key, val, comps in (("translation", t, "xyz"), ("rotation", r, "xyzw")):
             if not isinstance(val, Mapping) or any(c not in val for c in comps):
-                raise ValueError(f"{path}: field '{key}' must be a mapping with keys {list(comps)}, got {val!r}")
+                raise ValueError(f"{source}: field '{key}' must be a mapping with keys {list(comps)}, got {val!r}")
         return cls.from_xyz_quat([t[c] for c in "xyz"], [r[c] for c in "xyzw"], str(data["parent_frame"]),
                                  str(data["child_frame"]))
 

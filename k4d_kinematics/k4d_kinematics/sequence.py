@@ -190,9 +190,10 @@ class PointmapSequenceData:
         surface points, no mixing of robot and background)."""
         import dataclasses
 
+        from .camera import nearest_indices
+
         cam = self.camera
-        rows = np.minimum(((np.arange(height) + 0.5) * cam.height / height).astype(int), cam.height - 1)
-        cols = np.minimum(((np.arange(width) + 0.5) * cam.width / width).astype(int), cam.width - 1)
+        rows, cols = nearest_indices(cam.height, height), nearest_indices(cam.width, width)
         return dataclasses.replace(self, xyz=np.ascontiguousarray(self.xyz[:, rows][:, :, cols]),
                                    link=np.ascontiguousarray(self.link[:, rows][:, :, cols]),
                                    camera=cam.scaled(width, height))

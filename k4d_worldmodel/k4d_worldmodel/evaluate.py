@@ -50,9 +50,9 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .cli import depth_colormap
 
 METHODS = ("k4d", "no_robot", "copy_first")
-_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------- object track
@@ -110,18 +110,12 @@ def zone_occupancy(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np
                    zone_radius: float, max_height_m: float, min_height_m: float = 0.006) -> np.ndarray:
     """Scene points per frame `(T,)` inside the goal zone: base-frame points within ``zone_radius`` of the zone
     centre (horizontally), between ``min_height_m`` and ``max_height_m`` above the table (an object resting there,
-    not one carried above it), not robot (kinematic mask dilated by 1 px)."""
-    from scipy import ndimage
+    not one carried above it), not robot (kinematic mask dilated by 1 px). The count is the shadow node's
+    region predicate (``k4d_bringup.shadow.predicate.RegionPredicate.zone``), so both judge success alike."""
+    from k4d_bringup.shadow.predicate import RegionPredicate
 
-    goal = np.asarray(goal_xy, np.float64)[:2]
-    out = np.zeros(len(world_xyz), dtype=int)
-    for t in range(len(world_xyz)):
-        p = _to_base(world_xyz[t].astype(np.float64), T_base_cam)
-        robot = ndimage.binary_dilation(robot_mask[t], iterations=1)
-        near = np.linalg.norm(p[..., :2] - goal, axis=-1) <= zone_radius
-        out[t] = int((np.isfinite(p).all(-1) & ~robot & near & (p[..., 2] > min_height_m)
-                      & (p[..., 2] < max_height_m)).sum())
-    return out
+    pred = RegionPredicate.zone(T_base_cam, goal_xy, zone_radius, min_height_m, max_height_m, robot_margin_px=1)
+    return np.array([pred.count(world_xyz[t], robot_mask[t]) for t in range(len(world_xyz))], dtype=int)
 
 
 def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, min_points: int = 3) -> bool:
@@ -244,17 +238,6 @@ def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, 
 
 
 # --------------------------------------------------------------------------------------------- report
-def depth_colormap(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """`(...)` depth (m) -> `(..., 3)` uint8 viridis between lo (near) and hi (far); NaN -> black."""
-    finite = np.isfinite(depth)
-    x = np.clip((np.nan_to_num(depth) - lo) / max(hi - lo, 1e-9), 0, 1) * (len(_VIRIDIS) - 1)
-    i = np.minimum(x.astype(int), len(_VIRIDIS) - 2)
-    f = (x - i)[..., None]
-    out = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f
-    out[~finite] = 0
-    return out.round().astype(np.uint8)
-
-
 def write_side_by_side(path: Path, panels: list[tuple[np.ndarray, np.ndarray]], fps: int = 4, scale: int = 3) -> None:
     """MP4: top row the RGB `(T, H, W, 3)` of each panel, bottom row its depth colormap (shared range)."""
     import imageio.v2 as imageio

@@ -279,6 +279,16 @@ def generate(episodes: int, seed: int, out_dir: str | Path, workers: int = 1, nu
     return metas
 
 
+def episode_paths(root: str | Path) -> list[Path]:
+    """``<n>.npz`` episodes of ``root`` and of its sub-folders, one level deep (e.g. one ``generate`` output per
+    scenario under a common root), sorted by name; hidden files (an interrupted write's ``.<n>.tmp.npz``) and
+    hidden folders are skipped. Empty if there are none (or ``root`` is not a folder)."""
+    root = Path(root)
+    found = [p for p in root.glob("*.npz") if not p.name.startswith(".")]
+    found += [p for p in root.glob("*/*.npz") if not p.name.startswith(".") and not p.parent.name.startswith(".")]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
 def load_episode(path: str | Path) -> dict:
     """Read ``<name>.npz`` (+ ``<name>.json`` as ``meta``). Adds ``world_xyz`` (T, H, W, 3) float32 metres,
     camera optical frame, back-projected from ``depth`` and ``K`` (NaN where depth is NaN), and

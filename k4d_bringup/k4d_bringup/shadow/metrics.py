@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
+from k4d_kinematics.camera import resize_nearest  # noqa: F401  (re-exported for the session)
 from k4d_worldmodel.metrics import mmrv as _mmrv
 from k4d_worldmodel.metrics import pearson_r as _pearson_r
 from k4d_worldmodel.metrics import psnr, ssim  # noqa: F401  (re-exported for the session)
@@ -18,17 +19,6 @@ from k4d_worldmodel.metrics import psnr, ssim  # noqa: F401  (re-exported for th
 def metrics_source() -> str:
     """Where the metrics come from (shown in reports)."""
     return "k4d_worldmodel.metrics"
-
-
-def resize_nearest(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of (H, W[, C]) to (height, width) (pixel centres at integers)."""
-    img = np.asarray(img)
-    h, w = img.shape[:2]
-    if (h, w) == (height, width):
-        return img
-    v = np.clip(np.floor((np.arange(height) + 0.5) * h / height), 0, h - 1).astype(int)
-    u = np.clip(np.floor((np.arange(width) + 0.5) * w / width), 0, w - 1).astype(int)
-    return img[v][:, u]
 
 
 # ---------------------------------------------------------------------------------------------

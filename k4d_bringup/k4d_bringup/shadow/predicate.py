@@ -50,7 +50,7 @@ class RegionPredicate:
     """Object-in-region success (see module doc). ``T_base_cam``: (4, 4) camera optical frame in the base frame."""
 
     def __init__(self, T_base_cam: np.ndarray, box_min, box_max, min_points: int = 20, window: int = 3,
-                 robot_margin_px: int = 2):
+                 robot_margin_px: int = 2, radius: float | None = None):
         self.T_base_cam = np.asarray(T_base_cam, np.float64)
         if self.T_base_cam.shape != (4, 4):
             raise ValueError(f"T_base_cam must be (4, 4), got {self.T_base_cam.shape}")
@@ -58,6 +58,18 @@ class RegionPredicate:
         if self.box_min.shape != (3,) or self.box_max.shape != (3,) or np.any(self.box_min >= self.box_max):
             raise ValueError(f"box_min must be below box_max on every axis, got {box_min} and {box_max}")
         self.min_points, self.window, self.robot_margin_px = int(min_points), int(window), int(robot_margin_px)
+        self.radius = None if radius is None else float(radius)  # a disc (vertical cylinder) inside the box
+        if self.radius is not None and not self.radius > 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+
+    @classmethod
+    def zone(cls, T_base_cam: np.ndarray, center_xy, radius: float, z_min: float, z_max: float,
+             **kwargs) -> "RegionPredicate":
+        """A circular goal zone: points within ``radius`` of ``center_xy`` (horizontally), ``z_min`` .. ``z_max``
+        above the base plane."""
+        c = np.asarray(center_xy, np.float64)[:2]
+        r = float(radius)
+        return cls(T_base_cam, [c[0] - r, c[1] - r, z_min], [c[0] + r, c[1] + r, z_max], radius=r, **kwargs)
 
     def count(self, xyz_cam: np.ndarray, robot_mask: np.ndarray | None = None) -> int:
         """Scene points of one frame (H, W, 3) inside the box."""
@@ -70,6 +82,9 @@ class RegionPredicate:
             return 0
         pb = pts @ self.T_base_cam[:3, :3].T + self.T_base_cam[:3, 3]
         inside = np.all((pb >= self.box_min) & (pb <= self.box_max), axis=1)
+        if self.radius is not None:
+            centre = (self.box_min[:2] + self.box_max[:2]) / 2
+            inside &= np.linalg.norm(pb[:, :2] - centre, axis=1) <= self.radius
         return int(inside.sum())
 
     def evaluate(self, xyz_cam: np.ndarray, robot_mask: np.ndarray | None = None, metric: bool = True

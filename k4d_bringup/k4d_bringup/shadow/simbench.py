@@ -41,12 +41,12 @@ NOMINAL_REGION = {"success_region_min": [0.1, -0.35, 0.006], "success_region_max
 
 
 def episode_files(root: str | Path) -> list[Path]:
-    """``<n>.npz`` episodes of ``root`` and of its sub-folders (one level), sorted."""
-    root = Path(root)
-    if not root.is_dir():
+    """``dataset.generate.episode_paths`` of ``root``; FileNotFoundError naming the folder when there are none."""
+    from k4d_bringup.dataset.generate import episode_paths
+
+    if not Path(root).is_dir():
         raise FileNotFoundError(f"episode folder not found: {root}")
-    files = sorted(p for p in root.glob("*.npz") if not p.name.startswith("."))
-    files += sorted(p for p in root.glob("*/*.npz") if not p.name.startswith(".") and not p.parent.name.startswith("."))
+    files = episode_paths(root)
     if not files:
         raise FileNotFoundError(f"no episodes (*.npz) in {root} or its sub-folders")
     return files
@@ -65,17 +65,15 @@ def object_height(meta: dict) -> float:
     return 2.0 * float(size[0] if obj.get("kind") == "cube" else (size[1] if len(size) > 1 else size[0]))
 
 
-def _kinematics(model, meta: dict) -> Kinematics:
+def _kinematics(model, ep: dict) -> Kinematics:
+    """The episode's own robot view: its intrinsics (``K``, image size) and its recorded extrinsics."""
     from k4d_kinematics.camera import Extrinsics, PinholeCamera
 
-    cam = meta["camera"]
-    ext = meta["extrinsics"]
-    tr, rot = ext["translation"], ext["rotation"]
-    extrinsics = Extrinsics.from_xyz_quat([tr["x"], tr["y"], tr["z"]], [rot["x"], rot["y"], rot["z"], rot["w"]],
-                                          ext.get("parent_frame", "base"),
-                                          ext.get("child_frame", "camera_color_optical_frame"))
-    camera = PinholeCamera(int(cam["width"]), int(cam["height"]), float(cam["fx"]), float(cam["fy"]),
-                           float(cam["cx"]), float(cam["cy"]), frame_id=extrinsics.child_frame)
+    meta = ep["meta"]
+    extrinsics = Extrinsics.from_dict(meta["extrinsics"], f"episode {meta.get('name', '?')}")
+    h, w = ep["rgb"].shape[1:3]
+    camera = PinholeCamera.from_camera_info_fields(w, h, np.asarray(ep["K"]).ravel(),
+                                                   frame_id=extrinsics.child_frame)
     return Kinematics(model, camera, extrinsics, limits="clamp")
 
 
@@ -107,20 +105,19 @@ def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optio
         for i, path in enumerate(files):
             ep = load_episode(path)
             meta = ep["meta"]
-            kin_box["kin"] = _kinematics(model, meta)
+            kin_box["kin"] = _kinematics(model, ep)
             base = (i + 1) * 1_000_000_000_000  # 1000 s apart: nothing of one episode reaches the next
             stamps = base + np.round(np.asarray(ep["times"]) * 1e9).astype(np.int64)
             names = list(meta["joint_names"])
             if names != list(model.joint_names):
                 raise ValueError(f"{path}: joints {names} are not the YAM model's {list(model.joint_names)}")
-            q_model = lambda q: np.asarray(q, np.float64)
             session.on_episode_event(json.dumps({
                 "event": "start", "label": f"{path.parent.name}/{path.stem}", "scenario": meta["scenario"],
                 "policy": f"sigma={meta['sigma']:g}", "success_region": zone_box(meta, object_height(meta))}), base)
-            session.on_frame(int(stamps[0]), ep["rgb"][0], ep["depth"][0], q_model(ep["q"][0]))
+            session.on_frame(int(stamps[0]), ep["rgb"][0], ep["depth"][0], ep["q"][0])
             traj = JointTrajectoryData(names, np.asarray(ep["traj_times"], np.float64),
                                        np.asarray(ep["traj_positions"], np.float64))
-            session.on_chunk(traj, "live", base, q_model(ep["q"][0]))
+            session.on_chunk(traj, "live", base, ep["q"][0])
             rec = session.next_dispatch(base, server_ready=True)
             if rec is not None:
                 t = time.perf_counter()
@@ -131,7 +128,7 @@ def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optio
                 t_imagine += time.perf_counter() - t
                 session.on_imagined(rec, ro, err, base)
             for k in range(1, len(stamps)):
-                session.on_frame(int(stamps[k]), ep["rgb"][k], ep["depth"][k], q_model(ep["q"][k]))
+                session.on_frame(int(stamps[k]), ep["rgb"][k], ep["depth"][k], ep["q"][k])
             end = int(stamps[-1]) + int(cfg.settle_s * 1e9) + 1
             session.tick(end)
             session.on_episode_event(json.dumps({"event": "end", "success": bool(meta["success"])}), end)

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from k4d_kinematics.camera import PinholeCamera, nearest_indices
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "heldout", "all")
@@ -84,16 +85,11 @@ def _crop_box(h: int, w: int, height: int, width: int) -> tuple[int, int, int, i
     return 0, (w - wc) // 2, h, wc
 
 
-def _nearest_index(n_src: int, n_dst: int) -> np.ndarray:
-    """Source index of each destination pixel centre for a nearest-neighbour resize."""
-    return np.minimum(((np.arange(n_dst) + 0.5) * n_src / n_dst).astype(np.int64), n_src - 1)
-
-
 def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
     """`(T, h, w, ...)` -> `(T, height, width, ...)` by nearest neighbour (after the centre crop)."""
     top, left, hc, wc = _crop_box(a.shape[1], a.shape[2], height, width)
     a = a[:, top:top + hc, left:left + wc]
-    return a[:, _nearest_index(hc, height)][:, :, _nearest_index(wc, width)]
+    return a[:, nearest_indices(hc, height)][:, :, nearest_indices(wc, width)]
 
 
 def resize_rgb(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -108,14 +104,10 @@ def resize_rgb(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _resize_K(K: np.ndarray, h: int, w: int, height: int, width: int) -> np.ndarray:
+    """Intrinsics after the centre crop and the resize (``PinholeCamera.scaled`` of the cropped camera)."""
     top, left, hc, wc = _crop_box(h, w, height, width)
-    sx, sy = width / wc, height / hc
-    K = np.array(K, dtype=np.float64)
-    K[0, 0] *= sx
-    K[1, 1] *= sy
-    K[0, 2] = (K[0, 2] - left + 0.5) * sx - 0.5
-    K[1, 2] = (K[1, 2] - top + 0.5) * sy - 0.5
-    return K
+    K = np.asarray(K, dtype=np.float64)
+    return PinholeCamera(wc, hc, K[0, 0], K[1, 1], K[0, 2] - left, K[1, 2] - top).scaled(width, height).K
 
 
 def normalize_world(world_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -259,12 +251,10 @@ class Kinema4DDataset(ClipDataset):
 
 
 def _episode_names(root: Path) -> list[str]:
-    """``<n>`` of ``root/<n>.npz`` and ``<sub>/<n>`` of ``root/<sub>/<n>.npz`` (one folder level: e.g. one
-    ``k4d dataset generate`` output per scenario under a common root), sorted; hidden files are skipped."""
-    names = [p.stem for p in root.glob("*.npz") if not p.name.startswith(".")]
-    names += [f"{p.parent.name}/{p.stem}" for p in root.glob("*/*.npz")
-              if not p.name.startswith(".") and not p.parent.name.startswith(".")]
-    return sorted(names)
+    """Names (``<n>`` or ``<sub>/<n>``) of the episodes ``episode_paths`` finds under ``root``."""
+    from k4d_bringup.dataset.generate import episode_paths
+
+    return [p.relative_to(root).with_suffix("").as_posix() for p in episode_paths(root)]
 
 
 def detect_format(root: str | Path) -> str:
