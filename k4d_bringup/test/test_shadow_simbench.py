@@ -73,14 +73,17 @@ def test_bench_with_an_oracle_world_model_agrees_with_the_simulator(tmp_path):
     assert {r["policy"] for r in rows} == {"sigma=0", "sigma=1.2"} and all(r["paired"] == 1 for r in rows)
     assert all(r["imagined_undeterminable"] == 0 and r["actual_known"] == 1 for r in rows)
 
-    # A world model whose XYZ cannot be lifted to metres: success is undeterminable, never guessed.
+    # A world model whose XYZ cannot be lifted to metres, and no anchored refit: success is undeterminable,
+    # never guessed.
     calls.clear()
 
     def not_metric(rgb0, seq, rec):
         ro = oracle(rgb0, seq, rec)
         return RolloutData(ro.rgb, ro.xyz, False, "not-metric")
 
-    bench(tmp_path / "data", not_metric, tmp_path / "bench2.jsonl", cfg)
+    import dataclasses
+
+    bench(tmp_path / "data", not_metric, tmp_path / "bench2.jsonl", dataclasses.replace(cfg, anchor_lift=False))
     recs2 = read_log(tmp_path / "bench2.jsonl")
     eps2 = [r for r in recs2 if r["kind"] == "episode"]
     assert all(not r["imagined_valid"] and not r["imagined_success"] for r in eps2)
@@ -99,3 +102,49 @@ def test_zone_predicate_is_a_disc_inside_its_box():
     assert pred.count(pts) == 2  # the centre and a point 4 cm away; not the box corner, not above the zone
     with pytest.raises(ValueError, match="radius"):
         RegionPredicate(np.eye(4), [0, 0, 0], [1, 1, 1], radius=0.0)
+
+
+@pytest.mark.skipif(not _ok, reason=_why)
+def test_bench_lifts_a_normalised_imagination_with_the_first_frames_depth(tmp_path):
+    """A world model whose robot-pixel lift failed (normalised XYZ, metric False): the session refits the lift
+    on the depth of the chunk's first frame (anchor_lift) and judges success in metres; scrambled geometry
+    cannot be anchored and stays undeterminable."""
+    from k4d_bringup.dataset.generate import generate, load_episode
+    from k4d_bringup.shadow.config import ShadowConfig
+    from k4d_bringup.shadow.log import read_log
+    from k4d_bringup.shadow.metrics import backproject_depth
+    from k4d_bringup.shadow.session import RolloutData
+    from k4d_bringup.shadow.simbench import NOMINAL_REGION, bench, episode_files
+    from k4d_kinematics.camera import PinholeCamera
+
+    generate(2, 12, tmp_path / "data" / "easy", workers=1, sigmas=(0.0, 1.2), tasks=("pick_place",),
+             num_frames=9, width=96, height=64, fy=80.0, progress=False)
+    episodes = [load_episode(f) for f in episode_files(tmp_path / "data")]
+    calls = []
+
+    def normalised(rgb0, seq, rec, scramble=False):
+        ep = episodes[len(calls)]
+        calls.append(rec.episode_id)
+        cam = ep["meta"]["camera"]
+        camera = PinholeCamera(cam["width"], cam["height"], cam["fx"], cam["fy"], cam["cx"], cam["cy"])
+        xyz = np.stack([backproject_depth(d, camera) for d in ep["depth"]]).astype(np.float64)
+        lo, hi = np.nanmin(xyz, axis=(0, 1, 2)), np.nanmax(xyz, axis=(0, 1, 2))
+        xyz01 = ((xyz - lo) / (hi - lo)).astype(np.float32)
+        if scramble:  # geometry that matches neither the first frame's depth nor the robot
+            xyz01 = np.random.default_rng(0).random(xyz01.shape, dtype=np.float32)
+        return RolloutData(ep["rgb"], xyz01, False, "normalised", metric_quality="failed")
+
+    cfg = ShadowConfig(num_frames=9, success_predicate="region", success_min_points=3, success_window_frames=1,
+                       save_frames=False, **NOMINAL_REGION)
+    bench(tmp_path / "data", normalised, tmp_path / "a.jsonl", cfg)
+    chunks = [r for r in read_log(tmp_path / "a.jsonl") if r["kind"] == "chunk"]
+    assert len(chunks) == 2
+    for c in chunks:
+        assert c["metric"] and c["metric_quality"].startswith("anchored_") and c["metric_residual_m"] < 0.01
+        assert c["predicate"]["imagined"]["valid"] and c["imagined_success"] == c["actual_success"]
+        assert c["depth_mae_m"] < 0.01  # the lifted imagination is the recorded depth again
+
+    calls.clear()
+    bench(tmp_path / "data", lambda a, b, c: normalised(a, b, c, scramble=True), tmp_path / "b.jsonl", cfg)
+    chunks = [r for r in read_log(tmp_path / "b.jsonl") if r["kind"] == "chunk"]
+    assert all(not c["metric"] and not c["predicate"]["imagined"]["valid"] for c in chunks)

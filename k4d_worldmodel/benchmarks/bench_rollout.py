@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale; <= 1 = one pass per step (default)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--vae-autocast", default="off,auto",
+                   help="comma list of WorldModelConfig.vae_autocast settings to time in the same run; the first is "
+                        "the baseline the others' outputs are compared with (default off,auto)")
     args = p.parse_args(argv)
 
     import torch
@@ -77,27 +80,46 @@ def main(argv: list[str] | None = None) -> int:
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.node(),
                "gpu": torch.cuda.get_device_name() if pipe.device.type == "cuda" else "", "runs": {}}
     trained_frames = pipe.transformer.config.num_latent_frames
+    import numpy as np
+
+    variants = [v.strip() for v in args.vae_autocast.split(",") if v.strip()]
     for frames in (int(f) for f in args.frames.split(",")):
         if (frames - 1) % 4:
             raise SystemExit(f"--frames: {frames} is not 1 + 4k")
         set_latent_frames(pipe.transformer, (frames - 1) // 4 + 1)
         rgb, xyz, link = robot_inputs(pipe.height, pipe.width, frames)
-        times, splits = [], []
-        for k in range(args.repeats + 1):
-            sync()
-            t0 = time.perf_counter()
-            out = pipe(image=rgb, robot_xyz=xyz, robot_link=link, num_inference_steps=args.steps,
-                       guidance_scale=args.guidance, seed=k)
-            sync()
-            if k:  # the first run warms up kernels and allocators
-                times.append(time.perf_counter() - t0)
-                splits.append(out.timings)
-        med = statistics.median(times)
-        split = {key: statistics.median(s[key] for s in splits) for key in ("encode_s", "denoise_s", "decode_s")}
-        results["runs"][str(frames)] = {"median_s": med, "all_s": times, **split}
-        print(f"{frames} frames x {pipe.height}x{pipe.width}, {args.steps} steps on {results['device']} "
-              f"({results['torch_threads']} threads): median {med:.3f} s  (encode {split['encode_s']:.3f}, "
-              f"denoise {split['denoise_s']:.3f}, decode {split['decode_s']:.3f})", flush=True)
+        baseline = None
+        for variant in variants:
+            pipe.vae_autocast = WorldModelConfig(device=args.device, vae_autocast=variant).resolved_vae_autocast()
+            times, splits = [], []
+            for k in range(args.repeats + 1):
+                sync()
+                t0 = time.perf_counter()
+                out = pipe(image=rgb, robot_xyz=xyz, robot_link=link, num_inference_steps=args.steps,
+                           guidance_scale=args.guidance, seed=k)
+                sync()
+                if k:  # the first run warms up kernels and allocators
+                    times.append(time.perf_counter() - t0)
+                    splits.append(out.timings)
+                if k == args.repeats:
+                    last = out
+            med = statistics.median(times)
+            split = {key: statistics.median(s[key] for s in splits) for key in ("encode_s", "denoise_s", "decode_s")}
+            run = {"median_s": med, "all_s": times, **split, "vae_autocast": variant,
+                   "vae_autocast_dtype": str(pipe.vae_autocast)}
+            if baseline is None:
+                baseline = last
+            else:  # same seed, same inputs: how far the outputs move from the baseline's
+                run["rgb_mean_abs_diff_u8"] = float(np.abs(last.rgb.astype(np.float32) - baseline.rgb).mean())
+                run["xyz01_mean_abs_diff"] = float(np.abs(last.xyz - baseline.xyz).mean())
+            key = str(frames) if len(variants) == 1 else f"{frames}/{variant}"
+            results["runs"][key] = run
+            print(f"{frames} frames x {pipe.height}x{pipe.width}, {args.steps} steps on {results['device']} "
+                  f"({results['torch_threads']} threads, vae_autocast {variant} -> {pipe.vae_autocast}): median "
+                  f"{med:.3f} s  (encode {split['encode_s']:.3f}, denoise {split['denoise_s']:.3f}, decode "
+                  f"{split['decode_s']:.3f})" + (f", vs baseline: rgb {run['rgb_mean_abs_diff_u8']:.2f}/255, xyz01 "
+                                                 f"{run['xyz01_mean_abs_diff']:.4f}" if "xyz01_mean_abs_diff" in run
+                                                 else ""), flush=True)
     set_latent_frames(pipe.transformer, trained_frames)
     if args.json:
         with open(args.json, "w") as fh:

@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -76,6 +78,23 @@ class MetricLiftConfig:
             _fail("ransac_iterations", self.ransac_iterations, "an integer >= 1")
 
 
+
+VAE_AUTOCAST = ("auto", "bfloat16", "off")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (x86 AVX512-BF16 / AMX-BF16, or Arm BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
 @dataclass
 class WorldModelConfig:
     """Everything needed to load and run the K4D world model.
@@ -91,6 +110,8 @@ class WorldModelConfig:
         device: "auto" (cuda if available), "cpu", "cuda" or "cuda:N".
         dtype: transformer dtype; "auto" = bfloat16 on cuda, float32 on cpu.
         vae_dtype: VAE dtype ("auto" = float32).
+        vae_autocast: run the VAE under bfloat16 autocast ("bfloat16"), not at all ("off"), or "auto": on a CPU
+            with native bfloat16 (AVX512-BF16 or AMX), where it makes encoding and decoding about 5x faster.
         num_inference_steps, guidance_scale, seed: sampling (release: 50, 5.0, 42).
         scheduler: "unipc" (Wan2.1 flow UniPC) or "euler" (flow-matching Euler); flow_shift 3.0 for 480p.
         cfg_mode: "correct" (uncond pass drops the robot condition) or "released" (reproduce the release defect).
@@ -110,6 +131,7 @@ class WorldModelConfig:
     device: str = "auto"
     dtype: str = "auto"
     vae_dtype: str = "auto"
+    vae_autocast: str = "auto"
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
     seed: int = 42
@@ -132,7 +154,8 @@ class WorldModelConfig:
         if self.checkpoint_dir == DEFAULT_CHECKPOINT:
             self.checkpoint_dir = default_checkpoint_dir()
         for name, allowed in (("variant", VARIANTS), ("scheduler", SCHEDULERS), ("cfg_mode", CFG_MODES),
-                              ("lora_mode", LORA_MODES), ("dtype", DTYPES), ("vae_dtype", DTYPES)):
+                              ("lora_mode", LORA_MODES), ("dtype", DTYPES), ("vae_dtype", DTYPES),
+                              ("vae_autocast", VAE_AUTOCAST)):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"one of {allowed}")
         dev = self.device
@@ -183,3 +206,12 @@ class WorldModelConfig:
     def resolved_vae_dtype(self) -> torch.dtype:
         """VAE dtype: float32 for "auto"."""
         return torch.float32 if self.vae_dtype == "auto" else getattr(torch, self.vae_dtype)
+
+    def resolved_vae_autocast(self) -> torch.dtype | None:
+        """The autocast dtype of the VAE's encode/decode, or None: "auto" is bfloat16 on a CPU device with native
+        bfloat16 arithmetic (elsewhere emulated bfloat16 is slower than float32) and None on cuda."""
+        if self.vae_autocast == "off":
+            return None
+        if self.vae_autocast == "bfloat16":
+            return torch.bfloat16
+        return torch.bfloat16 if self.resolved_device().type == "cpu" and cpu_has_native_bf16() else None

@@ -10,8 +10,10 @@ sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps``
 * RGB: PSNR and SSIM (``metrics.psnr`` / ``metrics.ssim``, per frame, averaged).
 * Geometry: Chamfer L1/L2 and F-score@0.01 m between the imagined metric points and the simulator's world
   pointmap (depth back-projection) per frame, on pixels where the ground truth has depth, up to
-  ``max_points`` random points per frame and side. If the metric lift fails the imagined XYZ is de-normalised
-  with the ground truth's own per-clip bounds instead ("oracle bounds", counted in ``lift_failed``).
+  ``max_points`` random points per frame and side. The imagined XYZ is lifted to metres as in shadow mode: on
+  the robot pixels, else anchored on frame 0's measured pointmap (``lift_anchored``, 8 cm inliers). If both
+  fail it is de-normalised with the ground truth's own per-clip bounds instead ("oracle bounds", counted in
+  ``lift_failed``).
 * Object (k4d episodes only; they know the target object, camera pose and zone): the target object is found in
   a pointmap sequence -- ground truth or imagined, with the same code -- by ``track_object``: points in the base
   frame that are above the table (``min_height_m``), not robot (kinematic robot mask, dilated by 1 px) and on the
@@ -219,16 +221,27 @@ def robot_condition_removed(pipe):
         del tr.forward  # back to the class method
 
 
-def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None
-            ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``."""
-    from .lifting import lift_pointmaps
+def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
+            anchor_threshold_m: float = 0.08) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``.
+
+    Lifting to metres as in shadow mode: the robot-pixel fit, then (``anchor_threshold_m`` > 0) the fit anchored
+    on frame 0's measured pointmap (``lift_pointmaps_anchored``); only when both fail is the output scaled with the
+    clip's ground-truth bounds (``info["lift"] == "oracle_bounds"``, counted as ``lift_failed``)."""
+    import dataclasses
+
+    from .config import MetricLiftConfig
+    from .lifting import lift_pointmaps, lift_pointmaps_anchored
 
     robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
     out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
                robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
     xyz_m, fit = lift_pointmaps(out.xyz, clip["robot_xyz"], out.robot_mask, lift_config)
     lifted = "metric"
+    if not fit.metric and anchor_threshold_m > 0:  # the shadow node's refit: frame 0's measured depth as anchor
+        cfg = dataclasses.replace(lift_config or MetricLiftConfig(), inlier_threshold_m=anchor_threshold_m)
+        xyz_m, fit = lift_pointmaps_anchored(out.xyz, clip["world_xyz"][0], clip["robot_xyz"], out.robot_mask, cfg)
+        lifted = "anchored"
     if not fit.metric:
         lo, hi = np.asarray(clip["world_lo"]), np.asarray(clip["world_hi"])
         xyz_m = (out.xyz * (hi - lo) + lo).astype(np.float32)
@@ -269,6 +282,7 @@ def summarize(rows: list[dict], methods: Iterable[str]) -> dict:
             v = [r[m][k] for r in rows if m in r and k in r[m] and np.isfinite(r[m][k])]
             vals[k] = float(np.mean(v)) if v else float("nan")
         vals["lift_failed"] = int(sum(1 for r in rows if r.get(m, {}).get("lift") == "oracle_bounds"))
+        vals["lift_anchored"] = int(sum(1 for r in rows if r.get(m, {}).get("lift") == "anchored"))
         summary["methods"][m] = vals
     with_obj = [r for r in rows if "sim_success" in r and all("success_4d" in r.get(m, {}) for m in methods)]
     if with_obj:
@@ -325,7 +339,7 @@ def _md_to_html(lines: list[str]) -> str:
 def write_report(out: Path, summary: dict, rows: list[dict], header: dict, videos: list[str]) -> str:
     """``report.md`` and ``report.html``; returns the Markdown."""
     cols = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
-            "lift_failed")
+            "lift_anchored", "lift_failed")
     md = ["# k4d world-model evaluation", "",
           "| " + " | ".join(f"{k}: {_fmt(v)}" for k, v in header.items()) + " |", "|" + "---|" * len(header), "",
           "## Video and geometry (frames 1..T-1; PSNR/SSIM higher is better, Chamfer lower, F-score@0.01 higher)",

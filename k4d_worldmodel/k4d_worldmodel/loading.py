@@ -341,12 +341,15 @@ def load_pipeline(config: WorldModelConfig, **k4d_config: Any) -> K4DPipeline:
             key = "flow_shift" if "flow_shift" in pipe.scheduler.config else "shift"
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **{key: config.flow_shift})
         pipe.register_to_config(batch_cfg=config.batch_cfg)
+        pipe.vae_autocast = config.resolved_vae_autocast()
         return pipe
     if (ckpt / ADDED_WEIGHTS_FILE).exists():
         base = Path(config.base_model_dir) if config.base_model_dir else ckpt
-        return load_released(base, ckpt, config.variant, device, dtype, vae_dtype, config.lora_mode,
+        pipe = load_released(base, ckpt, config.variant, device, dtype, vae_dtype, config.lora_mode,
                              config.lora_rank, config.lora_alpha, config.scheduler, config.flow_shift,
                              config.batch_cfg, **k4d_config)
+        pipe.vae_autocast = config.resolved_vae_autocast()
+        return pipe
     raise FileNotFoundError(
         f"checkpoint_dir {ckpt} is neither a K4DPipeline.save_pretrained folder (model_index.json with "
         f"_class_name 'K4DPipeline') nor a released Kinema4D checkpoint (containing {ADDED_WEIGHTS_FILE})"

@@ -11,7 +11,14 @@
 #          | --vae-budget-s S (90) | --train-budget-s S (400) | --eval-steps N (20)
 #          | --total-budget-s S (545: the transformer budget shrinks to fit it) | --eval-episodes N (24)
 #          | --resume (a second call on the same, still warm machine: no generation, the VAE and the data of
-#            the first call are reused and the transformer continues from its last checkpoint).
+#            the first call are reused and the transformer continues from its last checkpoint)
+#          | --vae-only (generate and train the VAE only; a later --resume call trains the transformer)
+#          | --vae-from DIR (start from the VAE in DIR, e.g. the vae/ a --vae-only call returned, when the machine
+#            of that call is gone: new data is generated, the VAE trains only if --vae-budget-s is given)
+#          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed).
+# The VAE is trained by `k4d train-vae` into $WORK/run/vae, resumably: on --resume, --vae-budget-s S > 0 continues
+# it for S seconds (and then starts the transformer afresh: its latents would have moved), 0 (the default on
+# --resume) keeps it as it is. The transformer then trains with that VAE frozen (vae.pretrained).
 # Environment: OUT (output folder, required unless --smoke), PYTHON (default python3), WORK (scratch,
 # default /tmp/k4d_device), K4D_WHEELS (folder of wheels to install first; default <repo>/.whl if present).
 # It does not need the project venv: PYTHONPATH is set to the three repo packages (k4d_kinematics,
@@ -20,26 +27,31 @@
 # torch, accelerate, peft, transformers, safetensors, numba, scipy, imageio, pyyaml, tqdm are in the image.
 # Rendering: MUJOCO_GL=egl, falling back to osmesa when no EGL context can be made (as here on CPU).
 #
-# $OUT receives at most 8 files (the device tool's limit), each <= 16 MiB:
+# $OUT receives at most 8 files (the device tool's limit), each <= 16 MiB (--vae-only: vae/ with the VAE, its
+# config and vae_metrics.json, plus log.txt and phases.json):
 #   k4d_default.tar.part-aa, -ab, ...   tar of pipeline/ (K4DPipeline.save_pretrained, safetensors shards
 #                                       <= 15 MB) and eval/ (report.md, report.html, videos/); reassemble with
 #                                       cat k4d_default.tar.part-* | tar -x
-#   metrics.json  (train + VAE + eval metrics, timings, options)   report.md   sample.mp4
+#   metrics.json  (train + VAE + eval metrics, timings, options)   bench_rollout.json   sample.mp4
 #   log.txt (the last 2 MB of the log)   phases.json (seconds at the end of each finished phase)
 set -euo pipefail
 T0=$SECONDS
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
-GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24
+GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
+VAE_FROM=""; BENCH=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
     --resume) RESUME=1 ;;
+    --vae-only) VAE_ONLY=1 ;;
+    --no-bench) BENCH=0 ;;
+    --vae-from) VAE_FROM=$2; shift ;;
     --eval-episodes) EVAL_EPISODES=$2; shift ;;
     --episodes) EPISODES=$2; shift ;;
     --heldout) HELDOUT=$2; shift ;;
-    --vae-budget-s) VAE_BUDGET=$2; shift ;;
+    --vae-budget-s) VAE_BUDGET=$2; VAE_BUDGET_SET=1; shift ;;
     --train-budget-s) TRAIN_BUDGET=$2; shift ;;
     --eval-steps) EVAL_STEPS=$2; shift ;;
     --gen-budget-s) GEN_BUDGET=$2; shift ;;
@@ -58,7 +70,7 @@ fi
 : "${OUT:?set OUT to the output folder}"
 WORK=${WORK:-/tmp/k4d_device}
 if [ "$RESUME" = 1 ]; then
-  [ -d "$WORK/train" ] && [ -d "$WORK/run" ] || { echo "device_train.sh: --resume needs $WORK/train and $WORK/run" >&2; exit 3; }
+  [ -d "$WORK/train" ] && [ -d "$WORK/run/vae" ] || { echo "device_train.sh: --resume needs $WORK/train and $WORK/run/vae" >&2; exit 3; }
   mkdir -p "$OUT"
 else
   rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
@@ -137,12 +149,32 @@ phase_done generate
 fi
 
 # the transformer gets what is left of the total budget after generation, the VAE, encoding and evaluation
-EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 60) : 0 )); ENC_EST=$(( SMOKE == 1 ? 5 : 45 ))
-BENCH_EST=$(( SMOKE == 1 ? 5 : 30 ))
-[ "$RESUME" = 1 ] && VAE_BUDGET=0  # the VAE of the first call is reused
-LEFT=$(( TOTAL_BUDGET - GEN_S - VAE_BUDGET - EVAL_EST - ENC_EST - BENCH_EST - 25 ))
+EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 90) : 0 )); ENC_EST=$(( SMOKE == 1 ? 5 : 45 ))
+BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 80 ))
+if [ -n "$VAE_FROM" ]; then
+  [ -f "$VAE_FROM/config.json" ] || { echo "device_train.sh: --vae-from $VAE_FROM holds no VAE (config.json)" >&2; exit 3; }
+  mkdir -p "$WORK/run"; rm -rf "$WORK/run/vae"; cp -r "$VAE_FROM" "$WORK/run/vae"
+  [ "$VAE_BUDGET_SET" = 0 ] && VAE_BUDGET=0
+fi
+[ "$RESUME" = 1 ] && [ "$VAE_BUDGET_SET" = 0 ] && VAE_BUDGET=0  # the VAE of the first call is reused as it is
+if [ "$VAE_BUDGET" -gt 0 ]; then
+  VAE_RESUME=""; [ -f "$WORK/run/vae/config.json" ] && VAE_RESUME=--resume
+  echo "== 2a. train the VAE ($CONFIG, ${VAE_BUDGET} s${VAE_RESUME:+, continuing})"
+  "$PY" -m k4d_worldmodel.train_cli train-vae --data "$WORK/train" --config "$CONFIG" --out "$WORK/run/vae" \
+    --time-budget-s "$VAE_BUDGET" --no-progress $VAE_RESUME
+  # a transformer trained on the old latents cannot continue on the new ones
+  [ -d "$WORK/run/checkpoints" ] && { echo "the VAE moved: the transformer starts afresh"; rm -rf "$WORK/run/checkpoints"; }
+  phase_done vae
+fi
+if [ "$VAE_ONLY" = 1 ]; then
+  mkdir -p "$OUT/vae"
+  cp "$WORK/run/vae/config.json" "$WORK/run/vae/vae_metrics.json" "$WORK/run/vae/"*.safetensors "$OUT/vae/"
+  echo "device_train.sh: --vae-only done in $((SECONDS - T0)) s"; exit 0
+fi
+LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - EVAL_EST - LOAD_EST - ENC_EST - BENCH_EST - 25 ))
 if [ "$LEFT" -lt "$TRAIN_BUDGET" ]; then TRAIN_BUDGET=$(( LEFT > 10 ? LEFT : 10 )); fi
-echo "== 2. train ($CONFIG): VAE budget ${VAE_BUDGET} s, transformer budget ${TRAIN_BUDGET} s"
+echo "== 2b. train the transformer ($CONFIG, VAE frozen): budget ${TRAIN_BUDGET} s"
+TR_RESUME=0; [ -d "$WORK/run/checkpoints" ] && TR_RESUME=1
 # a file with a __main__ guard again: the clips are read by spawned DataLoader workers
 cat > "$WORK/train_model.py" <<PYEOF
 from k4d_worldmodel.training.config import TrainConfig
@@ -150,9 +182,10 @@ from k4d_worldmodel.training.train import train
 
 if __name__ == "__main__":
     cfg = TrainConfig.from_yaml("$CONFIG")
-    cfg.vae.time_budget_s = float($VAE_BUDGET)
+    cfg.vae.pretrained = "$WORK/run/vae"
+    cfg.vae.train = False
     cfg.load_workers = $WORKERS if $WORKERS > 1 else 0
-    train("$WORK/train", cfg, "$WORK/run", resume=bool($RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False)
+    train("$WORK/train", cfg, "$WORK/run", resume=bool($TR_RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False)
 PYEOF
 "$PY" "$WORK/train_model.py"
 phase_done train
@@ -163,29 +196,32 @@ if [ "$EVAL_EPISODES" -gt 0 ]; then
     --out "$WORK/run/eval" --steps "$EVAL_STEPS" --videos 4 --no-progress --max-episodes "$EVAL_EPISODES"
   phase_done eval
 fi
-echo "== 3b. rollout wall time on this device (17 and 49 frames)"
-"$PY" "$REPO/k4d_worldmodel/benchmarks/bench_rollout.py" --checkpoint "$WORK/run/pipeline" --repeats 3 \
-  --json "$OUT/bench_rollout.json" || echo "bench_rollout failed (the checkpoint is still packed)"
-phase_done bench
-
 echo "== 4. pack"
 "$PY" - <<PYEOF
 import json, pathlib, time
 run = pathlib.Path("$WORK/run")
 ev_file = run / "eval" / "metrics.json"
 ev = json.loads(ev_file.read_text()) if ev_file.is_file() else {"header": {}, "summary": {}, "wall_s": 0.0}
+vae_file = run / "vae" / "vae_metrics.json"
 out = {"train": json.loads((run / "train_metrics.json").read_text()),
+       "vae": json.loads(vae_file.read_text()) if vae_file.is_file() else {},
        "eval": {"header": ev["header"], "summary": ev["summary"], "wall_s": ev["wall_s"]},
        "options": {"config": "$CONFIG", "episodes": $EPISODES, "heldout": $HELDOUT, "frames": $FRAMES,
                    "height": $H, "width": $W, "fy": $FY, "mujoco_gl": "$MUJOCO_GL", "generation_s": $GEN_S}}
 pathlib.Path("$OUT/metrics.json").write_text(json.dumps(out, indent=1))
 PYEOF
-[ -f "$WORK/run/eval/report.md" ] && cp "$WORK/run/eval/report.md" "$OUT/report.md"
 first_video=$(ls "$WORK/run/eval/videos"/*.mp4 2>/dev/null | head -n 1 || true)
 mkdir -p "$WORK/run/eval"
 [ -n "$first_video" ] && cp "$first_video" "$OUT/sample.mp4"
 cp "$WORK/run/config.yaml" "$WORK/run/pipeline/train_config.yaml"
 tar -C "$WORK/run" -cf - pipeline eval | split -b 15m - "$OUT/k4d_default.tar.part-"
 phase_done pack
+if [ "$BENCH" = 1 ]; then
+echo "== 5. rollout wall time on this device (17 and 49 frames)"
+"$PY" "$REPO/k4d_worldmodel/benchmarks/bench_rollout.py" --checkpoint "$WORK/run/pipeline" --repeats 3 \
+  --json "$OUT/bench_rollout.json" || echo "bench_rollout failed (the checkpoint is still packed)"
+phase_done bench
+
+fi
 ls -l "$OUT"
 echo "device_train.sh: done in $((SECONDS - T0)) s"

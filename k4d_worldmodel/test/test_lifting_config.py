@@ -1,6 +1,9 @@
 """Metric lifting on synthetic data, and self-validating configs."""
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from k4d_worldmodel.config import MetricLiftConfig, WorldModelConfig
 from k4d_worldmodel.lifting import fit_metric_lift, lift_pointmaps
@@ -61,3 +64,40 @@ def test_config_validation_names_field():
                           ({"lora_rank": 0}, "lora_rank"), ({"scheduler": "ddim"}, "scheduler")]:
         with pytest.raises(ValueError, match=field):
             WorldModelConfig(**kwargs)
+
+
+def test_vae_autocast_setting():
+    from k4d_worldmodel.config import cpu_has_native_bf16
+
+    with pytest.raises(ValueError, match="vae_autocast"):
+        WorldModelConfig(vae_autocast="fp8")
+    assert WorldModelConfig(device="cpu", vae_autocast="off").resolved_vae_autocast() is None
+    assert WorldModelConfig(device="cpu", vae_autocast="bfloat16").resolved_vae_autocast() is torch.bfloat16
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    native = any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))
+    assert cpu_has_native_bf16() is native
+    assert WorldModelConfig(device="cpu").resolved_vae_autocast() is (torch.bfloat16 if native else None)
+
+
+def test_anchored_lift_recovers_the_clip_affine_from_one_measured_frame():
+    """Robot pixels too few and too noisy to pass alone; one measured frame anchors the per-clip affine."""
+    from k4d_worldmodel.lifting import lift_pointmaps_anchored
+
+    rng = np.random.default_rng(0)
+    T, H, W = 5, 16, 24
+    metric = np.stack([rng.uniform(-1, 1, (T, H, W)), rng.uniform(-0.5, 0.5, (T, H, W)),
+                       rng.uniform(0.5, 3.0, (T, H, W))], -1)
+    lo, hi = metric.min(axis=(0, 1, 2)), metric.max(axis=(0, 1, 2))
+    xyz01 = (metric - lo) / (hi - lo)
+    robot = np.full_like(metric, np.nan)
+    robot[:, :2, :2] = metric[:, :2, :2] + rng.normal(0, 0.1, (T, 2, 2, 3))  # 20 noisy robot pixels
+    assert not fit_metric_lift(xyz01, robot).metric
+    xyz_m, fit = lift_pointmaps_anchored(xyz01, metric[0], robot)
+    assert fit.metric and fit.quality == "good"
+    np.testing.assert_allclose(fit.scale, hi - lo, rtol=1e-6)
+    np.testing.assert_allclose(xyz_m[3], metric[3], atol=1e-5)  # every frame, not only the anchor
+    # an anchor that disagrees with the generated frame fails instead of lifting wrongly
+    _, bad = lift_pointmaps_anchored(xyz01, rng.uniform(0, 3, (H, W, 3)), None)
+    assert not bad.metric
+    with pytest.raises(ValueError, match="anchor_xyz_m must have shape"):
+        lift_pointmaps_anchored(xyz01, metric[0, :8])

@@ -145,3 +145,21 @@ def test_euler_scheduler_runs(pmcond_pipe):
         assert torch.isfinite(out.latents).all()
     finally:
         pmcond_pipe.scheduler = saved
+
+
+def test_vae_autocast_changes_precision_not_results(pmcond_pipe):
+    """bfloat16 autocast of the VAE (the CPU speed-up) runs the VAE in bfloat16 and stays close to float32."""
+    inp = tiny_inputs(pmcond_pipe)
+    seen = []
+    hook = pmcond_pipe.vae.decoder.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        ref = pmcond_pipe(**inp, num_inference_steps=2, seed=3)
+        pmcond_pipe.vae_autocast = torch.bfloat16
+        fast = pmcond_pipe(**inp, num_inference_steps=2, seed=3)
+    finally:
+        pmcond_pipe.vae_autocast = None
+        hook.remove()
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+    assert fast.rgb.dtype == np.uint8 and fast.xyz.dtype == np.float32
+    assert np.abs(fast.rgb.astype(float) - ref.rgb).mean() < 3.0
+    assert np.abs(fast.xyz - ref.xyz).mean() < 0.02

@@ -203,3 +203,44 @@ def test_config_errors_name_the_field():
         TrainConfig.from_dict({"vae": {"bogus": 1}})
     with pytest.raises(ValueError, match="height"):
         TrainConfig.from_dict({"height": 60})
+
+
+def test_vae_training_resumes_and_reports_reconstruction(synth, tmp_path):
+    """``k4d train-vae``: weights + optimiser state saved, --resume continues the step count, a VAE of another
+    architecture is refused by name, and the metrics carry the reconstruction PSNR."""
+    import dataclasses
+
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.train import train_vae_only
+    from k4d_worldmodel.training.vae import STATE_FILE
+
+    cfg = TrainConfig.from_yaml("smoke")
+    cfg.vae = dataclasses.replace(cfg.vae, steps=2, short_frames=1, short_fraction=0.5)
+    out = tmp_path / "vae"
+    m1 = train_vae_only(synth, cfg, out, progress=False)
+    assert m1["steps"] == 2 and m1["steps_this_run"] == 2
+    assert (out / STATE_FILE).is_file() and (out / "diffusion_pytorch_model.safetensors").is_file()
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    assert state["step"] == 2 and state["optimizer"]["state"]  # Adam moments were saved
+    rec = m1["recon_train"]
+    assert set(rec) == {"rgb", "pointmap"} and all(np.isfinite(r["psnr_db"]) and r["videos"] > 0 for r in rec.values())
+    before = {k: v.clone() for k, v in __import__("safetensors.torch").torch.load_file(
+        str(out / "diffusion_pytorch_model.safetensors")).items()}
+    m2 = train_vae_only(synth, cfg, out, max_steps=4, progress=False, resume=True)
+    assert m2["steps"] == 4 and m2["steps_this_run"] == 2 and m2["l1_first"] == m1["l1_first"]
+    after = __import__("safetensors.torch").torch.load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on from the saved weights
+    other = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, base_dim=8))
+    with pytest.raises(ValueError, match="base_dim"):
+        train_vae_only(synth, other, out, max_steps=6, progress=False, resume=True)
+
+
+def test_vae_window_options_are_validated():
+    from k4d_worldmodel.training.vae import VAEConfig
+
+    with pytest.raises(ValueError, match="short_frames"):
+        VAEConfig(short_frames=4)
+    with pytest.raises(ValueError, match="short_fraction"):
+        VAEConfig(short_frames=5, short_fraction=1.5)
+    with pytest.raises(ValueError, match="short_frames"):
+        VAEConfig(short_fraction=0.5)

@@ -119,6 +119,13 @@ class ShadowConfig(RobotCameraConfig):
         "The predicate looks at this many final frames; probability = fraction of them that are successful.", False))
     robot_margin_px: int = field(default=2, metadata=_doc(
         "Robot pixels (dilated by this) are excluded from the predicate, so the gripper is not the object.", False))
+    anchor_lift: bool = field(default=True, metadata=_doc(
+        "When the world model's robot-pixel lift to metres failed and the chunk's first frame has depth, refit the "
+        "lift with that frame's back-projected depth as anchor (k4d_worldmodel.lifting.lift_pointmaps_anchored).",
+        False))
+    anchor_inlier_threshold_m: float = field(default=0.08, metadata=_doc(
+        "Inlier distance of the anchored lift, metres (a small model's normalised output over a scene 5 m wide "
+        "is coarse: 1 % of its range is 5 cm, against the robot-pixel lift's 2 cm).", False))
     # -- outputs ----------------------------------------------------------------------------------
     result_topic: str = field(default="/k4d/shadow/result", metadata=_doc("k4d_msgs/ShadowEvalResult output."))
     log_path: str = field(default="k4d_shadow/shadow_log.jsonl", metadata=_doc(
@@ -146,6 +153,10 @@ class ShadowConfig(RobotCameraConfig):
         _int("success_min_points", self.success_min_points, 1)
         _int("success_window_frames", self.success_window_frames, 1)
         _int("robot_margin_px", self.robot_margin_px, 0)
+        if not (isinstance(self.anchor_inlier_threshold_m, (int, float)) and math.isfinite(self.anchor_inlier_threshold_m)
+                and self.anchor_inlier_threshold_m > 0):
+            raise ValueError(f"anchor_inlier_threshold_m must be a finite number > 0, got "
+                             f"{self.anchor_inlier_threshold_m!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)):

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import threading
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -472,9 +473,31 @@ class ShadowSession:
             self.tick(max(now_ns, max([r.end_ns for r in self.waiting], default=0) + int(self.cfg.settle_s * 1e9)))
 
     # -- scoring ---------------------------------------------------------------------------------------
+    def _anchored(self, rec: ChunkRecord, ro: RolloutData, kin) -> Optional[RolloutData]:
+        """``ro`` lifted to metres with the depth of the chunk's first frame as anchor, or None when that frame
+        has no depth or the fit fails (see ``ShadowConfig.anchor_lift``)."""
+        from k4d_worldmodel.config import MetricLiftConfig
+        from k4d_worldmodel.lifting import lift_pointmaps_anchored
+
+        f0 = rec.real[0] if rec.real else None
+        if f0 is None or f0.depth is None or ro.xyz.ndim != 4:
+            return None
+        T, H, W = ro.xyz.shape[:3]
+        cam = kin.camera if (kin.camera.height, kin.camera.width) == (H, W) else kin.camera.scaled(W, H)
+        anchor = backproject_depth(resize_nearest(f0.depth, H, W), cam)
+        robot = rec.seq.xyz if rec.seq is not None and rec.seq.xyz.shape == ro.xyz.shape else None
+        xyz_m, fit = lift_pointmaps_anchored(ro.xyz, anchor, robot, None,
+                                             MetricLiftConfig(inlier_threshold_m=self.cfg.anchor_inlier_threshold_m))
+        if not fit.metric:
+            return None
+        return dataclasses.replace(ro, xyz=xyz_m, metric=True, metric_quality=f"anchored_{fit.quality}",
+                                   metric_residual_m=fit.residual_m)
+
     def _score(self, rec: ChunkRecord, now_ns: int) -> None:
         ro = rec.rollout
         kin = self._kin()
+        if not ro.metric and self.cfg.anchor_lift and kin is not None:
+            ro = self._anchored(rec, ro, kin) or ro
         out = {"psnr_db": NAN, "ssim": NAN, "depth_mae_m": NAN, "per_frame": {}}
         T, H, W = ro.rgb.shape[:3]
         frames = []

@@ -13,6 +13,7 @@ There is no text encoder: Kinema4D replaces the text tokens by robot tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -180,6 +181,9 @@ class K4DPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "image_encoder->transformer->vae"
     _optional_components = ["image_processor"]
+    # autocast dtype for the VAE's encode/decode (None = off); ``loading.load_pipeline`` sets it from
+    # ``WorldModelConfig.vae_autocast`` (bfloat16 on CPUs with native bfloat16)
+    vae_autocast: torch.dtype | None = None
 
     def __init__(
         self,
@@ -295,6 +299,12 @@ class K4DPipeline(DiffusionPipeline):
         inv_std = 1.0 / torch.tensor(self.vae.config.latents_std, dtype=torch.float32, device=device).view(1, z, 1, 1, 1)
         return mean, inv_std
 
+    def _vae_autocast(self, device: torch.device):
+        dtype = self.vae_autocast
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=dtype)
+
     def encode_video(self, video01: torch.Tensor) -> torch.Tensor:
         """VAE-encode `[B, 3, T, H, W]` videos with values in [0, 1] -> normalised latents `[B, 16, F, h, w]` float32.
 
@@ -303,7 +313,8 @@ class K4DPipeline(DiffusionPipeline):
         """
         device = self._execution_device
         x = (video01 * 2.0 - 1.0).to(device=device, dtype=self.vae.dtype)
-        z = self.vae.encode(x).latent_dist.mode().float()
+        with self._vae_autocast(device):
+            z = self.vae.encode(x).latent_dist.mode().float()
         mean, inv_std = self._latent_stats(z.device)
         return (z - mean) * inv_std
 
@@ -313,7 +324,8 @@ class K4DPipeline(DiffusionPipeline):
         z = torch.cat([latents[..., :half], latents[..., half:] * POINTMAP_LATENT_STD + POINTMAP_LATENT_MEAN], -1)
         mean, inv_std = self._latent_stats(z.device)
         z = (z / inv_std + mean).to(self.vae.dtype)
-        video = self.vae.decode(z, return_dict=False)[0].float()
+        with self._vae_autocast(z.device):
+            video = self.vae.decode(z, return_dict=False)[0].float()
         return (video / 2 + 0.5).clamp(0, 1)
 
     def encode_image(self, image_u8: np.ndarray) -> torch.Tensor:

@@ -395,8 +395,12 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
 
 def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out: str | os.PathLike,
-                   max_steps: int | None = None, time_budget_s: float | None = None, progress: bool = True) -> dict:
-    """``k4d train-vae``: train only the config's VAE and save it to ``OUT`` (use as ``vae.pretrained``)."""
+                   max_steps: int | None = None, time_budget_s: float | None = None, progress: bool = True,
+                   resume: bool = False) -> dict:
+    """``k4d train-vae``: train only the config's VAE and save it to ``OUT`` (use as ``vae.pretrained``).
+
+    ``resume`` continues the VAE and optimiser saved in ``OUT`` (``max_steps`` counts all runs' steps, the time
+    budget this run's)."""
     from .data import open_dataset
     from .vae import train_vae
 
@@ -407,9 +411,12 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
         cfg.vae.time_budget_s = float(time_budget_s)
     ds = open_dataset(data, cfg.num_frames, cfg.height, cfg.width, split="train",
                       heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed)
-    clips = [ds[i] for i in range(len(ds))]
+    t_load = time.perf_counter()
+    clips = load_clips(ds, cfg.load_workers)
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    say(f"train-vae: {len(clips)} clips read in {time.perf_counter() - t_load:.0f} s from {data}")
     _, metrics = train_vae(clips, cfg.vae, out, mixed_precision=_resolve_precision(cfg), seed=cfg.seed,
-                           progress=progress, log=lambda m: print(m, file=sys.stderr))
+                           progress=progress, log=say, resume=resume)
     return metrics
 
 
@@ -418,7 +425,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="episode folder (k4d *.npz) or Kinema4D layout folder")
     p.add_argument("--config", required=True, help="train config YAML, or a built-in name (default, smoke, lora)")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, pipeline/ or lora/, metrics)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoints/checkpoint-N")
+    p.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoints/checkpoint-N "
+                   "(train-vae: from the VAE and optimiser state in OUT)")
     p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
     p.add_argument("--time-budget-s", type=float, default=None, help="override time_budget_s (transformer loop)")
     p.add_argument("--base-checkpoint", default=None, help="override base.checkpoint_dir (mode lora)")
@@ -442,7 +450,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_from_args(args: argparse.Namespace) -> int:
     if getattr(args, "vae_only", False):
         train_vae_only(args.data, config_from_args(args), args.out, max_steps=args.max_steps,
-                       time_budget_s=args.time_budget_s, progress=not args.no_progress)
+                       time_budget_s=args.time_budget_s, progress=not args.no_progress, resume=args.resume)
         return 0
     train(args.data, config_from_args(args), args.out, resume=args.resume, max_steps=args.max_steps,
           time_budget_s=args.time_budget_s, progress=not args.no_progress)

@@ -41,6 +41,11 @@ class VAEConfig:
         train_frames: frames per training sample, a random window of 1 + 4k consecutive frames of a clip (0 = the
             whole clip). The VAE is causal and works chunk by chunk (first frame, then 4 at a time), so a
             9-frame window trains the first-frame and the chunk paths at about half the cost of 17 frames.
+        short_frames, short_fraction: a random ``short_fraction`` of the steps train on windows of ``short_frames``
+            (1 + 4k) instead: cheaper steps, while the other steps keep the long-range cache path trained (a VAE
+            trained on short windows only degrades past them).
+        save_every_s: with an output folder, the weights and the optimiser state are saved this often (and at the
+            end), so that a killed or time-limited run can continue (``resume``).
     """
 
     train: bool = True
@@ -57,6 +62,9 @@ class VAEConfig:
     grad_clip: float = 1.0
     stats_clips: int = 64
     train_frames: int = 0
+    short_frames: int = 0
+    short_fraction: float = 0.0
+    save_every_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.base_dim, int) and self.base_dim >= 1):
@@ -65,14 +73,20 @@ class VAEConfig:
         if len(self.dim_mult) not in (3, 4) or min(self.dim_mult) < 1:
             raise ValueError(f"vae.dim_mult must be 3 or 4 integers >= 1 (spatial factor 4 or 8), got "
                              f"{self.dim_mult!r}")
-        if not (isinstance(self.train_frames, int) and self.train_frames >= 0
-                and (self.train_frames == 0 or (self.train_frames - 1) % 4 == 0)):
-            raise ValueError(f"vae.train_frames must be 0 or 1 + 4k, got {self.train_frames!r}")
+        for name in ("train_frames", "short_frames"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 0 and (v == 0 or (v - 1) % 4 == 0)):
+                raise ValueError(f"vae.{name} must be 0 or 1 + 4k, got {v!r}")
+        if not (0.0 <= float(self.short_fraction) <= 1.0):
+            raise ValueError(f"vae.short_fraction must be in [0, 1], got {self.short_fraction!r}")
+        if self.short_fraction and not self.short_frames:
+            raise ValueError("vae.short_fraction > 0 needs vae.short_frames (1 + 4k)")
         for name in ("steps", "batch_size", "num_res_blocks", "stats_clips"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= (0 if name == "steps" else 1)):
                 raise ValueError(f"vae.{name} must be an integer >= {0 if name == 'steps' else 1}, got {v!r}")
-        for name in ("lr", "kl_weight", "time_budget_s", "grad_clip", "weight_decay"):
+        for name in ("lr", "kl_weight", "time_budget_s", "grad_clip", "weight_decay", "short_fraction",
+                     "save_every_s"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"vae.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
@@ -101,15 +115,6 @@ def clip_videos(clip: dict[str, Any]) -> list[torch.Tensor]:
     rgb = torch.from_numpy(np.ascontiguousarray(clip["rgb"])).float().permute(3, 0, 1, 2) / 127.5 - 1.0
     pm = torch.from_numpy(np.ascontiguousarray(clip["world01"])).float().permute(3, 0, 1, 2) * 2.0 - 1.0
     return [rgb, pm]
-
-
-def _window(video: torch.Tensor, frames: int, generator: torch.Generator) -> torch.Tensor:
-    """A random window of ``frames`` consecutive frames of a `[3, T, H, W]` video (all of it if 0 or >= T)."""
-    t = video.shape[1]
-    if frames <= 0 or frames >= t:
-        return video
-    start = int(torch.randint(t - frames + 1, (1,), generator=generator))
-    return video[:, start : start + frames]
 
 
 def vae_loss(vae: torch.nn.Module, x: torch.Tensor, kl_weight: float,
@@ -143,58 +148,154 @@ def latent_stats(vae: torch.nn.Module, videos: list[torch.Tensor], device: torch
     return [float(v) for v in mean.cpu()], [float(v) for v in std.cpu()]
 
 
+STATE_FILE = "vae_train_state.pt"
+_ARCH_KEYS = ("base_dim", "dim_mult", "num_res_blocks")
+
+
+def _load_for_resume(cfg: VAEConfig, out_dir: Path):
+    """The VAE saved in ``out_dir`` and its optimiser state, checked against ``cfg``'s architecture."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(out_dir), use_safetensors=True, local_files_only=True)
+    saved = {k: vae.config[k] for k in _ARCH_KEYS}
+    wanted = {k: getattr(cfg, k) for k in _ARCH_KEYS}
+    if {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in saved.items()} != wanted:
+        raise ValueError(f"cannot resume the VAE in {out_dir}: it was built with {saved}, the config asks for {wanted}")
+    state_file = out_dir / STATE_FILE
+    state = torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else None
+    return vae, state
+
+
+@torch.no_grad()
+def reconstruction_metrics(vae: torch.nn.Module, videos: torch.Tensor, device: torch.device | str = "cpu"
+                           ) -> dict[str, float]:
+    """Mean PSNR (dB, on [-1, 1] mapped to 8-bit range) and mean L1 of ``vae``'s reconstruction (posterior mode)
+    of `[N, 3, T, H, W]` videos, over all frames."""
+    core = getattr(vae, "module", vae)
+    dtype = next(core.parameters()).dtype
+    psnr, l1 = [], []
+    for v in videos:
+        x = v[None].to(device, dtype)
+        y = core.decode(core.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        err = (y.float() - x.float())
+        mse = float((err**2).mean()) / 4.0  # [-1, 1] -> [0, 1]
+        psnr.append(10.0 * math.log10(1.0 / max(mse, 1e-12)))
+        l1.append(float(err.abs().mean()))
+    return {"psnr_db": float(np.mean(psnr)), "l1": float(np.mean(l1)), "videos": len(psnr)}
+
+
 def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device: torch.device | str | None = None,
-              mixed_precision: str = "no", seed: int = 0, progress: bool = True, log=print
+              mixed_precision: str = "no", seed: int = 0, progress: bool = True, log=print, resume: bool = False
               ) -> tuple["AutoencoderKLWan", dict]:  # noqa: F821
     """Train a small VAE on ``dataset`` clips (see module docstring); returns ``(vae (eval, fp32, CPU), metrics)``.
 
     Runs in one process on ``device`` (default: cuda if available) with bf16/fp16 autocast when ``mixed_precision``
     says so; under multi-process training the trainer runs it on the main process and the others load the result.
-    The VAE is saved to ``out_dir`` (``save_pretrained``, safetensors) when given. Stops after ``cfg.steps`` or
-    ``cfg.time_budget_s``.
+    The clips are held on the device (fp16 on a GPU), so a step costs no host-to-device copy. The VAE is saved to
+    ``out_dir`` (``save_pretrained``, safetensors) when given, together with the optimiser state
+    (``vae_train_state.pt``, read back with ``weights_only=True``) every ``cfg.save_every_s`` and at the end;
+    ``resume`` continues from them (same architecture, else ValueError; weights without that file continue with a
+    fresh optimiser). Stops after ``cfg.steps`` (counted over
+    all runs) or ``cfg.time_budget_s`` (of this run).
     """
     from tqdm.auto import tqdm
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    out_dir = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(seed)
-    vae = build_vae(cfg).to(device).train()
-    videos = [v for i in range(len(dataset)) for v in clip_videos(dataset[i])]
+    state = None
+    if resume:
+        if out_dir is None or not (out_dir / "config.json").is_file():
+            log(f"vae: nothing to resume in {out_dir}; starting from scratch")
+            vae = build_vae(cfg)
+        else:
+            vae, state = _load_for_resume(cfg, out_dir)
+            if state is None:
+                log(f"vae: {out_dir} has weights but no {STATE_FILE}: continuing with a fresh optimiser")
+    else:
+        vae = build_vae(cfg)
+    vae = vae.to(device).train()
+    store = torch.float16 if device.type == "cuda" else torch.float32
+    videos = torch.stack([v.to(store) for i in range(len(dataset)) for v in clip_videos(dataset[i])]).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     g = torch.Generator().manual_seed(seed + 1)
-    t0 = time.perf_counter()
-    history, step = [], 0
-    bar = tqdm(total=cfg.steps, desc="vae", disable=not progress)
-    while step < cfg.steps:
-        if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
-            break
-        idx = torch.randint(len(videos), (cfg.batch_size,), generator=g).tolist()
-        x = torch.stack([_window(videos[i], cfg.train_frames, g) for i in idx]).to(device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, parts = vae_loss(vae, x, cfg.kl_weight, g)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        history.append(parts["l1"])
-        bar.set_postfix(l1=f"{parts['l1']:.4f}", kl=f"{parts['kl']:.2f}")
-        bar.update()
-    bar.close()
-    vae = vae.float().eval()
-    n_stats = min(len(videos), 2 * cfg.stats_clips)
-    mean, std = latent_stats(vae, videos[:n_stats], device)
-    vae.register_to_config(latents_mean=mean, latents_std=std)
-    vae = vae.cpu()
-    metrics = {"steps": step, "wall_s": time.perf_counter() - t0, "l1_first": history[0] if history else None,
-               "l1_last": float(np.mean(history[-10:])) if history else None, "latents_mean": mean,
-               "latents_std": std, "params": sum(p.numel() for p in vae.parameters()), "config": asdict(cfg)}
-    log(f"vae: {step} steps in {metrics['wall_s']:.0f} s, L1 {metrics['l1_first']} -> {metrics['l1_last']}")
-    if out_dir is not None:
+    step, history, l1_first = 0, [], None
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        step = int(state["step"])
+        history = [float(v) for v in state.get("l1_tail", [])]
+        l1_first = state.get("l1_first")
+        log(f"vae: resumed at step {step} from {out_dir}")
+    start_step = step
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest conv3d
+
+    def save() -> None:
+        if out_dir is None:
+            return
         vae.save_pretrained(str(out_dir), safe_serialization=True)
+        torch.save({"optimizer": opt.state_dict(), "generator": g.get_state(), "step": step,
+                    "l1_tail": history[-50:], "l1_first": l1_first}, out_dir / STATE_FILE)
+
+    t0 = last_save = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc="vae", disable=not progress)
+    try:
+        while step < cfg.steps:
+            now = time.perf_counter()
+            if cfg.time_budget_s and now - t0 > cfg.time_budget_s:
+                break
+            if cfg.save_every_s and now - last_save > cfg.save_every_s:
+                save()
+                last_save = now
+            short = cfg.short_fraction > 0 and float(torch.rand((), generator=g)) < cfg.short_fraction
+            frames = cfg.short_frames if short else cfg.train_frames
+            idx = torch.randint(videos.shape[0], (cfg.batch_size,), generator=g)
+            x = videos[idx.to(device)]
+            if 0 < frames < x.shape[2]:
+                s0 = int(torch.randint(x.shape[2] - frames + 1, (1,), generator=g))
+                x = x[:, :, s0 : s0 + frames]
+            x = x.float()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss, parts = vae_loss(vae, x, cfg.kl_weight, g)
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"vae: the loss is {float(loss)} at step {step}; lower vae.lr")
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            history.append(parts["l1"])
+            l1_first = parts["l1"] if l1_first is None else l1_first
+            bar.set_postfix(l1=f"{parts['l1']:.4f}", kl=f"{parts['kl']:.2f}", frames=x.shape[2])
+            bar.update()
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        bar.close()
+    wall = time.perf_counter() - t0
+    vae = vae.float().eval()
+    n_stats = min(videos.shape[0], 2 * cfg.stats_clips)
+    stats_videos = [videos[i].float() for i in range(n_stats)]
+    mean, std = latent_stats(vae, stats_videos, device)
+    recon = {name: reconstruction_metrics(vae, videos[k:n_stats:2].float(), device)
+             for k, name in ((0, "rgb"), (1, "pointmap"))}
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    save()
+    vae = vae.cpu()
+    metrics = {"steps": step, "steps_this_run": step - start_step, "wall_s": wall,
+               "steps_per_s": (step - start_step) / max(wall, 1e-9),
+               "l1_first": l1_first,
+               "l1_last": float(np.mean(history[-10:])) if history else None, "recon_train": recon,
+               "latents_mean": mean, "latents_std": std, "params": sum(p.numel() for p in vae.parameters()),
+               "config": asdict(cfg)}
+    log(f"vae: {step} steps ({step - start_step} in this run, {metrics['steps_per_s']:.2f}/s), L1 "
+        f"{metrics['l1_first']} -> {metrics['l1_last']}, reconstruction PSNR rgb {recon['rgb']['psnr_db']:.2f} dB, "
+        f"pointmap {recon['pointmap']['psnr_db']:.2f} dB")
+    if out_dir is not None:
         Path(out_dir, "vae_metrics.json").write_text(__import__("json").dumps(metrics, indent=1))
     return vae, metrics
