@@ -52,7 +52,7 @@ def _parse_set(items: list) -> dict:
 def cmd_report(args) -> int:
     from k4d_bringup.shadow.report import write_report
 
-    index = write_report(args.log, args.out, videos=not args.no_videos)
+    index = write_report(args.log, args.out, videos=not args.no_videos, max_videos=args.max_videos)
     print(f"k4d shadow report: {index}")
     return 0
 
@@ -188,6 +188,8 @@ def add_commands(sub) -> None:
     r.add_argument("log", metavar="LOG.jsonl")
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--no-videos", action="store_true", help="skip the per-episode real|imagined videos")
+    r.add_argument("--max-videos", type=int, default=None, metavar="N",
+                   help="at most N episode videos, the first ones (default: every live episode)")
     r.set_defaults(func=cmd_report)
 
     rp = ss.add_parser("replay", help="evaluate an MCAP recording offline, in batch")

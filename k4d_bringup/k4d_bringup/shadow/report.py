@@ -185,7 +185,8 @@ def _table(headers: list[str], rows: list[list], cls: str = "") -> str:
     return f'<table class="{cls}"><tr>{h}</tr>{body}</table>'
 
 
-def write_report(log_path: str | os.PathLike, out_dir: str | os.PathLike, videos: bool = True) -> Path:
+def write_report(log_path: str | os.PathLike, out_dir: str | os.PathLike, videos: bool = True,
+                 max_videos: int | None = None) -> Path:
     """Write ``out_dir/index.html`` (+ ``out_dir/assets``) for the shadow log; returns the index path."""
     log_path, out = Path(log_path), Path(out_dir)
     stats: dict = {}
@@ -256,14 +257,16 @@ def write_report(log_path: str | os.PathLike, out_dir: str | os.PathLike, videos
     # 5. Episodes with videos
     parts.append("<h2>Episodes</h2>")
     rows = []
+    n_videos = 0
     for r in eps:
         vid = ""
-        if videos and r.get("mode") == "live":
+        if videos and r.get("mode") == "live" and (max_videos is None or n_videos < max_videos):
             files = [log_path.parent / c["frames_file"] for c in sorted(
                 (c for c in chunks if c.get("episode_id") == r["episode_id"] and c.get("mode") == "live"
                  and c.get("frames_file")), key=lambda c: c["chunk_index"])]
             v = write_video(side_by_side_frames([f for f in files if f.is_file()]), assets / f"episode_{r['episode_id']}")
             if v is not None:
+                n_videos += 1
                 tag = (f'<video src="assets/{v.name}" controls loop muted width="360"></video>' if v.suffix == ".mp4"
                        else f'<img src="assets/{v.name}" width="360">')
                 vid = tag + "<br><small>real | imagined</small>"

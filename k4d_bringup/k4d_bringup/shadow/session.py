@@ -19,7 +19,9 @@ chunk before its end (joint_trajectory_controller semantics) is compared only up
 chunk has executed (+ ``settle_s``) and its imagination is there, frames 1..T-1 are scored (frame 0 is the
 real initial image): PSNR, SSIM, depth error (imagined metric XYZ vs depth back-projection) and the success
 predicate on the last frames, imagined and real. Candidate chunks (never executed) are scored only by the
-predicate on their imagination.
+predicate on their imagination. An imagination whose robot-pixel lift to metres failed (``metric`` false:
+normalised XYZ) is lifted again with the depth of the chunk's first frame as anchor (``anchor_lift``), and
+its ``metric_quality`` then reads ``anchored_good`` / ``anchored_poor``.
 
 Per episode, one summary per mode (live; candidate when candidate chunks came): imagined success and its
 probability from the last chunk evaluated OK; actual success from the episode's end label if given, else
