@@ -218,7 +218,7 @@ tar -C "$WORK/run" -cf - pipeline eval | split -b 15m - "$OUT/k4d_default.tar.pa
 phase_done pack
 if [ "$BENCH" = 1 ]; then
 echo "== 5. rollout wall time on this device (17 and 49 frames)"
-"$PY" "$REPO/k4d_worldmodel/benchmarks/bench_rollout.py" --checkpoint "$WORK/run/pipeline" --repeats 3 \
+"$PY" "$REPO/k4d_worldmodel/benchmarks/bench_rollout.py" --checkpoint "$WORK/run/pipeline" --repeats 3 --frames 17,49 --vae-autocast off \
   --json "$OUT/bench_rollout.json" || echo "bench_rollout failed (the checkpoint is still packed)"
 phase_done bench
 
