@@ -195,8 +195,7 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
     ``out_dir`` (``save_pretrained``, safetensors) when given, together with the optimiser state
     (``vae_train_state.pt``, read back with ``weights_only=True``) every ``cfg.save_every_s`` and at the end;
     ``resume`` continues from them (same architecture, else ValueError; weights without that file continue with a
-    fresh optimiser). Stops after ``cfg.steps`` (counted over
-    all runs) or ``cfg.time_budget_s`` (of this run).
+    fresh optimiser). Stops after ``cfg.steps`` (counted over all runs) or ``cfg.time_budget_s`` (of this run).
     """
     from tqdm.auto import tqdm
 
