@@ -1,4 +1,5 @@
-"""Draw the robot pointmap (mask + edges) and a plan ghost onto a camera image (ROS-free, numpy only).
+"""Draw the robot pointmap (mask + edges) and a plan ghost onto a camera image, and colour depth maps
+(``depth_colormap``, used by the world model's videos); ROS-free, numpy only.
 
     from k4d_kinematics.overlay import overlay_frame, project_mask
     out = overlay_frame(rgb, robot_mask, plan_masks, caption="t = 1.2 s")   # (H, W, 3) uint8, a new image
@@ -19,6 +20,23 @@ ROBOT_TINT = (40, 220, 90)  # green: the live robot pointmap
 ROBOT_EDGE = (255, 255, 255)
 GHOST_START = (60, 140, 255)  # blue -> orange over the plan, like the RViz ghost
 GHOST_END = (255, 150, 30)
+
+# Viridis anchors (uint8 RGB) for the depth colormap, near (0) to far (1).
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
+
+
+def depth_colormap(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """`(..., )` depth -> `(..., 3)` uint8 viridis colours; non-finite -> black. Range: 2nd-98th percentile."""
+    finite = np.isfinite(depth)
+    if lo is None or hi is None:
+        vals = depth[finite]
+        lo, hi = (np.percentile(vals, 2), np.percentile(vals, 98)) if vals.size else (0.0, 1.0)
+    x = np.clip((np.nan_to_num(depth) - lo) / max(hi - lo, 1e-9), 0, 1) * (len(_VIRIDIS) - 1)
+    i = np.minimum(x.astype(int), len(_VIRIDIS) - 2)
+    f = (x - i)[..., None]
+    out = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f
+    out[~finite] = 0
+    return out.round().astype(np.uint8)
 
 
 def mask_edges(mask: np.ndarray, width: int = 1) -> np.ndarray:

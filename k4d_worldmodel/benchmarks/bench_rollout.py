@@ -21,10 +21,11 @@ import platform
 import statistics
 import time
 
+import numpy as np
+
 
 def robot_inputs(height: int, width: int, frames: int):
     """``(first RGB frame (H, W, 3) uint8, robot_xyz (T, H, W, 3), robot_link (T, H, W))`` of a YAM sweep."""
-    import numpy as np
 
     from k4d_bringup.shadow.synthetic import SyntheticScene
 
@@ -80,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.node(),
                "gpu": torch.cuda.get_device_name() if pipe.device.type == "cuda" else "", "runs": {}}
     trained_frames = pipe.transformer.config.num_latent_frames
-    import numpy as np
-
     variants = [v.strip() for v in args.vae_autocast.split(",") if v.strip()]
     for frames in (int(f) for f in args.frames.split(",")):
         if (frames - 1) % 4:

@@ -17,24 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-# Viridis anchors (uint8 RGB) for the depth colormap, near (0) to far (1).
-_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
-
-
-def depth_colormap(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """`(..., )` depth -> `(..., 3)` uint8 viridis colours; non-finite -> black. Range: 2nd-98th percentile."""
-    finite = np.isfinite(depth)
-    if lo is None or hi is None:
-        vals = depth[finite]
-        lo, hi = (np.percentile(vals, 2), np.percentile(vals, 98)) if vals.size else (0.0, 1.0)
-    x = np.clip((np.nan_to_num(depth) - lo) / max(hi - lo, 1e-9), 0, 1) * (len(_VIRIDIS) - 1)
-    i = np.minimum(x.astype(int), len(_VIRIDIS) - 2)
-    f = (x - i)[..., None]
-    out = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f
-    out[~finite] = 0
-    return out.round().astype(np.uint8)
-
+from k4d_kinematics.overlay import depth_colormap
 
 def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> int:
     """Binary little-endian PLY of finite points: ``xyz (N, 3)`` float, ``rgb (N, 3)`` uint8. Returns N written."""

@@ -12,8 +12,11 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 VARIANTS = ("full", "pmcond")
 SCHEDULERS = ("unipc", "euler")
@@ -193,23 +196,31 @@ class WorldModelConfig:
 
     def resolved_device(self) -> torch.device:
         """``device`` with "auto" resolved (cuda if available, else cpu)."""
+        import torch  # lazily: configs and the metric lift are used without torch (shadow node)
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def resolved_dtype(self) -> torch.dtype:
         """Transformer dtype: bfloat16 on cuda and float32 on cpu for "auto"."""
+        import torch
+
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
         return getattr(torch, self.dtype)
 
     def resolved_vae_dtype(self) -> torch.dtype:
         """VAE dtype: float32 for "auto"."""
+        import torch
+
         return torch.float32 if self.vae_dtype == "auto" else getattr(torch, self.vae_dtype)
 
     def resolved_vae_autocast(self) -> torch.dtype | None:
         """The autocast dtype of the VAE's encode/decode, or None: "auto" is bfloat16 on a CPU device with native
         bfloat16 arithmetic (elsewhere emulated bfloat16 is slower than float32) and None on cuda."""
+        import torch
+
         if self.vae_autocast == "off":
             return None
         if self.vae_autocast == "bfloat16":

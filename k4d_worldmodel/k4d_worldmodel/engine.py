@@ -18,7 +18,6 @@ stays usable.
 from __future__ import annotations
 
 import dataclasses
-
 import gc
 import hashlib
 import os

@@ -51,8 +51,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from k4d_kinematics.overlay import depth_colormap
+
 from . import metrics as M
-from .cli import depth_colormap
 
 METHODS = ("k4d", "no_robot", "copy_first")
 
@@ -222,16 +223,20 @@ def robot_condition_removed(pipe):
 
 
 def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
-            anchor_threshold_m: float = 0.08) -> tuple[np.ndarray, np.ndarray, dict]:
+            anchor_threshold_m: float | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``.
 
-    Lifting to metres as in shadow mode: the robot-pixel fit, then (``anchor_threshold_m`` > 0) the fit anchored
-    on frame 0's measured pointmap (``lift_pointmaps_anchored``); only when both fail is the output scaled with the
-    clip's ground-truth bounds (``info["lift"] == "oracle_bounds"``, counted as ``lift_failed``)."""
+    Lifting to metres as in shadow mode: the robot-pixel fit, then (``anchor_threshold_m`` > 0; None =
+    ``lifting.ANCHOR_INLIER_THRESHOLD_M``) the fit anchored on frame 0's measured pointmap
+    (``lift_pointmaps_anchored``); only when both fail is the output scaled with the clip's ground-truth bounds
+    (``info["lift"] == "oracle_bounds"``, counted as ``lift_failed``)."""
     import dataclasses
 
     from .config import MetricLiftConfig
-    from .lifting import lift_pointmaps, lift_pointmaps_anchored
+    from .lifting import ANCHOR_INLIER_THRESHOLD_M, lift_pointmaps, lift_pointmaps_anchored
+
+    if anchor_threshold_m is None:
+        anchor_threshold_m = ANCHOR_INLIER_THRESHOLD_M
 
     robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
     out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),

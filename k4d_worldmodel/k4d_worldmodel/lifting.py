@@ -166,6 +166,11 @@ def lift_pointmaps(
     return fit.apply(xyz01), fit
 
 
+# Inlier distance for the anchored lift: the small default model's normalised output spans a scene about 5 m
+# wide, so 1 % of its range is 5 cm, coarser than the robot-pixel lift's 2 cm (``MetricLiftConfig``).
+ANCHOR_INLIER_THRESHOLD_M = 0.08
+
+
 def lift_pointmaps_anchored(
     xyz01: np.ndarray, anchor_xyz_m: np.ndarray, robot_xyz_m: np.ndarray | None = None,
     mask: np.ndarray | None = None, config: MetricLiftConfig | None = None, anchor_frame: int = 0,

@@ -5,7 +5,8 @@ import json
 import imageio.v2 as imageio
 import numpy as np
 
-from k4d_worldmodel.cli import add_commands, depth_colormap
+from k4d_kinematics.overlay import depth_colormap
+from k4d_worldmodel.cli import add_commands
 from k4d_worldmodel.tiny import tiny_inputs
 
 

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from k4d_kinematics.config import RobotCameraConfig, param_doc
+from k4d_worldmodel.lifting import ANCHOR_INLIER_THRESHOLD_M
 
 QUEUE_POLICIES = ("drop_oldest", "drop_newest")
 EPISODE_MODES = ("topic", "idle_gap")
@@ -123,7 +124,7 @@ class ShadowConfig(RobotCameraConfig):
         "When the world model's robot-pixel lift to metres failed and the chunk's first frame has depth, refit the "
         "lift with that frame's back-projected depth as anchor (k4d_worldmodel.lifting.lift_pointmaps_anchored).",
         False))
-    anchor_inlier_threshold_m: float = field(default=0.08, metadata=_doc(
+    anchor_inlier_threshold_m: float = field(default=ANCHOR_INLIER_THRESHOLD_M, metadata=_doc(
         "Inlier distance of the anchored lift, metres (a small model's normalised output over a scene 5 m wide "
         "is coarse: 1 % of its range is 5 cm, against the robot-pixel lift's 2 cm).", False))
     # -- outputs ----------------------------------------------------------------------------------
@@ -153,10 +154,7 @@ class ShadowConfig(RobotCameraConfig):
         _int("success_min_points", self.success_min_points, 1)
         _int("success_window_frames", self.success_window_frames, 1)
         _int("robot_margin_px", self.robot_margin_px, 0)
-        if not (isinstance(self.anchor_inlier_threshold_m, (int, float)) and math.isfinite(self.anchor_inlier_threshold_m)
-                and self.anchor_inlier_threshold_m > 0):
-            raise ValueError(f"anchor_inlier_threshold_m must be a finite number > 0, got "
-                             f"{self.anchor_inlier_threshold_m!r}")
+        _num("anchor_inlier_threshold_m", self.anchor_inlier_threshold_m, 0.0, allow_equal=False)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)):

@@ -31,17 +31,19 @@ and chunks are never rewritten.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import threading
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from k4d_worldmodel.config import MetricLiftConfig
+from k4d_worldmodel.lifting import lift_pointmaps_anchored
 
 from .chunks import ChunkQueue
 from .config import ShadowConfig
@@ -478,9 +480,6 @@ class ShadowSession:
     def _anchored(self, rec: ChunkRecord, ro: RolloutData, kin) -> Optional[RolloutData]:
         """``ro`` lifted to metres with the depth of the chunk's first frame as anchor, or None when that frame
         has no depth or the fit fails (see ``ShadowConfig.anchor_lift``)."""
-        from k4d_worldmodel.config import MetricLiftConfig
-        from k4d_worldmodel.lifting import lift_pointmaps_anchored
-
         f0 = rec.real[0] if rec.real else None
         if f0 is None or f0.depth is None or ro.xyz.ndim != 4:
             return None

@@ -169,19 +169,20 @@ def _load_for_resume(cfg: VAEConfig, out_dir: Path):
 @torch.no_grad()
 def reconstruction_metrics(vae: torch.nn.Module, videos: torch.Tensor, device: torch.device | str = "cpu"
                            ) -> dict[str, float]:
-    """Mean PSNR (dB, on [-1, 1] mapped to 8-bit range) and mean L1 of ``vae``'s reconstruction (posterior mode)
-    of `[N, 3, T, H, W]` videos, over all frames."""
+    """Mean PSNR (dB, ``metrics.psnr`` over the [-1, 1] range, capped at 100) and mean L1 of ``vae``'s
+    reconstruction (posterior mode) of `[N, 3, T, H, W]` videos, over all frames."""
+    from ..metrics import psnr
+
     core = getattr(vae, "module", vae)
     dtype = next(core.parameters()).dtype
-    psnr, l1 = [], []
+    db, l1 = [], []
     for v in videos:
         x = v[None].to(device, dtype)
         y = core.decode(core.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        err = (y.float() - x.float())
-        mse = float((err**2).mean()) / 4.0  # [-1, 1] -> [0, 1]
-        psnr.append(10.0 * math.log10(1.0 / max(mse, 1e-12)))
-        l1.append(float(err.abs().mean()))
-    return {"psnr_db": float(np.mean(psnr)), "l1": float(np.mean(l1)), "videos": len(psnr)}
+        x, y = x.float().cpu().numpy(), y.float().cpu().numpy()
+        db.append(min(psnr(y, x, data_range=2.0), 100.0))
+        l1.append(float(np.abs(y - x).mean()))
+    return {"psnr_db": float(np.mean(db)), "l1": float(np.mean(l1)), "videos": len(db)}
 
 
 def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device: torch.device | str | None = None,
