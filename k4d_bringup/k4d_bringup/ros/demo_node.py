@@ -89,7 +89,8 @@ class DemoNode(Node):
         self.pub_grip = self.create_publisher(Float64, self.cfg.gripper_topic, RELIABLE_QOS)
         self.pub_status = self.create_publisher(String, "k4d/demo_status", RELIABLE_QOS)
         self.create_subscription(MarkerArray, "/k4d/sim/object_states", self._on_objects, RELIABLE_QOS)
-        self.create_subscription(String, "k4d/planner_status", self._on_planner_status, RELIABLE_QOS)
+        self.sub_status = self.create_subscription(String, "k4d/planner_status", self._on_planner_status,
+                                                   RELIABLE_QOS)
         self.create_subscription(JointState, "/joint_states", self._on_joints, SENSOR_QOS)
         self._task: Optional[Iterator] = self._run()
         self._wait_until = time.monotonic() + self.cfg.start_delay_s
@@ -146,6 +147,15 @@ class DemoNode(Node):
         """Yields seconds to wait before being resumed."""
         while not (self.have_joints and self.target() is not None and self.zone() is not None):
             yield 0.2
+        # The planner must be listening before the first goal: on a loaded machine its process can come up after
+        # ours, and a goal published before the match is lost (the step then times out).
+        waited = False
+        while not self._planner_connected():
+            if not waited:
+                self.get_logger().info("waiting for the planner (k4d/goal_pose, k4d/goal_joints, k4d/execute_plan, "
+                                       "k4d/planner_status)")
+                waited = True
+            yield 0.2
         start_xy = self.target()[0][:2].copy()
         home = dict(zip(ARM, (float(v) for v in self.cfg.home_q)))
         while self.cfg.episodes == 0 or self.episode < self.cfg.episodes:
@@ -182,6 +192,10 @@ class DemoNode(Node):
                                  duration_s=round(time.monotonic() - t_ep, 2))
             self.get_logger().info(f"episode {self.episode}: {'success' if success else 'FAILED'} "
                                    f"({time.monotonic() - t_ep:.1f} s); {self.successes}/{self.episode} so far")
+
+    def _planner_connected(self) -> bool:
+        return (min(p.get_subscription_count() for p in (self.pub_pose, self.pub_joints, self.pub_exec)) > 0
+                and self.sub_status.get_publisher_count() > 0)
 
     def _do(self, step: DemoStep) -> Iterator[float]:
         """Run one step; the generator's return value says whether it worked."""
