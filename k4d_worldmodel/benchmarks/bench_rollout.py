@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-autocast", default="off,auto",
                    help="comma list of WorldModelConfig.vae_autocast settings to time in the same run; the first is "
                         "the baseline the others' outputs are compared with (default off,auto)")
+    p.add_argument("--cuda-graphs", default="off,on",
+                   help="comma list of WorldModelConfig.cuda_graphs settings (off/on) to time; every combination "
+                        "with --vae-autocast runs, the first combination is the baseline (no effect on CPU, where "
+                        "only the first setting runs)")
     args = p.parse_args(argv)
 
     import torch
@@ -81,15 +85,21 @@ def main(argv: list[str] | None = None) -> int:
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.node(),
                "gpu": torch.cuda.get_device_name() if pipe.device.type == "cuda" else "", "runs": {}}
     trained_frames = pipe.transformer.config.num_latent_frames
-    variants = [v.strip() for v in args.vae_autocast.split(",") if v.strip()]
+    graph_settings = [g.strip() for g in args.cuda_graphs.split(",") if g.strip()]
+    if any(g not in ("off", "on") for g in graph_settings) or not graph_settings:
+        raise SystemExit(f"--cuda-graphs: a comma list of off/on, got {args.cuda_graphs!r}")
+    if pipe.device.type != "cuda":
+        graph_settings = graph_settings[:1]
+    variants = [(v.strip(), g) for v in args.vae_autocast.split(",") if v.strip() for g in graph_settings]
     for frames in (int(f) for f in args.frames.split(",")):
         if (frames - 1) % 4:
             raise SystemExit(f"--frames: {frames} is not 1 + 4k")
         set_latent_frames(pipe.transformer, (frames - 1) // 4 + 1)
         rgb, xyz, link = robot_inputs(pipe.height, pipe.width, frames)
         baseline = None
-        for variant in variants:
+        for variant, graphs in variants:
             pipe.vae_autocast = WorldModelConfig(device=args.device, vae_autocast=variant).resolved_vae_autocast()
+            pipe.cuda_graphs = graphs == "on"
             times, splits = [], []
             for k in range(args.repeats + 1):
                 sync()
@@ -105,16 +115,17 @@ def main(argv: list[str] | None = None) -> int:
             med = statistics.median(times)
             split = {key: statistics.median(s[key] for s in splits) for key in ("encode_s", "denoise_s", "decode_s")}
             run = {"median_s": med, "all_s": times, **split, "vae_autocast": variant,
-                   "vae_autocast_dtype": str(pipe.vae_autocast)}
+                   "vae_autocast_dtype": str(pipe.vae_autocast), "cuda_graphs": graphs}
             if baseline is None:
                 baseline = last
             else:  # same seed, same inputs: how far the outputs move from the baseline's
                 run["rgb_mean_abs_diff_u8"] = float(np.abs(last.rgb.astype(np.float32) - baseline.rgb).mean())
                 run["xyz01_mean_abs_diff"] = float(np.abs(last.xyz - baseline.xyz).mean())
-            key = str(frames) if len(variants) == 1 else f"{frames}/{variant}"
+            key = str(frames) if len(variants) == 1 else f"{frames}/vae_{variant}/graphs_{graphs}"
             results["runs"][key] = run
             print(f"{frames} frames x {pipe.height}x{pipe.width}, {args.steps} steps on {results['device']} "
-                  f"({results['torch_threads']} threads, vae_autocast {variant} -> {pipe.vae_autocast}): median "
+                  f"({results['torch_threads']} threads, vae_autocast {variant} -> {pipe.vae_autocast}, cuda graphs "
+                  f"{graphs}): median "
                   f"{med:.3f} s  (encode {split['encode_s']:.3f}, denoise {split['denoise_s']:.3f}, decode "
                   f"{split['decode_s']:.3f})" + (f", vs baseline: rgb {run['rgb_mean_abs_diff_u8']:.2f}/255, xyz01 "
                                                  f"{run['xyz01_mean_abs_diff']:.4f}" if "xyz01_mean_abs_diff" in run

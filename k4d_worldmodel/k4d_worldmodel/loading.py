@@ -342,6 +342,7 @@ def load_pipeline(config: WorldModelConfig, **k4d_config: Any) -> K4DPipeline:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **{key: config.flow_shift})
         pipe.register_to_config(batch_cfg=config.batch_cfg)
         pipe.vae_autocast = config.resolved_vae_autocast()
+        pipe.cuda_graphs = config.cuda_graphs
         return pipe
     if (ckpt / ADDED_WEIGHTS_FILE).exists():
         base = Path(config.base_model_dir) if config.base_model_dir else ckpt
@@ -349,6 +350,7 @@ def load_pipeline(config: WorldModelConfig, **k4d_config: Any) -> K4DPipeline:
                              config.lora_rank, config.lora_alpha, config.scheduler, config.flow_shift,
                              config.batch_cfg, **k4d_config)
         pipe.vae_autocast = config.resolved_vae_autocast()
+        pipe.cuda_graphs = config.cuda_graphs
         return pipe
     raise FileNotFoundError(
         f"checkpoint_dir {ckpt} is neither a K4DPipeline.save_pretrained folder (model_index.json with "

@@ -20,11 +20,12 @@ class EngineImaginer:
     """``k4d_worldmodel.engine.ImagineEngine`` in this process: the imagine node's own ROS-free engine."""
 
     def __init__(self, checkpoint: str, device: str = "auto", num_inference_steps: int = 0,
-                 guidance_scale: float = 0.0, seed: int = 42):
+                 guidance_scale: float = 0.0, seed: int = 42, cuda_graphs: bool = True):
         from k4d_worldmodel.config import WorldModelConfig
         from k4d_worldmodel.engine import ImagineEngine, SamplingOverrides
 
-        self.engine = ImagineEngine(WorldModelConfig(checkpoint_dir=str(checkpoint), device=device))
+        self.engine = ImagineEngine(WorldModelConfig(checkpoint_dir=str(checkpoint), device=device,
+                                                    cuda_graphs=bool(cuda_graphs)))
         self.engine.load()
         self.sampling = SamplingOverrides(num_inference_steps=int(num_inference_steps),
                                           guidance_scale=float(guidance_scale), seed=int(seed))

@@ -152,6 +152,8 @@ def add_arguments(p) -> None:
                                                                       "('default' = the shipped model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
+                   help="replay the transformer as a CUDA graph on a GPU (WorldModelConfig.cuda_graphs; default on)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
     p.add_argument("--max-episodes", type=int, default=None)
     p.add_argument("--min-points", type=int, default=3, help="success_min_points (default 3, for 96 x 64 images)")
@@ -166,12 +168,14 @@ def run_bench(args) -> int:
     from .imaginers import EngineImaginer
     from .log import read_log
 
-    imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0)
+    imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0,
+                          cuda_graphs=args.cuda_graphs == "on")
     cfg = ShadowConfig(num_frames=imag.engine.pipe.num_frames, success_predicate="region", **NOMINAL_REGION,
                        success_min_points=args.min_points, success_window_frames=1, save_frames=bool(args.report))
     out = bench(args.data, imag, args.log, cfg, args.max_episodes, print if args.verbose else None)
     recs = read_log(args.log)
     out["device"] = str(imag.engine.pipe.device)
+    out["cuda_graphs"] = args.cuda_graphs
     out["table3"], out["ranking"] = table3(recs), ranking(recs)
     print(f"k4d shadow bench: {out['episodes_in']} episodes, {out['chunks']} chunks ({out['ok']} ok, "
           f"{out['failed']} failed, {out['skipped']} skipped) in {out['wall_s']:.0f} s = "

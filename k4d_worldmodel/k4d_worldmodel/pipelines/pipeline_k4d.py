@@ -52,6 +52,61 @@ DEFAULT_LINK_PALETTE = np.array(
 )
 
 
+class TransformerGraph:
+    """The transformer's forward for one rollout shape, recorded once as a CUDA graph and replayed at every step.
+
+    The small default model is launch-bound on a GPU: a denoising step is hundreds of small kernels, each
+    launched from Python. Replaying a recorded graph launches them all at once. The graph reads its inputs from
+    fixed buffers: [`set_condition`] copies a rollout's image tokens and robot condition in, and each call copies
+    the step's latent input and timestep. The weights are read in place, so in-place updates (``load_state_dict``,
+    training) are seen; a parameter that is *replaced* or a patched ``forward`` needs a new graph, which
+    [`K4DPipeline`] makes by keying its graphs on the parameters' storage and the forward in use.
+    """
+
+    def __init__(self, forward: Callable[..., Any], latent_in: torch.Tensor, t: torch.Tensor,
+                 image_tokens: torch.Tensor, robot_condition: torch.Tensor, scales: list[tuple[float, float]]):
+        device = latent_in.device
+        self.latent_in = latent_in.clone()
+        self.t = t.detach().clone().to(device)
+        self.image_tokens = image_tokens.clone()
+        self.robot_condition = robot_condition.clone()
+        n = len(scales)
+        # every tensor the graph reads must live as long as the graph: a freed one is reused by the allocator
+        self.token_scale = torch.tensor([s[0] for s in scales], device=device)
+        self.injection_scale = torch.tensor([s[1] for s in scales], device=device)
+
+        def run() -> torch.Tensor:
+            return forward(
+                hidden_states=self.latent_in.expand(n, -1, -1, -1, -1),
+                timestep=self.t.expand(n),
+                encoder_hidden_states_image=self.image_tokens.expand(n, -1, -1),
+                robot_condition=self.robot_condition.expand(n, -1, -1, -1, -1),
+                robot_token_scale=self.token_scale,
+                robot_injection_scale=self.injection_scale,
+                return_dict=False,
+            )[0]
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the graph: autotuning and lazy allocations
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = run()
+
+    def set_condition(self, image_tokens: torch.Tensor, robot_condition: torch.Tensor) -> None:
+        self.image_tokens.copy_(image_tokens)
+        self.robot_condition.copy_(robot_condition)
+
+    def __call__(self, latent_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.latent_in.copy_(latent_in)
+        self.t.copy_(t)
+        self.graph.replay()
+        return self.out.clone()
+
+
 class K4DCancelled(RuntimeError):
     """Raised by [`K4DPipeline.__call__`] when the progress callback cancels the rollout between two steps.
 
@@ -184,6 +239,9 @@ class K4DPipeline(DiffusionPipeline):
     # autocast dtype for the VAE's encode/decode (None = off); ``loading.load_pipeline`` sets it from
     # ``WorldModelConfig.vae_autocast`` (bfloat16 on CPUs with native bfloat16)
     vae_autocast: torch.dtype | None = None
+    # replay the transformer's forward as a CUDA graph on cuda devices (``TransformerGraph``); set by
+    # ``loading.load_pipeline`` from ``WorldModelConfig.cuda_graphs``. Ignored on other devices.
+    cuda_graphs: bool = False
 
     def __init__(
         self,
@@ -392,6 +450,40 @@ class K4DPipeline(DiffusionPipeline):
         rgb_latent = self.encode_video(to_video(robot_rgb.astype(np.float32) / 255.0))
         return torch.cat([m.repeat(1, 1, 1, 1, 2), torch.cat([rgb_latent, pm_latent], dim=-1)], dim=1)
 
+    # ------------------------------------------------------------------------------------ CUDA graphs
+    def _transformer_graph(self, latent_in: torch.Tensor, t: torch.Tensor, image_tokens: torch.Tensor,
+                           robot_condition: torch.Tensor, scales: list[tuple[float, float]]) -> TransformerGraph | None:
+        """The recorded graph for this rollout's shapes (made on first use), its condition buffers filled; None
+        when recording failed (the rollout then runs eagerly; the reason is logged once)."""
+        tr = self.transformer
+        base = (tuple(latent_in.shape), tuple(image_tokens.shape), tuple(robot_condition.shape), latent_in.dtype,
+                id(tr.__dict__.get("forward")), tuple(p.data_ptr() for p in tr.parameters()))
+        state = self.__dict__.setdefault("_graphs", {"base": None, "graphs": {}, "failed": False, "condition": {}})
+        if state["failed"]:
+            return None
+        if state["base"] != base:  # other shapes or weights: drop the old graphs (each holds activation memory)
+            state.update(base=base, graphs={}, condition={})
+        key = tuple(scales)  # one graph per pass kind (cond, uncond or batched cond + uncond)
+        graph = state["graphs"].get(key)
+        if graph is None:
+            try:
+                graph = TransformerGraph(tr.forward, latent_in, t, image_tokens, robot_condition, scales)
+            except Exception as exc:  # noqa: BLE001 -- any recording error: fall back to eager launches
+                logger.warning(f"CUDA graph recording of the transformer failed ({type(exc).__name__}: {exc}); "
+                               "running without graphs")
+                state.update(failed=True, graphs={}, condition={})
+                return None
+            state["graphs"][key] = graph
+        held = state["condition"].get(key)
+        if held is None or held[0] is not image_tokens or held[1] is not robot_condition:
+            graph.set_condition(image_tokens, robot_condition)
+            state["condition"][key] = (image_tokens, robot_condition)
+        return graph
+
+    def reset_cuda_graphs(self) -> None:
+        """Drop recorded graphs (and a failed recording), freeing their memory; the next rollout records anew."""
+        self.__dict__.pop("_graphs", None)
+
     # -------------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(
@@ -498,7 +590,13 @@ class K4DPipeline(DiffusionPipeline):
         do_cfg = guidance_scale > 1.0
         uncond_scale = (1.0, 2.0) if cfg_mode == "released" else (0.0, 0.0)  # (tokens, injection)
 
+        use_graphs = self.cuda_graphs and device.type == "cuda"
+
         def predict(latent_in: torch.Tensor, t: torch.Tensor, scales: list[tuple[float, float]]) -> torch.Tensor:
+            if use_graphs:
+                graph = self._transformer_graph(latent_in, t, image_tokens, robot_condition, scales)
+                if graph is not None:
+                    return graph(latent_in, t)
             n = len(scales)
             return self.transformer(
                 hidden_states=latent_in.expand(n, -1, -1, -1, -1),
