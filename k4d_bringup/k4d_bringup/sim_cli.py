@@ -172,7 +172,8 @@ def build_graph(args, workdir: Path) -> list[NodeSpec]:
             # autostart: no lifecycle manager here; the sim camera's extrinsics serve trajectory goals.
             # adapt_inputs: the sim camera (360x240) and the plans (49 frames) are fitted to the model; the
             # default model previews with 20 steps and no CFG, so a preview takes seconds on the CPU.
-            sim_model = {"adapt_inputs": True}
+            # depth_topic: the sim's depth (registered to its colour camera) anchors the metric lift of previews
+            sim_model = {"adapt_inputs": True, "depth_topic": "/camera/depth/image_rect_raw"}
             if checkpoint == "default":
                 sim_model.update(num_inference_steps=20, guidance_scale=1.0)
             nodes.append(NodeSpec("k4d_imagine", "k4d_worldmodel.ros.imagine_node",
@@ -221,6 +222,7 @@ def recorded_topics() -> list[tuple[str, type, object]]:
         ("/gripper_controller/command", Float64, RELIABLE_QOS),
         ("/diagnostics", DiagnosticArray, RELIABLE_QOS),
         ("/k4d/imagined/rgb", Image, RELIABLE_QOS),
+        ("/k4d/imagined/points", PointCloud2, RELIABLE_QOS),
     ]
 
 

@@ -82,6 +82,11 @@ class MetricLiftConfig:
 
 
 
+# Inlier distance for the anchored lift: the small default model's normalised output spans a scene about 5 m
+# wide, so 1 % of its range is 5 cm, coarser than the robot-pixel lift's 2 cm (``MetricLiftConfig``).
+ANCHOR_INLIER_THRESHOLD_M = 0.08
+
+
 VAE_AUTOCAST = ("auto", "bfloat16", "off")
 
 
@@ -127,7 +132,9 @@ class WorldModelConfig:
             rollout then comes at the model's size and camera. False (default): such requests are refused.
         lora_mode: "fuse" the released LoRA into the weights (as the release) or keep it as a "peft" adapter.
         lora_rank, lora_alpha: released LoRA hyper-parameters (r 64, alpha 32 -> scale 0.5).
-        metric_*: [`MetricLiftConfig`] fields.
+        metric_*: [`MetricLiftConfig`] fields; ``metric_anchor_inlier_threshold_m`` is the inlier distance of the
+            lift anchored on a measured depth image of the first frame (``ImagineRequest.anchor_depth``), which
+            is tried when the robot-pixel lift fails.
     """
 
     checkpoint_dir: str = ""
@@ -155,6 +162,7 @@ class WorldModelConfig:
     metric_good_inlier_fraction: float = 0.8
     metric_good_residual_m: float = 0.01
     metric_ransac_iterations: int = 200
+    metric_anchor_inlier_threshold_m: float = ANCHOR_INLIER_THRESHOLD_M
 
     def __post_init__(self) -> None:
         if self.checkpoint_dir == DEFAULT_CHECKPOINT:
@@ -184,6 +192,9 @@ class WorldModelConfig:
         if self.dtype in ("bfloat16", "float16") and self.resolved_device().type == "cpu":
             _fail("dtype", self.dtype, "float32 or auto on cpu (half precision is for cuda)")
         self.metric_lift_config()  # validates the metric_* fields
+        if not (math.isfinite(self.metric_anchor_inlier_threshold_m) and self.metric_anchor_inlier_threshold_m > 0):
+            _fail("metric_anchor_inlier_threshold_m", self.metric_anchor_inlier_threshold_m,
+                  "a finite number > 0 (metres)")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -198,6 +209,10 @@ class WorldModelConfig:
             good_inlier_fraction=self.metric_good_inlier_fraction, good_residual_m=self.metric_good_residual_m,
             ransac_iterations=self.metric_ransac_iterations, seed=self.seed,
         )
+
+    def anchor_lift_config(self) -> MetricLiftConfig:
+        """The lift's configuration for a fit anchored on measured depth (``metric_anchor_inlier_threshold_m``)."""
+        return dataclasses.replace(self.metric_lift_config(), inlier_threshold_m=self.metric_anchor_inlier_threshold_m)
 
     def resolved_device(self) -> torch.device:
         """``device`` with "auto" resolved (cuda if available, else cpu)."""

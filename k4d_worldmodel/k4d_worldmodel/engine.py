@@ -29,11 +29,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from k4d_kinematics.camera import PinholeCamera
+from k4d_kinematics.camera import PinholeCamera, resize_nearest
 from k4d_kinematics.sequence import PointmapSequenceData
 
 from .config import CFG_MODES, SCHEDULERS, WorldModelConfig
-from .lifting import MetricLift, lift_pointmaps
+from .lifting import MetricLift, lift_pointmaps, lift_pointmaps_anchored
 from .pipelines.pipeline_k4d import K4DCancelled, K4DPipeline, make_scheduler
 
 STAGES = ("queued", "preparing", "denoising", "decoding", "lifting")
@@ -98,11 +98,16 @@ class ImagineRequest:
         image: `(H, W, 3)` uint8 RGB, the first camera frame, exactly the model's H x W.
         sequence: the robot conditioning ([`PointmapSequenceData`]: xyz metres, camera optical frame).
         sampling: overrides of the configured sampling defaults.
+        anchor_depth: optional `(H, W)` float depth in metres of the first frame, registered to ``image`` (same
+            pixels; NaN or 0 where unknown), e.g. an RGB-D camera's aligned depth. When the lift on the robot
+            pixels fails, the output is lifted again with this frame's back-projected depth as anchor
+            (``lifting.lift_pointmaps_anchored``; inlier distance ``metric_anchor_inlier_threshold_m``).
     """
 
     image: np.ndarray
     sequence: PointmapSequenceData
     sampling: SamplingOverrides = field(default_factory=SamplingOverrides)
+    anchor_depth: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -116,6 +121,7 @@ class ImagineResult:
         xyz01: `(T, H, W, 3)` float32, the normalised output before lifting.
         metric: True when the metric lift succeeded (``lift.quality`` "good" or "poor").
         lift: the fitted per-axis affine map and its quality ([`MetricLift`]).
+        anchored: the lift was fitted with the request's ``anchor_depth`` (the robot-pixel fit had failed).
         robot_mask: `(T, H, W)` bool robot pixels of the condition.
         sampling: the settings actually used (seed included).
         timings: seconds: ``encode_s``, ``denoise_s``, ``decode_s``, ``total_s`` (the pipeline), ``lift_s``,
@@ -137,6 +143,12 @@ class ImagineResult:
     sequence: PointmapSequenceData
     robot_xyz_lo: np.ndarray
     robot_xyz_hi: np.ndarray
+    anchored: bool = False
+
+    @property
+    def metric_quality(self) -> str:
+        """``lift.quality``, prefixed ``anchored_`` when the depth anchor made the fit."""
+        return f"anchored_{self.lift.quality}" if self.anchored else self.lift.quality
 
 
 # progress(stage, step, total_steps, elapsed_s, eta_s); stage in STAGES
@@ -313,9 +325,12 @@ class ImagineEngine:
             img = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
         if seq.num_frames > t and (t - 1) % 4 == 0 and not request.sampling.num_frames:
             seq = seq.select_frames(np.linspace(0, seq.num_frames - 1, t).round().astype(int))
+        depth = request.anchor_depth
+        if depth is not None and np.ndim(depth) == 2 and np.shape(depth) != (h, w):
+            depth = resize_nearest(np.asarray(depth), h, w)  # measured values only, like the robot pointmaps
         if (seq.camera.width, seq.camera.height) != (w, h):
             seq = seq.resized(w, h)
-        return dataclasses.replace(request, image=img, sequence=seq)
+        return dataclasses.replace(request, image=img, sequence=seq, anchor_depth=depth)
 
     def check_request(self, request: ImagineRequest) -> Sampling:
         """Check image, sequence and sampling against the loaded model; returns the resolved sampling.
@@ -332,6 +347,13 @@ class ImagineEngine:
             raise InvalidRequest(f"pointmaps camera is {cam.width}x{cam.height}, the model needs {w}x{h}")
         if seq.num_frames == 0:
             raise InvalidRequest("pointmaps is empty (no frames)")
+        if request.anchor_depth is not None:
+            depth = np.asarray(request.anchor_depth)
+            if depth.shape != (h, w) or not np.issubdtype(depth.dtype, np.floating):
+                raise InvalidRequest(f"anchor_depth must be a {w}x{h} float depth image (metres) registered to the "
+                                     f"initial image, got array {depth.shape} {depth.dtype}")
+            if np.isinf(depth).any() or (depth < 0).any():
+                raise InvalidRequest("anchor_depth has negative or infinite values (metres; NaN or 0 = unknown)")
         sampling = self.resolve_sampling(request.sampling, seq.num_frames)
         robot = np.isfinite(seq.xyz).all(-1) & (seq.link >= 0)
         if not robot.any():
@@ -397,6 +419,13 @@ class ImagineEngine:
         t_gen = time.perf_counter()
         report("lifting", total, total, t_gen - t0, 0.0)
         xyz, lift = lift_pointmaps(out.xyz, seq.xyz, out.robot_mask, self.config.metric_lift_config())
+        anchored = False
+        if not lift.metric and request.anchor_depth is not None:
+            depth = np.where(np.asarray(request.anchor_depth) > 0, request.anchor_depth, np.nan)
+            xyz_a, lift_a = lift_pointmaps_anchored(out.xyz, seq.camera.backproject(depth), seq.xyz, out.robot_mask,
+                                                    self.config.anchor_lift_config())
+            if lift_a.metric:
+                xyz, lift, anchored = xyz_a, lift_a, True
         t_end = time.perf_counter()
         timings = {**{k: float(v) for k, v in out.timings.items()},
                    "lift_s": t_end - t_gen, "generation_s": t_end - t0}
@@ -404,7 +433,8 @@ class ImagineEngine:
         self._tail_s = timings["decode_s"] + timings["lift_s"]
         return ImagineResult(rgb=out.rgb, xyz=xyz, xyz01=out.xyz, metric=lift.metric, lift=lift,
                              robot_mask=out.robot_mask, sampling=sampling, timings=timings, model_id=self.model_id,
-                             sequence=seq, robot_xyz_lo=out.robot_xyz_lo, robot_xyz_hi=out.robot_xyz_hi)
+                             sequence=seq, robot_xyz_lo=out.robot_xyz_lo, robot_xyz_hi=out.robot_xyz_hi,
+                             anchored=anchored)
 
 
 def free_accelerator_cache() -> None:
@@ -419,7 +449,8 @@ def summary_dict(result: ImagineResult) -> dict:
     return {"model_id": result.model_id, "steps": s.num_inference_steps, "guidance": s.guidance_scale,
             "seed": s.seed, "seed_drawn": s.seed_drawn, "num_frames": s.num_frames, "scheduler": s.scheduler,
             "cfg_mode": s.cfg_mode, "robot_xyz_lo_m": result.robot_xyz_lo.tolist(),
-            "robot_xyz_hi_m": result.robot_xyz_hi.tolist(), "metric_lift": result.lift.to_dict(), **result.timings}
+            "robot_xyz_hi_m": result.robot_xyz_hi.tolist(), "metric_lift": result.lift.to_dict(),
+            "metric_anchored": result.anchored, **result.timings}
 
 
 __all__ = ["ImagineEngine", "ImagineRequest", "ImagineResult", "SamplingOverrides", "Sampling", "InvalidRequest",

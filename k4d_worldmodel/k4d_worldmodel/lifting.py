@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .config import MetricLiftConfig
+from .config import ANCHOR_INLIER_THRESHOLD_M, MetricLiftConfig  # noqa: F401 (re-exported)
 
 QUALITIES = ("good", "poor", "failed")
 _MAX_SCORING_POINTS = 20000
@@ -166,14 +166,12 @@ def lift_pointmaps(
     return fit.apply(xyz01), fit
 
 
-# Inlier distance for the anchored lift: the small default model's normalised output spans a scene about 5 m
-# wide, so 1 % of its range is 5 cm, coarser than the robot-pixel lift's 2 cm (``MetricLiftConfig``).
-ANCHOR_INLIER_THRESHOLD_M = 0.08
 
 
 def lift_pointmaps_anchored(
     xyz01: np.ndarray, anchor_xyz_m: np.ndarray, robot_xyz_m: np.ndarray | None = None,
     mask: np.ndarray | None = None, config: MetricLiftConfig | None = None, anchor_frame: int = 0,
+    robot_share: float = 0.25,
 ) -> tuple[np.ndarray, MetricLift]:
     """Lift with a measured metric pointmap of one frame as extra anchor: ``(xyz_m, fit)`` as [`lift_pointmaps`].
 
@@ -183,7 +181,10 @@ def lift_pointmaps_anchored(
     the conditioning frame's depth, back-projected (an RGB-D camera in shadow mode, the simulator's depth
     offline). The generated frame ``anchor_frame`` is imagined from the RGB image alone. The fit is the same
     robust fit over the anchor's pixels and the robot pixels together, with the same thresholds. A frame whose
-    imagined geometry disagrees with the measurement therefore still fails.
+    imagined geometry disagrees with the measurement therefore still fails. The robot pixels of all frames are
+    thinned (evenly) to at most ``robot_share`` times the anchor's measured pixels: the measurement must carry
+    the fit, otherwise a robot that the generated geometry does not match can win the consensus with a
+    degenerate map.
 
     Args:
         xyz01: `(T, H, W, 3)` generated normalised pointmap.
@@ -207,7 +208,12 @@ def lift_pointmaps_anchored(
         sel = np.isfinite(robot_xyz_m).all(-1)
         if mask is not None:
             sel &= np.asarray(mask, dtype=bool)
-        g.append(xyz01[sel].reshape(-1, 3))
-        m.append(robot_xyz_m[sel].reshape(-1, 3))
+        g_r, m_r = xyz01[sel].reshape(-1, 3), robot_xyz_m[sel].reshape(-1, 3)
+        cap = int(robot_share * np.isfinite(m[0]).all(-1).sum())
+        if len(g_r) > cap:
+            keep = np.linspace(0, len(g_r) - 1, cap).round().astype(int) if cap > 0 else np.zeros(0, int)
+            g_r, m_r = g_r[keep], m_r[keep]
+        g.append(g_r)
+        m.append(m_r)
     fit = fit_metric_lift(np.concatenate(g), np.concatenate(m), None, config)
     return fit.apply(xyz01), fit

@@ -128,3 +128,50 @@ def test_adapt_inputs_fits_larger_and_longer_requests_to_the_model(model_dir, re
     assert res.rgb.shape == (t, h, w, 3) and res.sequence.camera.width == w
     direct = eng.run(request_)
     np.testing.assert_array_equal(res.rgb, direct.rgb)  # the same request once fitted: the same rollout
+
+
+def test_depth_anchor_lifts_when_the_robot_pixels_cannot(engine, request_, monkeypatch):
+    """The generated geometry is a corrugated surface that the robot pixels do not lie on, so the robot-pixel fit
+    fails; the first frame's measured depth of it (``anchor_depth``) then fixes the per-clip affine exactly."""
+    t, h, w = engine.geometry
+    cam = request_.sequence.camera
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    depth = (1.5 + 0.4 * np.sin(u / 2.0) + 0.01 * v).astype(np.float32)
+    metric = np.repeat(cam.backproject(depth)[None], t, 0).astype(np.float64)
+    lo, hi = metric.min(axis=(0, 1, 2)), metric.max(axis=(0, 1, 2))
+    xyz01 = ((metric - lo) / (hi - lo)).astype(np.float32)
+    pipe_cls = type(engine.pipe)
+    original = pipe_cls.__call__
+
+    def generate_plane(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.xyz = xyz01
+        return out
+
+    monkeypatch.setattr(pipe_cls, "__call__", generate_plane)
+    plain = engine.run(request_)
+    assert not plain.metric and plain.metric_quality == "failed" and not plain.anchored
+    holes = depth.copy()
+    holes[:3] = np.nan  # unknown depth is skipped
+    holes[3:5] = 0.0
+    res = engine.run(ImagineRequest(request_.image, request_.sequence, anchor_depth=holes))
+    # the robot pixels (all outliers here, and more numerous than the anchor's) are thinned so that the
+    # measurement carries the fit; without that they won it with a flat, wrong z scale
+    assert res.metric and res.anchored and res.metric_quality == "anchored_good"
+    np.testing.assert_allclose(res.lift.scale, hi - lo, rtol=1e-4)
+    np.testing.assert_allclose(res.xyz[-1], metric[-1], atol=1e-4)
+    # a depth that contradicts the generated geometry does not lift (nothing silently wrong)
+    wrong = np.random.default_rng(0).uniform(0.3, 4.0, (h, w)).astype(np.float32)
+    bad = engine.run(ImagineRequest(request_.image, request_.sequence, anchor_depth=wrong))
+    assert not bad.metric and not bad.anchored
+
+
+@pytest.mark.parametrize("depth, words", [
+    (np.ones((4, 4), np.float32), "anchor_depth must be a 48x32"),
+    (np.ones((32, 48), np.int32), "anchor_depth must be a 48x32"),
+    (np.full((32, 48), -1.0, np.float32), "negative or infinite"),
+    (np.full((32, 48), np.inf, np.float32), "negative or infinite"),
+])
+def test_bad_anchor_depth_is_refused_by_name(engine, request_, depth, words):
+    with pytest.raises(InvalidRequest, match=words):
+        engine.check_request(ImagineRequest(request_.image, request_.sequence, anchor_depth=depth))

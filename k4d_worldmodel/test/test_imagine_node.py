@@ -341,3 +341,30 @@ def test_in_process_retry_configure_out_of_memory_then_success(ros, model_dir, i
             thread.join(timeout=5.0)
             client_node.destroy_node()
             node.destroy_node()
+
+
+def test_in_process_preview_depth_anchor_input(ros, model_dir):
+    """depth_topic: the latest registered depth becomes the preview's anchor (metres, holes NaN); a depth of the
+    wrong encoding or size is reported by name and the preview goes on without an anchor (not dropped)."""
+    from k4d_worldmodel.ros.imagine_node import ImagineNode
+
+    node = ImagineNode("k4d_imagine_depth", parameter_overrides=[
+        Parameter("checkpoint_dir", value=str(model_dir)), Parameter("device", value="cpu"),
+        Parameter("action_name", value="/k4d/imagine_depth"), Parameter("preview", value=True),
+        Parameter("depth_topic", value="/test/depth")])
+    try:
+        rgb = np.zeros((32, 48, 3), np.uint8)
+        assert node._preview_depth(rgb) is None  # nothing received yet
+        mm = np.full((32, 48), 1500, np.uint16)
+        mm[0, 0] = 0
+        node._on_depth(numpy_to_image(mm, "16UC1"))
+        depth = node._preview_depth(rgb)
+        assert depth.dtype == np.float32 and depth[1, 1] == pytest.approx(1.5) and np.isnan(depth[0, 0])
+        dropped = node.stats.dropped
+        node._on_depth(numpy_to_image(np.ones((16, 24), np.float32), "32FC1"))
+        assert node._preview_depth(rgb) is None and "register the depth" in node.stats.last_error
+        node._on_depth(numpy_to_image(np.zeros((32, 48, 3), np.uint8), "rgb8"))
+        assert node._preview_depth(rgb) is None and "expected a depth image" in node.stats.last_error
+        assert node.stats.dropped == dropped
+    finally:
+        node.destroy_node()

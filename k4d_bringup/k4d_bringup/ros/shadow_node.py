@@ -65,7 +65,7 @@ from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS
 RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
 _STATUS = {"ok": 0, "skipped": 1, "failed_to_evaluate": 2}
-_QUALITY = {0: "unknown", 1: "good", 2: "poor", 3: "failed"}
+_QUALITY = {0: "unknown", 1: "good", 2: "poor", 3: "failed", 4: "anchored_good", 5: "anchored_poor"}
 
 
 def _nan(v) -> float:

@@ -74,10 +74,10 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import Header
 
 from k4d_kinematics.config import RobotCameraConfig, param_doc
-from k4d_kinematics.ros.conversions import (camera_info_to_camera, camera_to_camera_info, duration_from_seconds,
-                                            image_to_numpy, joint_trajectory_to_data, msg_to_pointmap_sequence,
-                                            numpy_to_image, pointmap_sequence_to_msg, rgb_from_image, time_from_ns,
-                                            time_to_ns, xyz_to_pointcloud2)
+from k4d_kinematics.ros.conversions import (camera_info_to_camera, camera_to_camera_info, depth_from_image,
+                                            duration_from_seconds, image_to_numpy, joint_trajectory_to_data,
+                                            msg_to_pointmap_sequence, numpy_to_image, pointmap_sequence_to_msg,
+                                            rgb_from_image, time_from_ns, time_to_ns, xyz_to_pointcloud2)
 from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStats
 from k4d_kinematics.ros.node_logic import (JointStateMerger, ThrottledLog, complete_trajectory, first_line,
                                            resolve_camera_frame)
@@ -91,7 +91,8 @@ from k4d_worldmodel.engine import (EngineOutOfMemory, ImagineEngine, ImagineRequ
 
 PUBLISH_FRAMES = ("last", "all")
 QUALITY = {"good": ImaginedRollout.QUALITY_GOOD, "poor": ImaginedRollout.QUALITY_POOR,
-           "failed": ImaginedRollout.QUALITY_FAILED}
+           "failed": ImaginedRollout.QUALITY_FAILED, "anchored_good": ImaginedRollout.QUALITY_ANCHORED_GOOD,
+           "anchored_poor": ImaginedRollout.QUALITY_ANCHORED_POOR}
 R = Imagine.Result
 
 
@@ -113,6 +114,9 @@ class ImagineNodeConfig(WorldModelConfig, RobotCameraConfig):
         "Imagine every PointmapSequence on plan_topic from the latest image on image_topic (latest wins).", True))
     image_topic: str = field(default="/camera/color/image_raw", metadata=_doc(
         "Camera colour image for previews (rgb8/bgr8/rgba8/bgra8/mono8; the model's size).", True))
+    depth_topic: str = field(default="", metadata=_doc(
+        "Depth image registered to image_topic (32FC1 metres or 16UC1 millimetres) for previews: when the lift "
+        "on the robot pixels fails, the latest depth anchors it (ImagineRequest.anchor_depth). '' = none.", True))
     plan_topic: str = field(default="k4d/plan_pointmaps", metadata=_doc(
         "k4d_msgs/PointmapSequence to preview (plan_node's output).", True))
     rgb_topic: str = field(default="k4d/imagined/rgb", metadata=_doc("Imagined frames (Image rgb8).", True))
@@ -197,7 +201,7 @@ def rollout_to_msg(result: ImagineResult, request_id: str = "",
                for t, h in enumerate(frame_headers)]
     lift = result.lift
     msg.metric = bool(result.metric)
-    msg.metric_quality = QUALITY[lift.quality]
+    msg.metric_quality = QUALITY[result.metric_quality]
     msg.metric_residual_m = float(lift.residual_m) if result.metric else float("nan")
     scale, offset = (lift.scale, lift.offset) if result.metric else (np.ones(3), np.zeros(3))
     msg.metric_affine = [float(v) for pair in zip(scale, offset) for v in pair]
@@ -284,6 +288,7 @@ class ImagineNode(LifecycleNode):
         self._joints = JointStateMerger()
         self._camera_msg: Optional[CameraInfo] = None
         self._latest_image: Optional[Image] = None
+        self._latest_depth: Optional[Image] = None
         self._description = None
         self._extrinsics = None
         self._renderer, self._renderer_key = None, None
@@ -295,6 +300,8 @@ class ImagineNode(LifecycleNode):
             self._kinematics()  # subscribe now: the description is latched
         if cfg.preview:
             self.create_subscription(Image, cfg.image_topic, self._on_image, SENSOR_QOS, callback_group=self._cb)
+            if cfg.depth_topic:
+                self.create_subscription(Image, cfg.depth_topic, self._on_depth, SENSOR_QOS, callback_group=self._cb)
             self.create_subscription(PointmapSequence, cfg.plan_topic, self._on_plan, RELIABLE_QOS,
                                      callback_group=self._cb)
         # 4. The action server (always up, so that refusals carry an error code) and the queue timer
@@ -470,6 +477,27 @@ class ImagineNode(LifecycleNode):
     def _on_image(self, msg: Image) -> None:
         self._latest_image = msg
 
+    def _on_depth(self, msg: Image) -> None:
+        self._latest_depth = msg
+
+    def _preview_depth(self, rgb: np.ndarray) -> Optional[np.ndarray]:
+        """The latest depth image in metres for a preview's anchor, or None (none yet, or unusable: reported; the
+        preview then runs without an anchor)."""
+        msg = self._latest_depth
+        if msg is None:
+            return None
+        try:
+            depth = depth_from_image(msg)
+        except ValueError as exc:
+            self._report(f"{self.cfg.depth_topic}: {exc}; preview lifted without a depth anchor", dropped=False)
+            return None
+        if depth.shape != rgb.shape[:2]:
+            self._report(f"{self.cfg.depth_topic}: depth is {depth.shape[1]}x{depth.shape[0]} but the image is "
+                         f"{rgb.shape[1]}x{rgb.shape[0]} (register the depth to the colour camera); preview lifted "
+                         "without a depth anchor", dropped=False)
+            return None
+        return depth
+
     def _kinematics(self):
         """(DescriptionSource, ExtrinsicsSource), built at the first trajectory goal (or at start for 'topic')."""
         if self._description is None:
@@ -557,7 +585,8 @@ class ImagineNode(LifecycleNode):
             seq = msg_to_pointmap_sequence(msg)
             if seq.stamp_ns == 0:
                 seq.stamp_ns = self.get_clock().now().nanoseconds
-            request = ImagineRequest(image=rgb, sequence=seq, sampling=SamplingOverrides())
+            request = ImagineRequest(image=rgb, sequence=seq, sampling=SamplingOverrides(),
+                                     anchor_depth=self._preview_depth(rgb))
             sampling = engine.check_request(request)
         except Exception as exc:  # noqa: BLE001 - bad input is reported and dropped
             self._report(f"preview of {self.cfg.plan_topic} dropped: {first_line(exc)}")
@@ -762,7 +791,7 @@ class ImagineNode(LifecycleNode):
         self.stats.record(self.last_generation_s)
         self.get_logger().info(
             f"{label}: {result.sampling.num_frames} frames, {result.sampling.num_inference_steps} steps, seed "
-            f"{result.sampling.seed}, {self.last_generation_s:.2f} s, metric lift {result.lift.quality}")
+            f"{result.sampling.seed}, {self.last_generation_s:.2f} s, metric lift {result.metric_quality}")
         job.finish(Outcome(R.ERROR_NONE, "", rollout))
 
 
