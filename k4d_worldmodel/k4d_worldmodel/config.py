@@ -130,6 +130,10 @@ class WorldModelConfig:
             area-resized, the robot pointmaps nearest-resized (camera intrinsics scaled with them) and, from a
             longer sequence, the model's number of frames is taken evenly spaced (first and last kept). The
             rollout then comes at the model's size and camera. False (default): such requests are refused.
+        compose_static, compose_margin_px: composite the rollout onto the measured first frame
+            (``composite.composite_static``): only pixels the robot covers at frame 0 or at frame t (grown by
+            ``compose_margin_px``) keep the model's output; the rest keeps the first frame's colour and, with a
+            request's ``anchor_depth``, its measured geometry. A prior that hides changes far from the robot.
         lora_mode: "fuse" the released LoRA into the weights (as the release) or keep it as a "peft" adapter.
         lora_rank, lora_alpha: released LoRA hyper-parameters (r 64, alpha 32 -> scale 0.5).
         metric_*: [`MetricLiftConfig`] fields; ``metric_anchor_inlier_threshold_m`` is the inlier distance of the
@@ -153,6 +157,8 @@ class WorldModelConfig:
     cfg_mode: str = "correct"
     batch_cfg: bool = True
     adapt_inputs: bool = False
+    compose_static: bool = False
+    compose_margin_px: int = 2
     lora_mode: str = "fuse"
     lora_rank: int = 64
     lora_alpha: float = 32.0
@@ -179,6 +185,11 @@ class WorldModelConfig:
             _fail("num_inference_steps", self.num_inference_steps, "an integer >= 1")
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
             _fail("guidance_scale", self.guidance_scale, "a finite number >= 0")
+        if not isinstance(self.compose_static, bool):
+            _fail("compose_static", self.compose_static, "true or false")
+        if isinstance(self.compose_margin_px, bool) or not isinstance(self.compose_margin_px, int) or \
+                self.compose_margin_px < 0:
+            _fail("compose_margin_px", self.compose_margin_px, "an integer >= 0 (pixels)")
         if not isinstance(self.cuda_graphs, bool):
             _fail("cuda_graphs", self.cuda_graphs, "true or false")
         if not isinstance(self.seed, int):

@@ -33,6 +33,7 @@ from k4d_kinematics.camera import PinholeCamera, resize_nearest
 from k4d_kinematics.sequence import PointmapSequenceData
 
 from .config import CFG_MODES, SCHEDULERS, WorldModelConfig
+from .composite import composite_static
 from .lifting import MetricLift, lift_pointmaps, lift_pointmaps_anchored
 from .pipelines.pipeline_k4d import K4DCancelled, K4DPipeline, make_scheduler
 
@@ -122,6 +123,8 @@ class ImagineResult:
         metric: True when the metric lift succeeded (``lift.quality`` "good" or "poor").
         lift: the fitted per-axis affine map and its quality ([`MetricLift`]).
         anchored: the lift was fitted with the request's ``anchor_depth`` (the robot-pixel fit had failed).
+        composited: ``rgb`` (and, when metric with an ``anchor_depth``, ``xyz``) were composited onto the first
+            frame (``WorldModelConfig.compose_static``); ``xyz01`` stays the model's raw output.
         robot_mask: `(T, H, W)` bool robot pixels of the condition.
         sampling: the settings actually used (seed included).
         timings: seconds: ``encode_s``, ``denoise_s``, ``decode_s``, ``total_s`` (the pipeline), ``lift_s``,
@@ -144,6 +147,7 @@ class ImagineResult:
     robot_xyz_lo: np.ndarray
     robot_xyz_hi: np.ndarray
     anchored: bool = False
+    composited: bool = False
 
     @property
     def metric_quality(self) -> str:
@@ -426,15 +430,25 @@ class ImagineEngine:
                                                     self.config.anchor_lift_config())
             if lift_a.metric:
                 xyz, lift, anchored = xyz_a, lift_a, True
+        rgb = out.rgb
+        if self.config.compose_static:
+            first_xyz = None
+            if lift.metric and request.anchor_depth is not None:
+                first_xyz = seq.camera.backproject(np.where(np.asarray(request.anchor_depth) > 0,
+                                                            request.anchor_depth, np.nan))
+            rgb, xyz_c = composite_static(out.rgb, request.image, out.robot_mask, xyz if lift.metric else None,
+                                          first_xyz, seq.xyz, self.config.compose_margin_px)
+            if xyz_c is not None:
+                xyz = xyz_c
         t_end = time.perf_counter()
         timings = {**{k: float(v) for k, v in out.timings.items()},
                    "lift_s": t_end - t_gen, "generation_s": t_end - t0}
         self._step_s = timings["denoise_s"] / max(total, 1)
         self._tail_s = timings["decode_s"] + timings["lift_s"]
-        return ImagineResult(rgb=out.rgb, xyz=xyz, xyz01=out.xyz, metric=lift.metric, lift=lift,
+        return ImagineResult(rgb=rgb, xyz=xyz, xyz01=out.xyz, metric=lift.metric, lift=lift,
                              robot_mask=out.robot_mask, sampling=sampling, timings=timings, model_id=self.model_id,
                              sequence=seq, robot_xyz_lo=out.robot_xyz_lo, robot_xyz_hi=out.robot_xyz_hi,
-                             anchored=anchored)
+                             anchored=anchored, composited=self.config.compose_static)
 
 
 def free_accelerator_cache() -> None:
@@ -450,7 +464,7 @@ def summary_dict(result: ImagineResult) -> dict:
             "seed": s.seed, "seed_drawn": s.seed_drawn, "num_frames": s.num_frames, "scheduler": s.scheduler,
             "cfg_mode": s.cfg_mode, "robot_xyz_lo_m": result.robot_xyz_lo.tolist(),
             "robot_xyz_hi_m": result.robot_xyz_hi.tolist(), "metric_lift": result.lift.to_dict(),
-            "metric_anchored": result.anchored, **result.timings}
+            "metric_anchored": result.anchored, "composited": result.composited, **result.timings}
 
 
 __all__ = ["ImagineEngine", "ImagineRequest", "ImagineResult", "SamplingOverrides", "Sampling", "InvalidRequest",

@@ -34,8 +34,10 @@ sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps``
 
 Methods in the same run: ``k4d`` (the model, CFG per ``--guidance``, ``cfg_mode="correct"``), ``no_robot`` (same
 model and noise, robot condition removed in every pass: the pipeline's unconditional path), ``copy_first`` (the
-world stays still: first RGB frame and first world pointmap repeated). The joint-vector embedding ablation is not
-implemented. Output: ``metrics.json``, ``report.md``, ``report.html`` and side-by-side MP4s ``videos/<name>.mp4``
+world stays still: first RGB frame and first world pointmap repeated) and ``k4d_static`` (the same k4d rollout,
+composited onto the measured first frame by ``composite.composite_static``: only pixels the robot covers at frame
+0 or t, grown by 2 px, keep the model's output, the kinematic robot pointmap replaces the robot's pixels; no extra
+model run). The joint-vector embedding ablation is not implemented. Output: ``metrics.json``, ``report.md``, ``report.html`` and side-by-side MP4s ``videos/<name>.mp4``
 (top: GT | k4d | copy-first RGB; bottom: their depth, same colour scale).
 """
 from __future__ import annotations
@@ -54,8 +56,9 @@ import torch
 from k4d_kinematics.overlay import depth_colormap
 
 from . import metrics as M
+from .composite import composite_static
 
-METHODS = ("k4d", "no_robot", "copy_first")
+METHODS = ("k4d", "k4d_static", "no_robot", "copy_first")
 
 
 # --------------------------------------------------------------------------------------------- object track
@@ -454,6 +457,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
         if "no_robot" in methods:
             with robot_condition_removed(pipe):
                 outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg)
+        if "k4d_static" in methods:
+            robot_mask = np.isfinite(clip["robot_xyz"]).all(-1)
+            rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], robot_mask, xyz_m, clip["world_xyz"][0],
+                                            clip["robot_xyz"])
+            outputs["k4d_static"] = (rgb_s, xyz_s, {**extra, "composited": True})
         if "copy_first" in methods:
             T = clip["rgb"].shape[0]
             outputs["copy_first"] = (np.repeat(clip["rgb"][:1], T, 0), np.repeat(clip["world_xyz"][:1], T, 0),

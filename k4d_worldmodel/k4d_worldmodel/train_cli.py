@@ -28,9 +28,9 @@ def _run_train_vae(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, print_summary
+    from .evaluate import METHODS, evaluate, print_summary
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or list(METHODS)
     result = evaluate(args.checkpoint, args.data, args.out, split=args.split, heldout_fraction=args.heldout_fraction,
                       split_seed=args.split_seed, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       max_episodes=args.max_episodes, methods=methods, videos=args.videos,
@@ -70,7 +70,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale; <= 1 = conditional only (default 1)")
     p.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
     p.add_argument("--max-episodes", type=int, default=None, help="evaluate at most N episodes")
-    p.add_argument("--methods", default="k4d,no_robot,copy_first", help="comma list (default all)")
+    p.add_argument("--methods", default="", help="comma list of k4d, k4d_static, no_robot, copy_first "
+                   "(default: all)")
     p.add_argument("--videos", type=int, default=4, help="side-by-side MP4s to write (default 4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")

@@ -51,7 +51,7 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
 
     r = evaluate("tiny-random", synth, tmp_path, split="all", steps=2, pipe=pmcond_pipe, videos=1, progress=False)
     s = r["summary"]
-    assert s["episodes"] == 2 and set(s["methods"]) == {"k4d", "no_robot", "copy_first"}
+    assert s["episodes"] == 2 and set(s["methods"]) == {"k4d", "k4d_static", "no_robot", "copy_first"}
     assert s["success"]["gt_4d_agreement_with_sim"] == 1.0
     assert s["success"]["copy_first"]["overall"] == 0.0  # nothing moves -> the push never succeeds
     assert s["success"]["sim_overall"] == 0.5
