@@ -64,3 +64,18 @@ def test_replaced_parameter_records_a_new_graph():
     pipe.cuda_graphs = False
     eager = pipe(**inp, num_inference_steps=2, seed=0)
     torch.testing.assert_close(out.latents, eager.latents, rtol=0, atol=0)
+
+
+@cuda
+def test_cpu_offload_stays_eager():
+    """With accelerate's offload hooks the weights move between calls: no graph is recorded, results are eager's."""
+    pipe = build_tiny_pipeline("pmcond")
+    pipe.set_progress_bar_config(disable=True)
+    inp = tiny_inputs(pipe)
+    pipe.enable_model_cpu_offload()
+    pipe.cuda_graphs = True
+    graphed = pipe(**inp, num_inference_steps=2, seed=0)
+    assert "_graphs" not in pipe.__dict__
+    pipe.cuda_graphs = False
+    eager = pipe(**inp, num_inference_steps=2, seed=0)
+    np.testing.assert_array_equal(graphed.rgb, eager.rgb)

@@ -454,8 +454,11 @@ class K4DPipeline(DiffusionPipeline):
     def _transformer_graph(self, latent_in: torch.Tensor, t: torch.Tensor, image_tokens: torch.Tensor,
                            robot_condition: torch.Tensor, scales: list[tuple[float, float]]) -> TransformerGraph | None:
         """The recorded graph for this rollout's shapes (made on first use), its condition buffers filled; None
-        when recording failed (the rollout then runs eagerly; the reason is logged once)."""
+        when recording failed (the rollout then runs eagerly; the reason is logged once) or when accelerate
+        offload hooks manage the transformer (``enable_model_cpu_offload``)."""
         tr = self.transformer
+        if getattr(tr, "_hf_hook", None) is not None:  # CPU offload hooks move weights between calls: stay eager
+            return None
         base = (tuple(latent_in.shape), tuple(image_tokens.shape), tuple(robot_condition.shape), latent_in.dtype,
                 id(tr.__dict__.get("forward")), tuple(p.data_ptr() for p in tr.parameters()))
         state = self.__dict__.setdefault("_graphs", {"base": None, "graphs": {}, "failed": False, "condition": {}})
