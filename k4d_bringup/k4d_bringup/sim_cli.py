@@ -252,7 +252,9 @@ class GraphWatcher:
             # lz4: a 360x240 graph is ~60 MB/s of images and clouds; zstd costs a third of a core more.
             # Deeper queues than SENSOR_QOS absorb the bursts while a chunk is compressed.
             self.recorder = McapRecorder(record_path, compression="lz4")
-            self.recorder.subscribe(node, [(t, c, _deeper(q)) for t, c, q in recorded_topics()])
+            # /joint_states: 250 Hz, so 50 messages are only 0.2 s; 1000 (4 s, 0.3 MB) ride out a busy moment
+            self.recorder.subscribe(node, [(t, c, _deeper(q, 1000 if t == "/joint_states" else 50))
+                                           for t, c, q in recorded_topics()])
         node.create_subscription(JointState, "/joint_states", lambda _m: self.first_joint_state.set(), SENSOR_QOS,
                                  raw=True)
 

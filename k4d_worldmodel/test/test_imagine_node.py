@@ -357,7 +357,9 @@ def test_in_process_preview_depth_anchor_input(ros, model_dir):
         assert node._preview_depth(rgb) is None  # nothing received yet
         mm = np.full((32, 48), 1500, np.uint16)
         mm[0, 0] = 0
-        node._on_depth(numpy_to_image(mm, "16UC1"))
+        from rclpy.serialization import serialize_message
+
+        node._on_depth(serialize_message(numpy_to_image(mm, "16UC1")))  # as the raw subscription delivers it
         depth = node._preview_depth(rgb)
         assert depth.dtype == np.float32 and depth[1, 1] == pytest.approx(1.5) and np.isnan(depth[0, 0])
         dropped = node.stats.dropped
@@ -365,6 +367,8 @@ def test_in_process_preview_depth_anchor_input(ros, model_dir):
         assert node._preview_depth(rgb) is None and "register the depth" in node.stats.last_error
         node._on_depth(numpy_to_image(np.zeros((32, 48, 3), np.uint8), "rgb8"))
         assert node._preview_depth(rgb) is None and "expected a depth image" in node.stats.last_error
+        node._on_depth(b"\x00\x01 not CDR")
+        assert node._preview_depth(rgb) is None and "preview lifted without a depth anchor" in node.stats.last_error
         assert node.stats.dropped == dropped
     finally:
         node.destroy_node()

@@ -287,8 +287,10 @@ class ImagineNode(LifecycleNode):
         self._cb = ReentrantCallbackGroup()
         self._joints = JointStateMerger()
         self._camera_msg: Optional[CameraInfo] = None
-        self._latest_image: Optional[Image] = None
-        self._latest_depth: Optional[Image] = None
+        # the latest camera image / depth as received (serialized bytes; decoded only when a preview needs them:
+        # decoding 30 Hz of images the node mostly drops would take CPU from the world model)
+        self._latest_image: Optional[bytes | Image] = None
+        self._latest_depth: Optional[bytes | Image] = None
         self._description = None
         self._extrinsics = None
         self._renderer, self._renderer_key = None, None
@@ -299,9 +301,11 @@ class ImagineNode(LifecycleNode):
         if cfg.description_source == "topic":
             self._kinematics()  # subscribe now: the description is latched
         if cfg.preview:
-            self.create_subscription(Image, cfg.image_topic, self._on_image, SENSOR_QOS, callback_group=self._cb)
+            self.create_subscription(Image, cfg.image_topic, self._on_image, SENSOR_QOS, callback_group=self._cb,
+                                     raw=True)
             if cfg.depth_topic:
-                self.create_subscription(Image, cfg.depth_topic, self._on_depth, SENSOR_QOS, callback_group=self._cb)
+                self.create_subscription(Image, cfg.depth_topic, self._on_depth, SENSOR_QOS, callback_group=self._cb,
+                                         raw=True)
             self.create_subscription(PointmapSequence, cfg.plan_topic, self._on_plan, RELIABLE_QOS,
                                      callback_group=self._cb)
         # 4. The action server (always up, so that refusals carry an error code) and the queue timer
@@ -475,22 +479,32 @@ class ImagineNode(LifecycleNode):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_msg = msg
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: bytes | Image) -> None:
         self._latest_image = msg
 
-    def _on_depth(self, msg: Image) -> None:
+    def _on_depth(self, msg: bytes | Image) -> None:
         self._latest_depth = msg
+
+    @staticmethod
+    def _decoded(msg: Optional[bytes | Image]) -> Optional[Image]:
+        """A received Image (serialized bytes from the raw subscriptions) as a message."""
+        if msg is None or isinstance(msg, Image):
+            return msg
+        from rclpy.serialization import deserialize_message
+
+        return deserialize_message(msg, Image)
 
     def _preview_depth(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         """The latest depth image in metres for a preview's anchor, or None (none yet, or unusable: reported; the
         preview then runs without an anchor)."""
-        msg = self._latest_depth
-        if msg is None:
-            return None
         try:
+            msg = self._decoded(self._latest_depth)
+            if msg is None:
+                return None
             depth = depth_from_image(msg)
-        except ValueError as exc:
-            self._report(f"{self.cfg.depth_topic}: {exc}; preview lifted without a depth anchor", dropped=False)
+        except Exception as exc:  # noqa: BLE001 - a bad depth message (encoding, bytes) only loses the anchor
+            self._report(f"{self.cfg.depth_topic}: {first_line(exc)}; preview lifted without a depth anchor",
+                         dropped=False)
             return None
         if depth.shape != rgb.shape[:2]:
             self._report(f"{self.cfg.depth_topic}: depth is {depth.shape[1]}x{depth.shape[0]} but the image is "
@@ -582,7 +596,7 @@ class ImagineNode(LifecycleNode):
             self._report(f"preview dropped: no camera image received on {self.cfg.image_topic} yet")
             return
         try:
-            rgb = rgb_from_image(image)
+            rgb = rgb_from_image(self._decoded(image))
             seq = msg_to_pointmap_sequence(msg)
             if seq.stamp_ns == 0:
                 seq.stamp_ns = self.get_clock().now().nanoseconds
