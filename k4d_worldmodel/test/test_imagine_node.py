@@ -89,10 +89,13 @@ def wait_for(predicate, timeout=20.0):
     return predicate()
 
 
-def make_goal(image, seq_msg, steps=3, seed=7, encoding="rgb8"):
+def make_goal(image, seq_msg, steps=3, seed=7, encoding="rgb8", depth=None):
     goal = Imagine.Goal()
     img = image if encoding == "rgb8" else image[..., 0]
     goal.initial_image = numpy_to_image(np.ascontiguousarray(img), encoding)
+    if depth is not None:
+        enc = {np.dtype(np.float32): "32FC1", np.dtype(np.uint16): "16UC1"}.get(depth.dtype, "rgb8")
+        goal.initial_depth = numpy_to_image(np.ascontiguousarray(depth), enc)
     goal.condition_type = Imagine.Goal.CONDITION_POINTMAPS
     goal.pointmaps = seq_msg
     goal.sampling.num_inference_steps = steps
@@ -237,6 +240,8 @@ def test_bad_goals_are_aborted_with_a_reason_and_the_node_keeps_serving(node_pro
         (make_goal(np.zeros((16, 24, 3), np.uint8), seq_msg), "initial_image is 24x16"),
         (make_goal(image, seq_msg, encoding="mono8"), "initial_image.encoding"),
         (make_goal(image, empty), "pointmaps: PointmapSequence is empty"),
+        (make_goal(image, seq_msg, depth=np.ones((16, 24), np.float32)), "initial_depth is 24x16"),
+        (make_goal(image, seq_msg, depth=np.ones((32, 48, 3), np.uint8)), "initial_depth: expected a depth image"),
     ]
     for goal, words in cases:
         status, res = Sent(graph.client, goal).result(10.0)
@@ -244,6 +249,11 @@ def test_bad_goals_are_aborted_with_a_reason_and_the_node_keeps_serving(node_pro
         assert words in res.error_message
     status, res = Sent(graph.client, make_goal(image, seq_msg, steps=2)).result()
     assert status == GoalStatus.STATUS_SUCCEEDED and res.success
+    # a registered depth of the right size is accepted (millimetres, 0 = unknown)
+    mm = np.full(image.shape[:2], 1200, np.uint16)
+    mm[:2] = 0
+    status, res = Sent(graph.client, make_goal(image, seq_msg, steps=2, depth=mm)).result()
+    assert status == GoalStatus.STATUS_SUCCEEDED and res.success, res.error_message
 
 
 def test_trajectory_goal_is_projected_with_the_node_kinematics(node_proc, inputs):

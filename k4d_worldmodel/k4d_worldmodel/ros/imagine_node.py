@@ -15,7 +15,8 @@ response: every goal is accepted and a refusal is an *aborted* goal whose result
 message naming the problem, so a client always learns why:
   ERROR_NOT_ACTIVE   the node is not active;
   ERROR_QUEUE_FULL   ``queue_size`` goals already wait while one runs (see the queue policy);
-  ERROR_INVALID_GOAL wrong initial_image encoding (rgb8/bgr8 only) or size, empty/malformed pointmaps or
+  ERROR_INVALID_GOAL wrong initial_image encoding (rgb8/bgr8 only) or size, initial_depth of another size or
+  encoding, empty/malformed pointmaps or
                      trajectory, bad sampling (num_frames not 4k+1 or not the model's, unknown scheduler);
   ERROR_CANCELED     cancelled by the client: a waiting goal at once, a running one between denoising steps;
   ERROR_OUT_OF_MEMORY the accelerator ran out of memory; the cache is emptied and the node keeps serving;
@@ -176,6 +177,19 @@ def goal_image(msg: Image, width: int, height: int) -> np.ndarray:
         return image_to_numpy(msg, "rgb8")
     except ValueError as exc:
         raise InvalidRequest(f"initial_image: {exc}") from None
+
+
+def goal_depth(msg: Image, image_shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """initial_depth -> (H, W) float32 metres (NaN unknown), None when empty; InvalidRequest naming the field."""
+    if not (msg.width and msg.height):
+        return None
+    if (msg.height, msg.width) != tuple(image_shape[:2]):
+        raise InvalidRequest(f"initial_depth is {msg.width}x{msg.height}, initial_image is "
+                             f"{image_shape[1]}x{image_shape[0]} (register the depth to the colour camera)")
+    try:
+        return depth_from_image(msg)
+    except ValueError as exc:
+        raise InvalidRequest(f"initial_depth: {exc}") from None
 
 
 def frame_stamp_ns(seq: PointmapSequenceData, t: int) -> int:
@@ -583,7 +597,8 @@ class ImagineNode(LifecycleNode):
         if seq.stamp_ns == 0:
             seq.stamp_ns = time_to_ns(goal.initial_image.header.stamp) or self.get_clock().now().nanoseconds
             condition = None  # re-encode with the stamp used
-        request = ImagineRequest(image=image, sequence=seq, sampling=overrides)
+        request = ImagineRequest(image=image, sequence=seq, sampling=overrides,
+                                 anchor_depth=goal_depth(goal.initial_depth, image.shape))
         return request, engine.check_request(request), condition
 
     def _on_plan(self, msg: PointmapSequence) -> None:
