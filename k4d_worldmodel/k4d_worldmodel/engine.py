@@ -424,18 +424,17 @@ class ImagineEngine:
         report("lifting", total, total, t_gen - t0, 0.0)
         xyz, lift = lift_pointmaps(out.xyz, seq.xyz, out.robot_mask, self.config.metric_lift_config())
         anchored = False
-        if not lift.metric and request.anchor_depth is not None:
-            depth = np.where(np.asarray(request.anchor_depth) > 0, request.anchor_depth, np.nan)
-            xyz_a, lift_a = lift_pointmaps_anchored(out.xyz, seq.camera.backproject(depth), seq.xyz, out.robot_mask,
+        first_xyz = None  # the measured first frame, metres (from anchor_depth; 0 and NaN depth = unknown)
+        if request.anchor_depth is not None:
+            depth = np.asarray(request.anchor_depth, dtype=np.float32)
+            first_xyz = seq.camera.backproject(np.where(depth > 0, depth, np.nan))
+        if not lift.metric and first_xyz is not None:
+            xyz_a, lift_a = lift_pointmaps_anchored(out.xyz, first_xyz, seq.xyz, out.robot_mask,
                                                     self.config.anchor_lift_config())
             if lift_a.metric:
                 xyz, lift, anchored = xyz_a, lift_a, True
         rgb = out.rgb
         if self.config.compose_static:
-            first_xyz = None
-            if lift.metric and request.anchor_depth is not None:
-                first_xyz = seq.camera.backproject(np.where(np.asarray(request.anchor_depth) > 0,
-                                                            request.anchor_depth, np.nan))
             rgb, xyz_c = composite_static(out.rgb, request.image, out.robot_mask, xyz if lift.metric else None,
                                           first_xyz, seq.xyz, self.config.compose_margin_px)
             if xyz_c is not None:
