@@ -79,3 +79,27 @@ def test_cpu_offload_stays_eager():
     pipe.cuda_graphs = False
     eager = pipe(**inp, num_inference_steps=2, seed=0)
     np.testing.assert_array_equal(graphed.rgb, eager.rgb)
+
+
+@cuda
+def test_peft_adapter_toggle_records_a_new_graph():
+    """Disabling an unfused peft adapter changes Python control flow, not storage: the graph must follow it."""
+    from k4d_worldmodel.loading import attach_lora_adapter
+    from k4d_worldmodel.tiny import random_lora_state_dict
+
+    pipe = build_tiny_pipeline("pmcond")
+    lora = random_lora_state_dict(pipe.transformer, rank=4, std=0.2)
+    attach_lora_adapter(pipe.transformer, {k.removeprefix("transformer."): v for k, v in lora.items()}, 4, 4.0)
+    pipe = pipe.to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    inp = tiny_inputs(pipe)
+    out = {}
+    for graphs in (False, True):
+        pipe.cuda_graphs = graphs
+        pipe.transformer.enable_adapters()
+        with_lora = pipe(**inp, num_inference_steps=2, seed=0).latents
+        pipe.transformer.disable_adapters()
+        out[graphs] = (with_lora, pipe(**inp, num_inference_steps=2, seed=0).latents)
+    assert not torch.equal(out[False][0], out[False][1])  # the adapter matters
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=0)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=0, atol=0)

@@ -451,16 +451,25 @@ class K4DPipeline(DiffusionPipeline):
         return torch.cat([m.repeat(1, 1, 1, 1, 2), torch.cat([rgb_latent, pm_latent], dim=-1)], dim=1)
 
     # ------------------------------------------------------------------------------------ CUDA graphs
-    def _transformer_graph(self, latent_in: torch.Tensor, t: torch.Tensor, image_tokens: torch.Tensor,
-                           robot_condition: torch.Tensor, scales: list[tuple[float, float]]) -> TransformerGraph | None:
-        """The recorded graph for this rollout's shapes (made on first use), its condition buffers filled; None
-        when recording failed (the rollout then runs eagerly; the reason is logged once) or when accelerate
-        offload hooks manage the transformer (``enable_model_cpu_offload``)."""
+    def _graph_base(self, latent_shape: tuple[int, ...], image_tokens: torch.Tensor,
+                    robot_condition: torch.Tensor) -> tuple | None:
+        """What a recorded graph depends on besides its input buffers: shapes, the forward in use, the parameters'
+        storage and the state of peft adapters (enabled, active, scaling: Python values a graph freezes). None:
+        record no graph, because accelerate offload hooks move the weights between calls."""
         tr = self.transformer
-        if getattr(tr, "_hf_hook", None) is not None:  # CPU offload hooks move weights between calls: stay eager
+        if getattr(tr, "_hf_hook", None) is not None:
             return None
-        base = (tuple(latent_in.shape), tuple(image_tokens.shape), tuple(robot_condition.shape), latent_in.dtype,
-                id(tr.__dict__.get("forward")), tuple(p.data_ptr() for p in tr.parameters()))
+        adapters = tuple((bool(m._disable_adapters), str(getattr(m, "active_adapters", "")),
+                          str(getattr(m, "scaling", ""))) for m in tr.modules() if hasattr(m, "_disable_adapters"))
+        return (tuple(latent_shape), tuple(image_tokens.shape), tuple(robot_condition.shape), tr.dtype,
+                id(tr.__dict__.get("forward")), tuple(p.data_ptr() for p in tr.parameters()), adapters)
+
+    def _transformer_graph(self, base: tuple, latent_in: torch.Tensor, t: torch.Tensor, image_tokens: torch.Tensor,
+                           robot_condition: torch.Tensor, scales: list[tuple[float, float]]) -> TransformerGraph | None:
+        """The recorded graph for this rollout (``base`` from [`_graph_base`]) and pass kind, made on first use,
+        its condition buffers filled; None when recording failed (the rollout then runs eagerly; the reason is
+        logged once)."""
+        tr = self.transformer
         state = self.__dict__.setdefault("_graphs", {"base": None, "graphs": {}, "failed": False, "condition": {}})
         if state["failed"]:
             return None
@@ -593,11 +602,14 @@ class K4DPipeline(DiffusionPipeline):
         do_cfg = guidance_scale > 1.0
         uncond_scale = (1.0, 2.0) if cfg_mode == "released" else (0.0, 0.0)  # (tokens, injection)
 
-        use_graphs = self.cuda_graphs and device.type == "cuda"
+        graph_base = None
+        if self.cuda_graphs and device.type == "cuda":
+            graph_base = self._graph_base((1, latents.shape[1] + condition.shape[1], *latents.shape[2:]),
+                                          image_tokens, robot_condition)
 
         def predict(latent_in: torch.Tensor, t: torch.Tensor, scales: list[tuple[float, float]]) -> torch.Tensor:
-            if use_graphs:
-                graph = self._transformer_graph(latent_in, t, image_tokens, robot_condition, scales)
+            if graph_base is not None:
+                graph = self._transformer_graph(graph_base, latent_in, t, image_tokens, robot_condition, scales)
                 if graph is not None:
                     return graph(latent_in, t)
             n = len(scales)
