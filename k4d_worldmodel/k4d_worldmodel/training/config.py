@@ -57,7 +57,8 @@ class LoRAConfig:
 
 @dataclass
 class BaseConfig:
-    """Checkpoint a LoRA run starts from (``loading.load_pipeline``).
+    """Checkpoint a LoRA run (mode lora) or a full fine-tuning (mode full, our save_pretrained layout only)
+    starts from (``loading.load_pipeline``); in mode full an empty ``checkpoint_dir`` trains from scratch.
 
     checkpoint_dir: our ``save_pretrained`` folder or a released checkpoint folder (``added_weights`` + LoRA).
     base_model_dir: Wan2.1-I2V base folder for a released checkpoint. variant: pmcond | full.
@@ -77,8 +78,9 @@ class BaseConfig:
 class TrainConfig:
     """Everything ``k4d train`` needs besides the data and output folders.
 
-    mode: "full" (train a small K4D transformer from scratch; the VAE first if ``vae.train``) or "lora"
-        (fine-tune ``base`` with a LoRA).
+    mode: "full" (train a small K4D transformer from scratch, the VAE first if ``vae.train``; or, with
+        ``base.checkpoint_dir``, continue every transformer weight of that saved model, its VAE and image encoder
+        frozen) or "lora" (fine-tune ``base`` with a LoRA).
     variant: pmcond | full (mode full). num_frames, height, width: model geometry of mode full (T = 1 + 4k,
         H and W multiples of 8 x patch); mode lora takes the base checkpoint's.
     model: K4DTransformer3DModel kwargs (mode full); geometry keys are filled in from the fields above.

@@ -178,7 +178,19 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     # 1. Model
     layout = "k4d"
-    if cfg.mode == "full":
+    continued = cfg.mode == "full" and bool(cfg.base.checkpoint_dir)  # full fine-tuning of a saved model
+    if continued:
+        from ..loading import is_k4d_saved_dir
+
+        if not is_k4d_saved_dir(cfg.base.checkpoint_dir):
+            raise ValueError(f"mode 'full' with base.checkpoint_dir continues a k4d save_pretrained folder; "
+                             f"{cfg.base.checkpoint_dir} is not one (fine-tune a released checkpoint with mode 'lora')")
+        pipe, layout = load_base_pipeline(cfg, torch.float32)
+        geom = (pipe.num_frames, pipe.height, pipe.width)
+        metrics["continued_from"] = str(cfg.base.checkpoint_dir)
+        say(f"train: full fine-tuning of {cfg.base.checkpoint_dir} (its VAE and image encoder stay frozen; the "
+            "config's model, vae and geometry fields are not used)")
+    elif cfg.mode == "full":
         geom = (cfg.num_frames, cfg.height, cfg.width)
         vae_dir = out / "vae"
         if cfg.vae.pretrained:
@@ -208,7 +220,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
     say(f"train: {len(clips)} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}")
 
-    if cfg.mode == "full":
+    if cfg.mode == "full" and not continued:
         if vae is None:
             if cfg.vae.train:
                 if acc.is_main_process:
@@ -429,7 +441,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "(train-vae: from the VAE and optimiser state in OUT)")
     p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
     p.add_argument("--time-budget-s", type=float, default=None, help="override time_budget_s (transformer loop)")
-    p.add_argument("--base-checkpoint", default=None, help="override base.checkpoint_dir (mode lora)")
+    p.add_argument("--base-checkpoint", default=None, help="override base.checkpoint_dir: the checkpoint a LoRA "
+                   "(mode lora) or a full fine-tuning (mode full, a k4d save_pretrained folder) starts from")
     p.add_argument("--base-model-dir", default=None, help="override base.base_model_dir (released layout)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
