@@ -67,7 +67,8 @@ import yaml
 from k4d_worldmodel.training.config import TrainConfig
 
 cfg = TrainConfig.from_yaml("default").to_dict()
-cfg.update(lr=cfg["lr"] / 2, warmup_steps=50, checkpoint_every=300)
+# clips read by 16 workers: one process needs minutes for 2,400 episodes (a first call ran out of time there)
+cfg.update(lr=cfg["lr"] / 2, warmup_steps=50, checkpoint_every=300, load_workers=16)
 open(sys.argv[1], "w").write(yaml.safe_dump(cfg, sort_keys=False))
 PYEOF
   $PY -m k4d_worldmodel.training.train --data "$WORK/train" --config "$WORK/continue.yaml" \
