@@ -34,7 +34,7 @@ from k4d_kinematics.sequence import PointmapSequenceData
 
 from .config import CFG_MODES, SCHEDULERS, WorldModelConfig
 from .composite import composite_static
-from .lifting import MetricLift, lift_pointmaps, lift_pointmaps_anchored
+from .lifting import MetricLift, lift_pointmaps_with_anchor
 from .pipelines.pipeline_k4d import K4DCancelled, K4DPipeline, make_scheduler
 
 STAGES = ("queued", "preparing", "denoising", "decoding", "lifting")
@@ -422,17 +422,13 @@ class ImagineEngine:
             raise
         t_gen = time.perf_counter()
         report("lifting", total, total, t_gen - t0, 0.0)
-        xyz, lift = lift_pointmaps(out.xyz, seq.xyz, out.robot_mask, self.config.metric_lift_config())
-        anchored = False
         first_xyz = None  # the measured first frame, metres (from anchor_depth; 0 and NaN depth = unknown)
         if request.anchor_depth is not None:
             depth = np.asarray(request.anchor_depth, dtype=np.float32)
             first_xyz = seq.camera.backproject(np.where(depth > 0, depth, np.nan))
-        if not lift.metric and first_xyz is not None:
-            xyz_a, lift_a = lift_pointmaps_anchored(out.xyz, first_xyz, seq.xyz, out.robot_mask,
-                                                    self.config.anchor_lift_config())
-            if lift_a.metric:
-                xyz, lift, anchored = xyz_a, lift_a, True
+        xyz, lift, anchored = lift_pointmaps_with_anchor(out.xyz, seq.xyz, out.robot_mask,
+                                                         self.config.metric_lift_config(), first_xyz,
+                                                         self.config.anchor_lift_config())
         rgb = out.rgb
         if self.config.compose_static:
             rgb, xyz_c = composite_static(out.rgb, request.image, out.robot_mask, xyz if lift.metric else None,

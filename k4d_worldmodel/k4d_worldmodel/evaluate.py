@@ -37,8 +37,9 @@ model and noise, robot condition removed in every pass: the pipeline's unconditi
 world stays still: first RGB frame and first world pointmap repeated) and ``k4d_static`` (the same k4d rollout,
 composited onto the measured first frame by ``composite.composite_static``: only pixels the robot covers at frame
 0 or t, grown by 2 px, keep the model's output, the kinematic robot pointmap replaces the robot's pixels; no extra
-model run). The joint-vector embedding ablation is not implemented. Output: ``metrics.json``, ``report.md``, ``report.html`` and side-by-side MP4s ``videos/<name>.mp4``
-(top: GT | k4d | copy-first RGB; bottom: their depth, same colour scale).
+model run). The joint-vector embedding ablation is not implemented. Output: ``metrics.json``, ``report.md``,
+``report.html`` and side-by-side MP4s ``videos/<name>.mp4`` (top: GT | k4d | copy-first RGB; bottom: their depth,
+same colour scale).
 """
 from __future__ import annotations
 
@@ -226,30 +227,23 @@ def robot_condition_removed(pipe):
 
 
 def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
-            anchor_threshold_m: float | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+            anchor_config=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``.
 
-    Lifting to metres as in shadow mode: the robot-pixel fit, then (``anchor_threshold_m`` > 0; None =
-    ``lifting.ANCHOR_INLIER_THRESHOLD_M``) the fit anchored on frame 0's measured pointmap
-    (``lift_pointmaps_anchored``); only when both fail is the output scaled with the clip's ground-truth bounds
-    (``info["lift"] == "oracle_bounds"``, counted as ``lift_failed``)."""
-    import dataclasses
-
-    from .config import MetricLiftConfig
-    from .lifting import ANCHOR_INLIER_THRESHOLD_M, lift_pointmaps, lift_pointmaps_anchored
-
-    if anchor_threshold_m is None:
-        anchor_threshold_m = ANCHOR_INLIER_THRESHOLD_M
+    Lifting to metres as the engine and shadow mode do (``lifting.lift_pointmaps_with_anchor``): the robot-pixel
+    fit, then the fit anchored on frame 0's measured pointmap (``anchor_config``; None = the defaults of
+    ``WorldModelConfig.anchor_lift_config``); only when both fail is the output scaled with the clip's
+    ground-truth bounds (``info["lift"] == "oracle_bounds"``, counted as ``lift_failed``)."""
+    from .config import WorldModelConfig
+    from .lifting import lift_pointmaps_with_anchor
 
     robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
     out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
                robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
-    xyz_m, fit = lift_pointmaps(out.xyz, clip["robot_xyz"], out.robot_mask, lift_config)
-    lifted = "metric"
-    if not fit.metric and anchor_threshold_m > 0:  # the shadow node's refit: frame 0's measured depth as anchor
-        cfg = dataclasses.replace(lift_config or MetricLiftConfig(), inlier_threshold_m=anchor_threshold_m)
-        xyz_m, fit = lift_pointmaps_anchored(out.xyz, clip["world_xyz"][0], clip["robot_xyz"], out.robot_mask, cfg)
-        lifted = "anchored"
+    xyz_m, fit, anchored = lift_pointmaps_with_anchor(
+        out.xyz, clip["robot_xyz"], out.robot_mask, lift_config, clip["world_xyz"][0],
+        anchor_config or WorldModelConfig(seed=seed).anchor_lift_config())
+    lifted = "anchored" if anchored else "metric"
     if not fit.metric:
         lo, hi = np.asarray(clip["world_lo"]), np.asarray(clip["world_hi"])
         xyz_m = (out.xyz * (hi - lo) + lo).astype(np.float32)
@@ -427,7 +421,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                                device=device)
         pipe = load_pipeline(cfg)
     pipe.set_progress_bar_config(disable=True)
-    lift_cfg = WorldModelConfig(seed=seed).metric_lift_config()
+    wm_cfg = WorldModelConfig(seed=seed)
+    lift_cfg, anchor_cfg = wm_cfg.metric_lift_config(), wm_cfg.anchor_lift_config()
     ds = open_dataset(data, pipe.num_frames, pipe.height, pipe.width, split=split,
                       heldout_fraction=heldout_fraction, split_seed=split_seed)
     n = len(ds) if max_episodes is None else min(len(ds), int(max_episodes))
@@ -449,14 +444,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
             row["gt_track_err_m"] = float(np.linalg.norm(gt_track - true_pos, axis=1).mean())
         outputs = {}
         try:
-            rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg)
+            rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
         except ValueError as exc:  # e.g. no robot pixel in the clip
             print(f"eval: skipping {clip['name']}: {exc}", file=sys.stderr)
             continue
         outputs["k4d"] = (rgb, xyz_m, extra)
         if "no_robot" in methods:
             with robot_condition_removed(pipe):
-                outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg)
+                outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
         if "k4d_static" in methods:
             robot_mask = np.isfinite(clip["robot_xyz"]).all(-1)
             rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], robot_mask, xyz_m, clip["world_xyz"][0],

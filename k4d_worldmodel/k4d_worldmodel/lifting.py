@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .config import ANCHOR_INLIER_THRESHOLD_M, MetricLiftConfig  # noqa: F401 (re-exported)
+from .config import MetricLiftConfig
 
 QUALITIES = ("good", "poor", "failed")
 _MAX_SCORING_POINTS = 20000
@@ -166,8 +166,6 @@ def lift_pointmaps(
     return fit.apply(xyz01), fit
 
 
-
-
 def lift_pointmaps_anchored(
     xyz01: np.ndarray, anchor_xyz_m: np.ndarray, robot_xyz_m: np.ndarray | None = None,
     mask: np.ndarray | None = None, config: MetricLiftConfig | None = None, anchor_frame: int = 0,
@@ -217,3 +215,20 @@ def lift_pointmaps_anchored(
         m.append(m_r)
     fit = fit_metric_lift(np.concatenate(g), np.concatenate(m), None, config)
     return fit.apply(xyz01), fit
+
+
+def lift_pointmaps_with_anchor(
+    xyz01: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None = None,
+    config: MetricLiftConfig | None = None, anchor_xyz_m: np.ndarray | None = None,
+    anchor_config: MetricLiftConfig | None = None,
+) -> tuple[np.ndarray, MetricLift, bool]:
+    """The robot-pixel lift ([`lift_pointmaps`]); when it fails and a measured first-frame pointmap is given, the
+    anchored lift ([`lift_pointmaps_anchored`] with ``anchor_config``). Returns ``(xyz, fit, anchored)``; when
+    both fail, ``xyz`` is the unchanged normalised pointmap and ``fit`` the robot-pixel fit."""
+    xyz, fit = lift_pointmaps(xyz01, robot_xyz_m, mask, config)
+    if fit.metric or anchor_xyz_m is None:
+        return xyz, fit, False
+    xyz_a, fit_a = lift_pointmaps_anchored(xyz01, anchor_xyz_m, robot_xyz_m, mask, anchor_config)
+    if not fit_a.metric:
+        return xyz, fit, False
+    return xyz_a, fit_a, True

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from k4d_kinematics.config import RobotCameraConfig, param_doc
-from k4d_worldmodel.lifting import ANCHOR_INLIER_THRESHOLD_M
+from k4d_worldmodel.config import ANCHOR_INLIER_THRESHOLD_M
 
 QUEUE_POLICIES = ("drop_oldest", "drop_newest")
 EPISODE_MODES = ("topic", "idle_gap")

@@ -179,17 +179,18 @@ def goal_image(msg: Image, width: int, height: int) -> np.ndarray:
         raise InvalidRequest(f"initial_image: {exc}") from None
 
 
-def goal_depth(msg: Image, image_shape: tuple[int, ...]) -> Optional[np.ndarray]:
-    """initial_depth -> (H, W) float32 metres (NaN unknown), None when empty; InvalidRequest naming the field."""
+def depth_for_image(msg: Image, image_shape: tuple[int, ...], field: str) -> Optional[np.ndarray]:
+    """A depth image registered to an RGB image of ``image_shape`` -> (H, W) float32 metres (NaN unknown), None
+    when the message is empty; InvalidRequest naming ``field`` for another size or encoding."""
     if not (msg.width and msg.height):
         return None
     if (msg.height, msg.width) != tuple(image_shape[:2]):
-        raise InvalidRequest(f"initial_depth is {msg.width}x{msg.height}, initial_image is "
-                             f"{image_shape[1]}x{image_shape[0]} (register the depth to the colour camera)")
+        raise InvalidRequest(f"{field} is {msg.width}x{msg.height}, the image is {image_shape[1]}x{image_shape[0]} "
+                             "(register the depth to the colour camera)")
     try:
         return depth_from_image(msg)
     except ValueError as exc:
-        raise InvalidRequest(f"initial_depth: {exc}") from None
+        raise InvalidRequest(f"{field}: {exc}") from None
 
 
 def frame_stamp_ns(seq: PointmapSequenceData, t: int) -> int:
@@ -513,19 +514,13 @@ class ImagineNode(LifecycleNode):
         preview then runs without an anchor)."""
         try:
             msg = self._decoded(self._latest_depth)
-            if msg is None:
-                return None
-            depth = depth_from_image(msg)
-        except Exception as exc:  # noqa: BLE001 - a bad depth message (encoding, bytes) only loses the anchor
-            self._report(f"{self.cfg.depth_topic}: {first_line(exc)}; preview lifted without a depth anchor",
-                         dropped=False)
+            return None if msg is None else depth_for_image(msg, rgb.shape, self.cfg.depth_topic)
+        except Exception as exc:  # noqa: BLE001 - a bad depth message (size, encoding, bytes) only loses the anchor
+            what = first_line(exc)
+            if not isinstance(exc, InvalidRequest):  # not decodable: name the topic
+                what = f"{self.cfg.depth_topic}: {what}"
+            self._report(f"{what}; preview lifted without a depth anchor", dropped=False)
             return None
-        if depth.shape != rgb.shape[:2]:
-            self._report(f"{self.cfg.depth_topic}: depth is {depth.shape[1]}x{depth.shape[0]} but the image is "
-                         f"{rgb.shape[1]}x{rgb.shape[0]} (register the depth to the colour camera); preview lifted "
-                         "without a depth anchor", dropped=False)
-            return None
-        return depth
 
     def _kinematics(self):
         """(DescriptionSource, ExtrinsicsSource), built at the first trajectory goal (or at start for 'topic')."""
@@ -597,8 +592,8 @@ class ImagineNode(LifecycleNode):
         if seq.stamp_ns == 0:
             seq.stamp_ns = time_to_ns(goal.initial_image.header.stamp) or self.get_clock().now().nanoseconds
             condition = None  # re-encode with the stamp used
-        request = ImagineRequest(image=image, sequence=seq, sampling=overrides,
-                                 anchor_depth=goal_depth(goal.initial_depth, image.shape))
+        depth = depth_for_image(goal.initial_depth, image.shape, "initial_depth")
+        request = ImagineRequest(image=image, sequence=seq, sampling=overrides, anchor_depth=depth)
         return request, engine.check_request(request), condition
 
     def _on_plan(self, msg: PointmapSequence) -> None:

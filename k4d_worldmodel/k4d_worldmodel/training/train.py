@@ -74,7 +74,8 @@ def build_full_pipeline(cfg: TrainConfig, vae) -> "K4DPipeline":  # noqa: F821
 
 
 def load_base_pipeline(cfg: TrainConfig, dtype: torch.dtype) -> tuple[Any, str]:
-    """Load ``cfg.base`` for LoRA; returns ``(pipe, layout)`` with layout "released" or "k4d"."""
+    """Load ``cfg.base`` (LoRA, or a full fine-tuning of a k4d model); returns ``(pipe, layout)`` with layout
+    "released" or "k4d"."""
     from ..config import WorldModelConfig
     from ..loading import is_k4d_saved_dir, load_pipeline
 
