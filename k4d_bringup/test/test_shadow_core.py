@@ -295,10 +295,19 @@ def test_calib_check_scores_correct_high_and_shifted_low(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_replay_recording_with_tiny_world_model_and_report(scene, tmp_path):
+def test_replay_recording_with_tiny_world_model_and_report(scene, tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from k4d_bringup.cli import main as k4d_main
+    from k4d_worldmodel.engine import ImagineEngine
     from k4d_worldmodel.tiny import build_tiny_pipeline
+
+    requests, run = [], ImagineEngine.run
+
+    def recording_run(self, request, *args, **kwargs):  # what the in-process world model is asked; it runs
+        requests.append(request)
+        return run(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(ImagineEngine, "run", recording_run)
 
     model_dir = tmp_path / "tiny_model"
     build_tiny_pipeline("pmcond", seed=0).save_pretrained(model_dir)
@@ -324,6 +333,13 @@ def test_replay_recording_with_tiny_world_model_and_report(scene, tmp_path):
     assert any(c["mode"] == "candidate" and c["status"] == "ok" and c["psnr_db"] is None for c in chunks_)
     assert [(e["mode"], e["actual_success"]) for e in eps if e["mode"] == "live"] == [("live", True), ("live", False)]
     assert all(c["model_id"] for c in live)
+    # Every request carried the depth of its chunk's start frame (send_initial_depth): metres of the table scene,
+    # registered to the image, 0 in the recording -> NaN.
+    assert len(requests) == len(chunks_) and all(r.anchor_depth is not None for r in requests)
+    for r in requests:
+        d = r.anchor_depth
+        assert d.shape == r.image.shape[:2] and d.dtype == np.float32 and np.isfinite(d).mean() > 0.9
+        assert 0.2 < np.nanmin(d) and np.nanmax(d) < 5.0
     # Report: index.html with the Table-3 table, plots and a real|imagined video per live episode.
     out = tmp_path / "report"
     assert k4d_main(["shadow", "report", str(log), "--out", str(out)]) == 0

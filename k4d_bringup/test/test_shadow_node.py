@@ -3,8 +3,9 @@ their own process; this test plays the robot (a synthetic 48 x 32 RGB-D camera o
 sends, k4d_bringup.shadow.synthetic) and the episode/policy side.
 
 Checks: the node never publishes on actuator topics (graph inspection + the runtime guard); a chunk is evaluated
-end to end; killing the world-model node (SIGKILL) mid-episode fails the in-flight and the queued chunk and the
-episode (STATUS_FAILED_TO_EVALUATE) while the earlier episode stays OK in the log, and evaluation recovers once
+end to end, its goal carrying the chunk-start depth that the server decodes (initial_depth); killing the
+world-model node (SIGKILL) mid-episode fails the in-flight and the queued chunk and the episode
+(STATUS_FAILED_TO_EVALUATE) while the earlier episode stays OK in the log, and evaluation recovers once
 the node is back. Fast DDS gets a 2 s participant lease here so that the killed node leaves the graph quickly.
 """
 import fnmatch
@@ -50,17 +51,27 @@ SHORT_LEASE = """<?xml version="1.0" encoding="UTF-8"?>
   </discovery_config></builtin></rtps></participant>
 </profiles></dds>
 """
-# The imagine node with a slowed transformer forward, so a rollout lasts long enough to kill the node during it.
+# The imagine node with a slowed transformer forward, so a rollout lasts long enough to kill the node during it,
+# and the goals' initial_depth as the server decodes it saved to $K4D_TEST_DEPTH_DIR (the real function runs).
 IMAGINE_CODE = """
-import sys, time
+import os, sys, time
+import numpy as np
 from k4d_worldmodel.models.transformer_k4d import K4DTransformer3DModel
 _forward = K4DTransformer3DModel.forward
 def _slow_forward(self, *args, **kwargs):
     time.sleep(0.5)
     return _forward(self, *args, **kwargs)
 K4DTransformer3DModel.forward = _slow_forward
-from k4d_worldmodel.ros.imagine_node import main
-sys.exit(main(sys.argv))
+from k4d_worldmodel.ros import imagine_node
+_depth_for_image = imagine_node.depth_for_image
+def _saving_depth_for_image(msg, image_shape, field):
+    depth = _depth_for_image(msg, image_shape, field)
+    if field == "initial_depth":
+        np.savez(os.path.join(os.environ["K4D_TEST_DEPTH_DIR"], f"goal_{time.time_ns()}.npz"), encoding=msg.encoding,
+                 depth=np.zeros((0, 0), np.float32) if depth is None else depth)
+    return depth
+imagine_node.depth_for_image = _saving_depth_for_image
+sys.exit(imagine_node.main(sys.argv))
 """
 
 
@@ -152,7 +163,9 @@ def graph(tmp_path_factory):
     scene.extrinsics.to_yaml(ext)
     profile = tmp / "fastdds_short_lease.xml"
     profile.write_text(SHORT_LEASE)
-    env = {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "PYTHONUNBUFFERED": "1"}
+    depth_dir = tmp / "goal_depths"
+    depth_dir.mkdir()
+    env = {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "PYTHONUNBUFFERED": "1", "K4D_TEST_DEPTH_DIR": str(depth_dir)}
     cwd = str(tmp)  # not the repository root: its package folders would shadow the packages
     imagine_args = [sys.executable, "-c", IMAGINE_CODE, "--ros-args", "-r", f"__node:={IMAGINE}",
                     "-p", f"checkpoint_dir:={model_dir}", "-p", "device:=cpu", "-p", "autostart:=true",
@@ -184,7 +197,7 @@ def graph(tmp_path_factory):
         assert wait_for(lambda: SHADOW in node.get_node_names() or procs["shadow"].poll() is not None, 60)
         assert procs["shadow"].poll() is None, stop_process(procs["shadow"])
         yield {"node": node, "robot": robot, "client": client, "procs": procs, "args": imagine_args, "env": env,
-               "cwd": cwd, "log": log, "outputs": outputs}
+               "cwd": cwd, "log": log, "outputs": outputs, "depth_dir": depth_dir, "scene": scene}
     finally:
         ex.shutdown(timeout_sec=2.0)
         th.join(timeout=5.0)
@@ -225,6 +238,12 @@ def test_shadow_node_evaluates_chunks_and_survives_world_model_crash(graph):
     assert ok.status == ShadowEvalResult.STATUS_OK, ok.status_message
     assert ok.mode == ShadowEvalResult.MODE_LIVE and ok.scenario == "synthetic" and ok.policy == "scripted"
     assert 0 < ok.psnr_db < 100 and -1 <= ok.ssim <= 1 and ok.imagine_latency_s > 0
+    # The goal carried the depth of the chunk's start frame (robot at rest at home): 32FC1, decoded by the server
+    # into the scene's depth (NaN where the camera saw nothing).
+    (sent,) = [np.load(p) for p in sorted(graph["depth_dir"].iterdir())]
+    want = graph["scene"].render(graph["scene"].home_q())[1]
+    assert str(sent["encoding"]) == "32FC1" and sent["depth"].shape == want.shape
+    assert np.isclose(sent["depth"], want, atol=1e-5, equal_nan=True).mean() > 0.95
     robot.episode("end success")
     assert wait_for(lambda: robot.find(lambda r: r.chunk_index == -1), 20)
     ep1 = robot.find(lambda r: r.chunk_index == -1)[0]
@@ -296,6 +315,99 @@ def test_runtime_guard_refuses_actuator_publishers(tmp_path):
             ShadowNode("k4d_shadow_guard2", context=ctx, parameter_overrides=[
                 Parameter("log_path", value=str(tmp_path / "log2.jsonl")),
                 Parameter("result_topic", value="/arm_controller/joint_trajectory")])
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
+def _start_frame(scene, stamp_ns: int = 1_700_000_000_000_000_000):
+    """A chunk of the synthetic YAM from home, its conditioning sequence and its start frame (rgb, depth with holes)."""
+    from k4d_bringup.shadow.session import Kinematics
+
+    q = scene.home_q()
+    kin = Kinematics(scene.model, scene.camera, scene.extrinsics)
+    t = np.linspace(0.1, 0.8, 8)
+    full = kin.full_trajectory(JointTrajectoryData(ARM, t, q[:6][None] + np.outer(t, [0.2, 0, 0, 0, 0, 0])), q)
+    rgb, depth = scene.render(q)
+    depth[0, :5], depth[1, :5] = 0.0, np.nan  # holes as 16UC1 (0) and 32FC1 (NaN) drivers write them
+    return full, kin.sequence(full, 5, stamp_ns), rgb, depth
+
+
+def test_build_goal_sends_the_initial_depth_as_32fc1_metres():
+    from k4d_bringup.ros.shadow_node import build_goal
+    from k4d_bringup.shadow.config import ShadowConfig
+    from k4d_bringup.shadow.imaginers import DepthGate
+    from k4d_kinematics.ros.conversions import image_to_numpy
+    from k4d_worldmodel.ros.imagine_node import depth_for_image
+
+    _full, seq, rgb, depth = _start_frame(SyntheticScene.default(48, 32))
+    cfg = ShadowConfig(num_frames=5)
+    warnings = []
+    gate = DepthGate(cfg.send_initial_depth, warnings.append)
+    goal = build_goal(cfg, rgb, seq, None, gate(rgb, depth))
+    d = goal.initial_depth
+    assert (d.encoding, d.width, d.height) == ("32FC1", 48, 32) and d.header == goal.initial_image.header
+    want = np.where(depth > 0, depth, np.nan).astype(np.float32)  # NaN and 0 = unknown -> NaN on the wire
+    np.testing.assert_array_equal(image_to_numpy(d), want)  # NaN where NaN, every metre value bit-exact
+    np.testing.assert_array_equal(depth_for_image(d, rgb.shape, "initial_depth"), want)  # the server's reading
+    # A depth of another size (not registered to the colour image) is never sent: counted, warned once (throttled).
+    assert gate(rgb, depth[:16, :24]) is None and gate(rgb, depth[:, :40]) is None
+    assert gate.skipped == 2 and len(warnings) == 1 and "register the depth" in warnings[0]
+    with pytest.raises(ValueError, match="differs"):
+        build_goal(cfg, rgb, seq, None, depth[:16, :24])
+    # Flag off, or no depth: the goal goes without (width 0 = none for the server).
+    assert DepthGate(False, warnings.append)(rgb, depth) is None and gate(rgb, None) is None
+    assert build_goal(cfg, rgb, seq).initial_depth.width == 0
+
+
+def test_shadow_node_sends_the_start_depth_when_enabled_and_registered(tmp_path):
+    """ShadowNode._send against an in-process Imagine server that records the goals it gets (and rejects them)."""
+    from rclpy.action import ActionServer, GoalResponse
+
+    from k4d_bringup.ros.shadow_node import ShadowNode
+    from k4d_bringup.shadow.session import ChunkRecord, Frame
+    from k4d_bringup.testing import spin_until
+    from k4d_kinematics.ros.conversions import image_to_numpy
+
+    full, seq, rgb, depth = _start_frame(SyntheticScene.default(48, 32))
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    ns = f"/shadow_depth_test_{os.getpid()}"  # topics of its own: the graph test's processes may still run
+    try:
+        goals = []
+        server = rclpy.create_node("imagine_recorder", context=ctx)
+        ActionServer(server, Imagine, f"{ns}/imagine_action", execute_callback=lambda h: Imagine.Result(),
+                     goal_callback=lambda g: goals.append(g) or GoalResponse.REJECT)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(server)
+        topics = {k: f"{ns}/{k}" for k in ("imagine_action", "chunk_topic", "joint_states_topic", "image_topic",
+                                           "camera_info_topic", "episode_topic", "result_topic")}
+
+        def node(send: bool):
+            n = ShadowNode(f"k4d_shadow_depth_{send}", context=ctx, parameter_overrides=[
+                Parameter("log_path", value=str(tmp_path / f"log_{send}.jsonl")),
+                Parameter("send_initial_depth", value=send)] + [Parameter(k, value=v) for k, v in topics.items()])
+            ex.add_node(n)
+            assert spin_until(n, n.client.server_is_ready, 10, ex)
+            return n
+
+        def sent(n, d):
+            k = len(goals)
+            rec = ChunkRecord("e", k, "live", "p", "s", full, 0, 1, 0, np.zeros(5), np.zeros(1, np.int64),
+                              [Frame(0, rgb, d)], np.zeros(1), "imagining", seq)
+            n._send(rec)
+            assert spin_until(n, lambda: len(goals) > k and n._goal is None, 10, ex)  # arrived, rejected
+            return goals[-1].initial_depth
+
+        on, off = node(True), node(False)
+        got = sent(on, depth)
+        assert got.encoding == "32FC1" and np.isclose(image_to_numpy(got), depth, equal_nan=True)[depth > 0].all()
+        assert sent(on, depth[:16, :24]).width == 0 and on.depth_gate.skipped == 1  # other size: not sent, counted
+        on._update_diag()
+        assert on.diag.extra["initial_depth_skipped"] == "1"
+        assert sent(off, depth).width == 0 and sent(on, None).width == 0
+        ex.shutdown()
+        for n in (on, off, server):
+            n.destroy_node()
     finally:
         rclpy.try_shutdown(context=ctx)
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 
-VARIANTS = ("full", "pmcond")
+VARIANTS = ("full", "pmcond", "jointemb")
 SCHEDULERS = ("unipc", "euler")
 CFG_MODES = ("correct", "released")
 LORA_MODES = ("fuse", "peft")
@@ -114,7 +114,8 @@ class WorldModelConfig:
             ``pytorch_lora_weights.safetensors``.
         base_model_dir: for a released checkpoint, the ``Wan2.1-I2V-14B-480P-Diffusers`` folder ("" = the files sit
             in ``checkpoint_dir`` itself). Ignored for our own layout.
-        variant: "pmcond" (robot pointmap only; recommended for real robots) or "full" (robot RGB + pointmap).
+        variant: "pmcond" (robot pointmap only; recommended for real robots) or "full" (robot RGB + pointmap);
+            "jointemb" (joint-vector conditioning, the "emb." ablation) loads for ``k4d eval`` only.
         device: "auto" (cuda if available), "cpu", "cuda" or "cuda:N".
         dtype: transformer dtype; "auto" = bfloat16 on cuda, float32 on cpu.
         vae_dtype: VAE dtype ("auto" = float32).

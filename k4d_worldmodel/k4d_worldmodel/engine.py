@@ -263,6 +263,9 @@ class ImagineEngine:
             self._loader = load_pipeline
         t0 = time.perf_counter()
         pipe = self._loader(self.config)
+        if pipe.variant == "jointemb":
+            raise ValueError(f"{self.config.checkpoint_dir} is a 'jointemb' model (the joint-vector ablation, for k4d "
+                             f"eval): the engine conditions on robot pointmaps; load a pmcond or full checkpoint")
         pipe.set_progress_bar_config(disable=True)
         self.model_id = model_identity(self.config)
         self.pipe = pipe

@@ -37,7 +37,10 @@ model and noise, robot condition removed in every pass: the pipeline's unconditi
 world stays still: first RGB frame and first world pointmap repeated) and ``k4d_static`` (the same k4d rollout,
 composited onto the measured first frame by ``composite.composite_static``: only pixels the robot covers at frame
 0 or t, grown by 2 px, keep the model's output, the kinematic robot pointmap replaces the robot's pixels; no extra
-model run). The joint-vector embedding ablation is not implemented. Output: ``metrics.json``, ``report.md``,
+model run). Optional: ``emb`` (the paper's "emb." ablation: a second checkpoint of the ``jointemb`` variant,
+``--emb-checkpoint``, conditioned on the joint vector per frame instead of pointmaps, same noise and lift) and
+``vae_recon`` (not a method but a ceiling: the ground truth RGB and world pointmap passed through the model's own
+VAE and lifted like the model's output; no transformer can score better than what its autoencoder keeps). Output: ``metrics.json``, ``report.md``,
 ``report.html`` and side-by-side MP4s ``videos/<name>.mp4`` (top: GT | k4d | copy-first RGB; bottom: their depth,
 same colour scale).
 """
@@ -59,7 +62,8 @@ from k4d_kinematics.overlay import depth_colormap
 from . import metrics as M
 from .composite import composite_static
 
-METHODS = ("k4d", "k4d_static", "no_robot", "copy_first")
+METHODS = ("k4d", "k4d_static", "no_robot", "copy_first", "emb", "vae_recon")
+DEFAULT_METHODS = ("k4d", "k4d_static", "no_robot", "copy_first")
 
 
 # --------------------------------------------------------------------------------------------- object track
@@ -226,30 +230,57 @@ def robot_condition_removed(pipe):
         del tr.forward  # back to the class method
 
 
-def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
-            anchor_config=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``.
-
-    Lifting to metres as the engine and shadow mode do (``lifting.lift_pointmaps_with_anchor``): the robot-pixel
-    fit, then the fit anchored on frame 0's measured pointmap (``anchor_config``; None = the defaults of
-    ``WorldModelConfig.anchor_lift_config``); only when both fail is the output scaled with the clip's
-    ground-truth bounds (``info["lift"] == "oracle_bounds"``, counted as ``lift_failed``)."""
+def _lift(xyz01: np.ndarray, robot_mask: np.ndarray, clip: dict[str, Any], seed: int, lift_config,
+          anchor_config) -> tuple[np.ndarray, dict]:
+    """Normalised XYZ -> metres as the engine and shadow mode do (``lifting.lift_pointmaps_with_anchor``): the
+    robot-pixel fit, then the fit anchored on frame 0's measured pointmap (``anchor_config``; None = the defaults
+    of ``WorldModelConfig.anchor_lift_config``); only when both fail is it scaled with the clip's ground-truth
+    bounds (``lift == "oracle_bounds"``, counted as ``lift_failed``)."""
     from .config import WorldModelConfig
     from .lifting import lift_pointmaps_with_anchor
 
-    robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
-    out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
-               robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed)
     xyz_m, fit, anchored = lift_pointmaps_with_anchor(
-        out.xyz, clip["robot_xyz"], out.robot_mask, lift_config, clip["world_xyz"][0],
+        xyz01, clip["robot_xyz"], robot_mask, lift_config, clip["world_xyz"][0],
         anchor_config or WorldModelConfig(seed=seed).anchor_lift_config())
     lifted = "anchored" if anchored else "metric"
     if not fit.metric:
         lo, hi = np.asarray(clip["world_lo"]), np.asarray(clip["world_hi"])
-        xyz_m = (out.xyz * (hi - lo) + lo).astype(np.float32)
+        xyz_m = (xyz01 * (hi - lo) + lo).astype(np.float32)
         lifted = "oracle_bounds"
-    return out.rgb, xyz_m, {"lift": lifted, "lift_quality": fit.quality, "lift_residual_m": fit.residual_m,
-                            "rollout_s": out.timings["total_s"]}
+    return xyz_m, {"lift": lifted, "lift_quality": fit.quality, "lift_residual_m": fit.residual_m}
+
+
+def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
+            anchor_config=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``, lifted by
+    ``_lift``. A ``jointemb`` model is given the clip's joint positions ``q``."""
+    robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
+    joints = clip.get("q") if pipe.variant == "jointemb" else None
+    out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
+               robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+               robot_joints=joints)
+    xyz_m, info = _lift(out.xyz, out.robot_mask, clip, seed, lift_config, anchor_config)
+    return out.rgb, xyz_m, {**info, "rollout_s": out.timings["total_s"]}
+
+
+@torch.no_grad()
+def autoencode(pipe, clip: dict[str, Any], seed: int, lift_config=None, anchor_config=None
+               ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The ``vae_recon`` ceiling: the clip's ground-truth RGB and normalised world pointmap encoded and decoded by
+    the pipeline's VAE exactly as training targets are built and rollouts decoded (RGB | pointmap latents side by
+    side, the pointmap half with the Kinema4D latent normalisation), then lifted like a rollout (``_lift``)."""
+    from .pipelines.pipeline_k4d import POINTMAP_LATENT_MEAN, POINTMAP_LATENT_STD, K4DPipeline
+
+    to_video = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().permute(3, 0, 1, 2)[None]
+    z_rgb = pipe.encode_video(to_video(clip["rgb"].astype(np.float32) / 255.0))
+    z_xyz = (pipe.encode_video(to_video(clip["world01"])) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
+    video = pipe.decode_latents(torch.cat([z_rgb, z_xyz], dim=-1))[0].permute(1, 2, 3, 0).cpu().numpy()
+    w = pipe.width
+    rgb = np.round(video[:, :, :w] * 255.0).astype(np.uint8)
+    mask = K4DPipeline._robot_mask(clip["robot_xyz"], clip.get("robot_link"))
+    xyz_m, info = _lift(np.ascontiguousarray(video[:, :, w:], np.float32), mask, clip, seed, lift_config,
+                        anchor_config)
+    return rgb, xyz_m, info
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -387,13 +418,15 @@ def write_report(out: Path, summary: dict, rows: list[dict], header: dict, video
 # --------------------------------------------------------------------------------------------- entry point
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "heldout",
              heldout_fraction: float = 0.2, split_seed: int = 0, steps: int = 20, guidance: float = 1.0,
-             seed: int = 42, max_episodes: int | None = None, methods: Iterable[str] = METHODS, videos: int = 4,
-             base_model_dir: str = "", variant: str | None = None, device: str = "auto", tau: float = 0.01,
-             max_points: int = 4096, progress: bool = True, pipe=None) -> dict:
+             seed: int = 42, max_episodes: int | None = None, methods: Iterable[str] = DEFAULT_METHODS,
+             videos: int = 4, base_model_dir: str = "", variant: str | None = None, device: str = "auto",
+             tau: float = 0.01, max_points: int = 4096, progress: bool = True, pipe=None,
+             emb_checkpoint: str | Path | None = None, emb_pipe=None) -> dict:
     """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
 
     ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
-    conditional pass only (fast); the released sampler used 5.0.
+    conditional pass only (fast); the released sampler used 5.0. ``emb_checkpoint`` / ``emb_pipe``: the
+    ``jointemb`` model of method ``emb`` (added to ``methods`` when given); it must have the main model's geometry.
     """
     from tqdm.auto import tqdm
 
@@ -401,6 +434,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     from .training.data import open_dataset
 
     methods = tuple(methods)
+    if (emb_checkpoint or emb_pipe is not None) and "emb" not in methods:
+        methods = (*methods, "emb")
     bad = [m for m in methods if m not in METHODS]
     if bad or "k4d" not in methods:
         raise ValueError(f"methods must include 'k4d' and be among {METHODS}, got {methods}")
@@ -421,6 +456,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                                device=device)
         pipe = load_pipeline(cfg)
     pipe.set_progress_bar_config(disable=True)
+    if "emb" in methods:
+        emb_pipe = emb_pipe if emb_pipe is not None else _load_emb(emb_checkpoint, device)
+        if emb_pipe.variant != "jointemb":
+            raise ValueError(f"method 'emb' needs a 'jointemb' checkpoint; {emb_checkpoint} is {emb_pipe.variant!r}")
+        if (emb_pipe.num_frames, emb_pipe.height, emb_pipe.width) != (pipe.num_frames, pipe.height, pipe.width):
+            raise ValueError(f"the emb checkpoint's geometry {(emb_pipe.num_frames, emb_pipe.height, emb_pipe.width)}"
+                             f" differs from the model's {(pipe.num_frames, pipe.height, pipe.width)}")
+        emb_pipe.set_progress_bar_config(disable=True)
     wm_cfg = WorldModelConfig(seed=seed)
     lift_cfg, anchor_cfg = wm_cfg.metric_lift_config(), wm_cfg.anchor_lift_config()
     ds = open_dataset(data, pipe.num_frames, pipe.height, pipe.width, split=split,
@@ -452,6 +495,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
         if "no_robot" in methods:
             with robot_condition_removed(pipe):
                 outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+        if "emb" in methods:
+            outputs["emb"] = imagine(emb_pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+        if "vae_recon" in methods:
+            outputs["vae_recon"] = autoencode(pipe, clip, seed, lift_cfg, anchor_cfg)
         if "k4d_static" in methods:
             robot_mask = np.isfinite(clip["robot_xyz"]).all(-1)
             rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], robot_mask, xyz_m, clip["world_xyz"][0],
@@ -487,6 +534,15 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
     write_report(out, summary, rows, header, video_names)
     return result
+
+
+def _load_emb(checkpoint: str | Path | None, device: str):
+    from .config import WorldModelConfig
+    from .loading import is_k4d_saved_dir, load_pipeline
+
+    if not checkpoint or not is_k4d_saved_dir(checkpoint):
+        raise ValueError(f"method 'emb' needs emb_checkpoint, a saved k4d 'jointemb' model folder; got {checkpoint!r}")
+    return load_pipeline(WorldModelConfig(checkpoint_dir=str(checkpoint), variant="jointemb", device=device))
 
 
 def _json_default(o: Any) -> Any:

@@ -40,9 +40,12 @@ def randomize_zero_init(transformer: K4DTransformer3DModel, seed: int = 0, std: 
     """Give the zero-initialised K4D parameters random values (so robot conditioning has an effect)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        params = dict(transformer.named_parameters())
         for name in ("learnable_domain_embeddings", "arm_patch_proj.weight", "arm_patch_proj.bias",
                      "arm_cond_proj.weight", "arm_cond_proj.bias"):
-            p = transformer.get_parameter(name)
+            if name not in params:  # "jointemb" has no arm_cond_proj
+                continue
+            p = params[name]
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
 

@@ -28,14 +28,14 @@ def _run_train_vae(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import METHODS, evaluate, print_summary
+    from .evaluate import DEFAULT_METHODS, evaluate, print_summary
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or list(METHODS)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or list(DEFAULT_METHODS)
     result = evaluate(args.checkpoint, args.data, args.out, split=args.split, heldout_fraction=args.heldout_fraction,
                       split_seed=args.split_seed, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       max_episodes=args.max_episodes, methods=methods, videos=args.videos,
                       base_model_dir=args.base_model, variant=args.variant, device=args.device,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -59,7 +59,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="K4DPipeline folder, or released checkpoint folder")
     p.add_argument("--base-model", default="", help="Wan2.1-I2V base folder (released layout)")
-    p.add_argument("--variant", default=None, choices=("pmcond", "full"), help="default: from the checkpoint")
+    p.add_argument("--variant", default=None, choices=("pmcond", "full", "jointemb"),
+                   help="default: from the checkpoint")
     p.add_argument("--data", required=True, help="episode folder (k4d *.npz) or Kinema4D layout folder")
     p.add_argument("--split", default="heldout", choices=("train", "heldout", "all"),
                    help="which part of --data (default heldout; use all for a separately generated folder)")
@@ -70,8 +71,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale; <= 1 = conditional only (default 1)")
     p.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
     p.add_argument("--max-episodes", type=int, default=None, help="evaluate at most N episodes")
-    p.add_argument("--methods", default="", help="comma list of k4d, k4d_static, no_robot, copy_first "
-                   "(default: all)")
+    p.add_argument("--methods", default="", help="comma list of k4d, k4d_static, no_robot, copy_first, vae_recon "
+                   "(default: the first four)")
+    p.add_argument("--emb-checkpoint", default=None,
+                   help="a 'jointemb' model folder: adds method emb, the joint-vector embedding ablation")
     p.add_argument("--videos", type=int, default=4, help="side-by-side MP4s to write (default 4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")

@@ -4,12 +4,14 @@
 #
 #   device_finetune.sh gen   [--episodes N] [--gen-budget-s S]    # carry the simulator wheels + .gl; the model is
 #                                                                 # not needed (move the checkpoint out of the tree)
-#   device_finetune.sh train [--budget-s S] [--resume]            # the same, still warm machine; carry .whl_slim
+#   device_finetune.sh train [--budget-s S] [--resume] [--convert-variant V]
+#                                                                 # the same, still warm machine; carry .whl_slim
 #
 # gen writes N episodes per scenario (easy, medium, hard; 17 frames of 96 x 64; seeds 5000 + k, apart from every
 # set the project evaluates on) to $WORK/train. train runs `k4d train` in mode full from CHECKPOINT (default: the
 # shipped model; `--base-checkpoint`: every transformer weight continues, VAE and image encoder frozen) with the
-# default config at half its learning rate, and packs $WORK/run/pipeline into $OUT/k4d_ft.tar.part-* (<= 15 MB
+# default config at half its learning rate (--convert-variant jointemb: rebuilt as the joint-vector "emb." ablation
+# first, shared weights kept; see TrainConfig.convert_variant), and packs $WORK/run/pipeline into $OUT/k4d_ft.tar.part-* (<= 15 MB
 # each; `cat k4d_ft.tar.part-* | tar -x`) plus $OUT/train_metrics.json. --resume continues $WORK/run.
 # Environment: OUT (required), PYTHON (python3), WORK (/tmp/k4d_ft), K4D_WHEELS (wheels to install first),
 # CHECKPOINT.
@@ -19,13 +21,14 @@ PY=${PYTHON:-python3}
 : "${OUT:?set OUT}"
 WORK=${WORK:-/tmp/k4d_ft}
 PHASE=${1:?gen or train}; shift
-EPISODES=800; GEN_BUDGET=50; BUDGET=420; RESUME=()
+EPISODES=800; GEN_BUDGET=50; BUDGET=420; RESUME=(); CONVERT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --episodes) EPISODES=$2; shift ;;
     --gen-budget-s) GEN_BUDGET=$2; shift ;;
     --budget-s) BUDGET=$2; shift ;;
     --resume) RESUME=(--resume) ;;
+    --convert-variant) CONVERT=$2; shift ;;
     *) echo "device_finetune.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -59,7 +62,7 @@ PYEOF
   $PY "$WORK/gen.py"
 elif [ "$PHASE" = train ]; then
   CKPT=${CHECKPOINT:-$REPO/k4d_worldmodel/k4d_worldmodel/checkpoints/k4d-yam-sim}
-  $PY - "$WORK/continue.yaml" <<'PYEOF'
+  $PY - "$WORK/continue.yaml" "$CONVERT" <<'PYEOF'
 import sys
 
 import yaml
@@ -68,7 +71,7 @@ from k4d_worldmodel.training.config import TrainConfig
 
 cfg = TrainConfig.from_yaml("default").to_dict()
 # clips read by 16 workers: one process needs minutes for 2,400 episodes (a first call ran out of time there)
-cfg.update(lr=cfg["lr"] / 2, warmup_steps=50, checkpoint_every=300, load_workers=16)
+cfg.update(lr=cfg["lr"] / 2, warmup_steps=50, checkpoint_every=300, load_workers=16, convert_variant=sys.argv[2])
 open(sys.argv[1], "w").write(yaml.safe_dump(cfg, sort_keys=False))
 PYEOF
   $PY -m k4d_worldmodel.training.train --data "$WORK/train" --config "$WORK/continue.yaml" \

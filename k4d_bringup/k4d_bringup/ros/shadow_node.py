@@ -4,7 +4,8 @@
     ros2 launch k4d_bringup shadow.launch.py          (with a distro: k4d nodes beside the robot's drivers)
 
 For every executed action chunk the node renders the robot pointmap sequence of the chunk (k4d_kinematics),
-sends an Imagine goal with the camera frame at the chunk's start, and, once the chunk has executed, scores the
+sends an Imagine goal with the camera frame at the chunk's start (and that frame's depth as initial_depth, the
+anchor of the world model's metric lift: ``send_initial_depth``), and, once the chunk has executed, scores the
 imagination against what the camera saw (PSNR, SSIM, depth error, the 4D success predicate); per episode it
 reports imagined vs actual success. The bookkeeping is ``k4d_bringup.shadow.session`` (ROS-free, shared with
 ``k4d shadow replay``); parameters are ``k4d_bringup.shadow.config.ShadowConfig`` (queue/skip policy there).
@@ -20,7 +21,8 @@ Subscribes
 Publishes
 - ``result_topic`` (/k4d/shadow/result) k4d_msgs/ShadowEvalResult, RELIABLE depth 100: one per chunk
   (chunk_index >= 0) and one per episode and mode (chunk_index -1).
-- ``/diagnostics``: chunks evaluated / skipped / failed, queue length, world-model availability, log path.
+- ``/diagnostics``: chunks evaluated / skipped / failed, queue length, world-model availability, log path,
+  ``initial_depth_skipped`` (chunk-start depths not sent because their size differs from the image's).
 Action client: ``imagine_action`` (/k4d/imagine) k4d_msgs/action/Imagine; one goal in flight at a time.
 Writes: the JSONL log ``log_path`` (fsync per record) and, with ``save_frames``, ``<log stem>_frames/``.
 
@@ -44,13 +46,14 @@ from rclpy.action import ActionClient
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from k4d_bringup.shadow.config import ShadowConfig
 from k4d_bringup.shadow.guard import ActuatorGuard
+from k4d_bringup.shadow.imaginers import DepthGate, start_depth
 from k4d_bringup.shadow.log import ShadowLog
-from k4d_bringup.shadow.session import Kinematics, RolloutData, ShadowSession
+from k4d_bringup.shadow.session import FramePairer, Kinematics, RolloutData, ShadowSession
 from k4d_kinematics.ros.conversions import (camera_info_to_camera, camera_to_camera_info, data_to_joint_trajectory,
                                             depth_from_image, image_to_numpy, joint_trajectory_to_data,
                                             numpy_to_image, pointmap_sequence_to_msg, rgb_from_image, time_from_ns,
@@ -77,14 +80,26 @@ def _nan(v) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_goal(cfg: ShadowConfig, initial_rgb: np.ndarray, seq, traj=None):
-    """Imagine goal: the initial frame (rgb8) and the chunk as pointmaps (or as a trajectory)."""
+def build_goal(cfg: ShadowConfig, initial_rgb: np.ndarray, seq, traj=None,
+               initial_depth: Optional[np.ndarray] = None):
+    """Imagine goal: the initial frame (rgb8), its registered depth when given ((H, W) metres, NaN or 0 = unknown;
+    pass it through a ``DepthGate``, which applies ``send_initial_depth``) and the chunk as pointmaps (or as a
+    trajectory). ValueError for a depth whose size differs from the frame's."""
     from k4d_msgs.action import Imagine
 
     goal = Imagine.Goal()
-    goal.initial_image = numpy_to_image(np.ascontiguousarray(initial_rgb, np.uint8), "rgb8")
-    goal.initial_image.header.stamp = time_from_ns(seq.stamp_ns)
-    goal.initial_image.header.frame_id = seq.camera.frame_id
+    stamp, frame = time_from_ns(seq.stamp_ns), seq.camera.frame_id
+    goal.initial_image = numpy_to_image(np.ascontiguousarray(initial_rgb, np.uint8), "rgb8",
+                                        Header(stamp=stamp, frame_id=frame))
+    if initial_depth is not None:
+        d = np.ascontiguousarray(initial_depth, np.float32)
+        if d.shape != (goal.initial_image.height, goal.initial_image.width):
+            raise ValueError(f"initial depth of shape {d.shape} differs from the {goal.initial_image.width}x"
+                             f"{goal.initial_image.height} image")
+        # 32FC1 metres with NaN where unknown (REP 118, depth_image_proc's float output): lossless for the float32
+        # metres the node holds, where 16UC1 would round to millimetres and turn NaN into 0. The server's
+        # depth_for_image accepts 32FC1 and 16UC1 and reads NaN (and 0) as unknown.
+        goal.initial_depth = numpy_to_image(d, "32FC1", Header(stamp=stamp, frame_id=frame))
     if cfg.condition == "trajectory" and traj is not None:
         goal.condition_type = Imagine.Goal.CONDITION_TRAJECTORY
         goal.trajectory = data_to_joint_trajectory(traj)
@@ -178,8 +193,10 @@ class ShadowNode(Node):
 
         self.client = ActionClient(self, Imagine, cfg.imagine_action)
         self._goal: Optional[dict] = None
-        # 6. Inputs
-        self._depth: dict[int, np.ndarray] = {}
+        self.depth_gate = DepthGate(cfg.send_initial_depth, self.get_logger().warning)
+        # 6. Inputs (an image waits for the depth of its stamp, whichever arrives first: the chunk-start frame's depth
+        # goes with the Imagine goal)
+        self.pairer = FramePairer(bool(cfg.depth_topic))
         self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, SENSOR_QOS)
         self.create_subscription(Image, cfg.image_topic, self._on_image, SENSOR_QOS)
         if cfg.depth_topic:
@@ -264,6 +281,7 @@ class ShadowNode(Node):
         self.diag.extra["server_ready"] = str(bool(self.client.server_is_ready())) if hasattr(self, "client") else "?"
         self.diag.extra["log_path"] = str(self.log.path) if hasattr(self, "log") else ""
         self.diag.extra["queue_policy"] = f"{self.cfg.queue_size} {self.cfg.queue_policy}"
+        self.diag.extra["initial_depth_skipped"] = str(self.depth_gate.skipped) if hasattr(self, "depth_gate") else "0"
 
     # -- inputs ----------------------------------------------------------------------------------
     def _on_joint_state(self, msg: JointState) -> None:
@@ -288,12 +306,11 @@ class ShadowNode(Node):
 
     def _on_depth(self, msg: Image) -> None:
         try:
-            self._depth[time_to_ns(msg.header.stamp)] = depth_from_image(msg)
+            depth = depth_from_image(msg)
         except Exception as exc:  # noqa: BLE001
             self._report(f"depth dropped: {first_line(exc)}")
             return
-        while len(self._depth) > 6:
-            self._depth.pop(next(iter(self._depth)))
+        self._frames(self.pairer.depth(time_to_ns(msg.header.stamp) or self._now_ns(), depth))
 
     def _on_image(self, msg: Image) -> None:
         try:
@@ -301,12 +318,12 @@ class ShadowNode(Node):
         except Exception as exc:  # noqa: BLE001
             self._report(f"image dropped: {first_line(exc)}")
             return
-        stamp = time_to_ns(msg.header.stamp) or self._now_ns()
-        depth = self._depth.get(stamp)
-        if depth is None and self._depth:  # nearest depth within 20 ms (drivers stamp both alike)
-            k = min(self._depth, key=lambda s: abs(s - stamp))
-            depth = self._depth[k] if abs(k - stamp) < 20_000_000 else None
-        self.session.on_frame(stamp, rgb, depth, self._q())
+        self._frames(self.pairer.image(time_to_ns(msg.header.stamp) or self._now_ns(), rgb, self._q()))
+
+    def _frames(self, frames) -> None:
+        """Camera frames complete with their depth (within 20 ms of the image's stamp; drivers stamp both alike)."""
+        for f in frames:
+            self.session.on_frame(f.stamp_ns, f.rgb, f.depth, f.q)
 
     def _on_chunk(self, msg: JointTrajectory, mode: str) -> None:
         try:
@@ -353,7 +370,8 @@ class ShadowNode(Node):
 
     def _send(self, rec) -> None:
         try:
-            goal = build_goal(self.cfg, rec.real[0].rgb, rec.seq, rec.traj)
+            rgb = rec.real[0].rgb
+            goal = build_goal(self.cfg, rgb, rec.seq, rec.traj, self.depth_gate(rgb, start_depth(rec)))
         except Exception as exc:  # noqa: BLE001
             self.session.on_imagined(rec, None, f"cannot build the Imagine goal: {first_line(exc)}", self._now_ns())
             return

@@ -2,25 +2,70 @@
 
     imag = make_imaginer(checkpoint="ckpt/")      # in process (no ROS graph needed)
     imag = make_imaginer(checkpoint="")           # action client of /k4d/imagine (a server must be running)
-    rollout = imag(initial_rgb, seq)              # RolloutData, or raises RuntimeError with the reason
+    rollout = imag(initial_rgb, seq, rec)         # RolloutData, or raises RuntimeError with the reason
 
 In process: ``k4d_worldmodel.engine.ImagineEngine``, the imagine node's own ROS-free engine (load, sample,
 lift to metres). Without a checkpoint the replay needs a running Imagine server.
+
+Both send the depth of the chunk's first frame (``rec.real[0].depth``, when the recording has a depth topic)
+with the request as the anchor of the metric lift (``ShadowConfig.send_initial_depth``), through ``DepthGate``,
+which the live shadow node uses too.
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import math
+import time
+from typing import Callable, Optional
 
 import numpy as np
 
 from .session import RolloutData
 
 
+class DepthGate:
+    """Which depth goes with an imagination request (``ShadowConfig.send_initial_depth``).
+
+    ``gate(rgb, depth)`` -> the depth to send, (H, W) float32 metres with NaN where unknown (non-finite or
+    <= 0 in the input), or None: when ``send`` is off, there is no depth, or the depth's size differs from the
+    RGB frame's (not registered to the colour camera: it would anchor the lift on the wrong pixels, and the
+    server would reject the goal). Such a depth is counted in ``skipped`` and reported through ``warn`` at most
+    once per ``period_s``; the request goes out without depth.
+    """
+
+    def __init__(self, send: bool, warn: Callable[[str], None], period_s: float = 10.0):
+        self.send, self.warn, self.period_s = bool(send), warn, float(period_s)
+        self.skipped = 0
+        self._warned = -math.inf
+
+    def __call__(self, rgb: np.ndarray, depth: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        if not self.send or depth is None:
+            return None
+        d = np.asarray(depth, np.float32)
+        if d.shape != np.shape(rgb)[:2]:
+            self.skipped += 1
+            now = time.monotonic()
+            if now - self._warned >= self.period_s:
+                self._warned = now
+                h, w = np.shape(rgb)[:2]
+                self.warn(f"initial depth of shape {d.shape} differs from the {w}x{h} image (register the depth to "
+                          f"the colour camera): Imagine goal sent without initial_depth ({self.skipped} so far)")
+            return None
+        return np.where(np.isfinite(d) & (d > 0), d, np.float32(np.nan))
+
+
+def start_depth(rec) -> Optional[np.ndarray]:
+    """The depth of a chunk record's start frame (``rec.real[0]``), or None."""
+    f0 = rec.real[0] if rec is not None and rec.real else None
+    return None if f0 is None else f0.depth
+
+
 class EngineImaginer:
     """``k4d_worldmodel.engine.ImagineEngine`` in this process: the imagine node's own ROS-free engine."""
 
     def __init__(self, checkpoint: str, device: str = "auto", num_inference_steps: int = 0,
-                 guidance_scale: float = 0.0, seed: int = 42, cuda_graphs: bool = True):
+                 guidance_scale: float = 0.0, seed: int = 42, cuda_graphs: bool = True,
+                 send_initial_depth: bool = True):
         from k4d_worldmodel.config import WorldModelConfig
         from k4d_worldmodel.engine import ImagineEngine, SamplingOverrides
 
@@ -30,16 +75,19 @@ class EngineImaginer:
         self.sampling = SamplingOverrides(num_inference_steps=int(num_inference_steps),
                                           guidance_scale=float(guidance_scale), seed=int(seed))
         self.model_id = self.engine.model_id
+        self.depth_gate = DepthGate(send_initial_depth, logging.getLogger(__name__).warning)
 
     def __call__(self, initial_rgb, seq, rec=None) -> RolloutData:
         from k4d_worldmodel.engine import ImagineRequest
 
+        depth = self.depth_gate(initial_rgb, start_depth(rec))
         try:
-            r = self.engine.run(ImagineRequest(image=initial_rgb, sequence=seq, sampling=self.sampling))
+            r = self.engine.run(ImagineRequest(image=initial_rgb, sequence=seq, sampling=self.sampling,
+                                               anchor_depth=depth))
         except ValueError as exc:  # InvalidRequest names the field
             raise RuntimeError(str(exc)) from None
         return RolloutData(np.asarray(r.rgb), np.asarray(r.xyz, np.float32), bool(r.metric), r.model_id,
-                           float(r.timings.get("generation_s", float("nan"))), r.lift.quality,
+                           float(r.timings.get("generation_s", float("nan"))), r.metric_quality,
                            float(r.lift.residual_m))
 
 
@@ -58,6 +106,7 @@ class ActionImaginer:
         self.node = rclpy.create_node("k4d_shadow_replay")
         self.client = ActionClient(self.node, Imagine, cfg.imagine_action)
         self.timeout_s = timeout_s or cfg.imagine_timeout_s
+        self.depth_gate = DepthGate(cfg.send_initial_depth, self.node.get_logger().warning)
         if not self.client.wait_for_server(timeout_sec=wait_server_s):
             self.close()
             raise RuntimeError(f"no Imagine action server on {cfg.imagine_action} (start the imagine node, or pass "
@@ -68,7 +117,8 @@ class ActionImaginer:
 
         from k4d_bringup.ros.shadow_node import build_goal, rollout_from_result
 
-        goal = build_goal(self.cfg, initial_rgb, seq, rec.traj if rec is not None else None)
+        goal = build_goal(self.cfg, initial_rgb, seq, rec.traj if rec is not None else None,
+                          self.depth_gate(initial_rgb, start_depth(rec)))
         fut = self.client.send_goal_async(goal)
         rclpy.spin_until_future_complete(self.node, fut, timeout_sec=30.0)
         handle = fut.result()
@@ -88,5 +138,6 @@ class ActionImaginer:
 def make_imaginer(cfg, checkpoint: str = "", device: str = "auto"):
     """In-process world model (k4d_worldmodel's ImagineEngine) for ``checkpoint``, else an action client."""
     if checkpoint:
-        return EngineImaginer(checkpoint, device, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed)
+        return EngineImaginer(checkpoint, device, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed,
+                              send_initial_depth=cfg.send_initial_depth)
     return ActionImaginer(cfg)

@@ -25,6 +25,12 @@ name                            shape                            role
 ``arm_cond_proj``               Linear(16 -> 16), zero-init      robot latent added to the condition channels
 ``learnable_domain_embeddings`` [2, D]                           row 0 RGB-half tokens, row 1 XYZ-half tokens
 ==============================  ===============================  =============================================
+
+The ``"jointemb"`` variant is k4d's version of the paper's "emb." ablation: the robot enters as its joint vector
+per video frame instead of as pointmaps. ``joint_embed`` (Linear(num_joints -> arm_dim)) -> ``arm_ln`` -> GELU ->
+``+ arm_pos_emb`` ([1, T, arm_dim], one learned position per video frame) -> ``arm_patch_proj`` gives T robot
+tokens; nothing is injected into the condition channels (no ``arm_cond_proj``). Everything else is shared, so a
+pointmap-conditioned model converts to it with its blocks kept (``convert_variant`` in training).
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformer3DModel
 from diffusers.utils import apply_lora_scale
 
-VARIANTS = ("full", "pmcond")
+VARIANTS = ("full", "pmcond", "jointemb")
 
 # Parameters that Kinema4D adds to the Wan2.1-I2V transformer, by variant (names as in added_weights.safetensors).
 ADDED_PARAMETER_NAMES = {
@@ -62,6 +68,9 @@ ADDED_PARAMETER_NAMES = {
     ),
 }
 ADDED_PARAMETER_NAMES["pmcond"] = tuple(k for k in ADDED_PARAMETER_NAMES["full"] if k != "arm_domain_emb")
+ADDED_PARAMETER_NAMES["jointemb"] = ("learnable_domain_embeddings", "joint_embed.weight", "joint_embed.bias",
+                                     "arm_ln.weight", "arm_ln.bias", "arm_pos_emb", "arm_patch_proj.weight",
+                                     "arm_patch_proj.bias")
 
 # Base Wan2.1 config keys (everything the parent constructor takes).
 WAN_CONFIG_KEYS = (
@@ -217,11 +226,14 @@ class K4DTransformer3DModel(WanTransformer3DModel):
             ``"full"``: robot tokens from both halves (robot RGB | robot pointmap latents, 2 x 312 = 624 tokens),
             robot latent injected into latent frames 1..F-1 on the full width. ``"pmcond"``: robot tokens from the
             pointmap half only (312 tokens), injected into all F latent frames on the XYZ half; no ``arm_domain_emb``.
+            ``"jointemb"``: the "emb." ablation, one robot token per video frame from the joint vector (module
+            docstring); ``robot_condition`` is then `[B, T, num_joints]` joint positions.
         num_latent_frames, latent_height, latent_width (`int`, defaults to 13, 60, 90):
             Latent grid of ONE modality (49 frames x 480 x 720 pixels). The arm-token grid is derived from them.
         arm_patch_size (`tuple[int]`, defaults to `(1, 15, 15)`): kernel = stride of ``patch_embedding_arm``.
         arm_dim (`int`, defaults to 128): robot-token bottleneck width (released: ``attention_head_dim``).
         mask_channels (`int`, defaults to 4): mask channels of the input (= VAE temporal factor).
+        num_joints (`int`, defaults to 8): joint-vector length of the "jointemb" variant (unused by the others).
 
     Input channels are ``[noise (out_channels) | mask (mask_channels) | condition latent (out_channels)]``, so
     ``in_channels == 2 * out_channels + mask_channels`` (36 for the 14B model).
@@ -258,6 +270,7 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         arm_patch_size: tuple[int, ...] = (1, 15, 15),
         arm_dim: int = 128,
         mask_channels: int = 4,
+        num_joints: int = 8,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -269,6 +282,8 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         if image_dim is None or added_kv_proj_dim is None:
             raise ValueError(f"K4D is image-conditioned: image_dim and added_kv_proj_dim are required, got "
                              f"image_dim={image_dim}, added_kv_proj_dim={added_kv_proj_dim}")
+        if variant == "jointemb" and not (isinstance(num_joints, int) and num_joints >= 1):
+            raise ValueError(f"num_joints must be an integer >= 1 for variant 'jointemb', got {num_joints!r}")
         for name, size, patch in (
             ("num_latent_frames", num_latent_frames, arm_patch_size[0]),
             ("latent_height", latent_height, arm_patch_size[1]),
@@ -299,19 +314,28 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         self.learnable_domain_embeddings = nn.Parameter(torch.zeros(2, inner_dim))
 
         # 3. Robot-token encoder ("arm"): (mask | latent) -> Conv3d -> LayerNorm -> GELU -> +pos(+domain) -> Linear
-        self.patch_embedding_arm = nn.Conv3d(
-            mask_channels + out_channels, arm_dim, kernel_size=tuple(arm_patch_size), stride=tuple(arm_patch_size)
-        )
+        #    ("jointemb": joint vector -> Linear -> LayerNorm -> GELU -> +pos -> Linear)
+        if variant == "jointemb":
+            self.joint_embed = nn.Linear(num_joints, arm_dim)
+        else:
+            self.patch_embedding_arm = nn.Conv3d(
+                mask_channels + out_channels, arm_dim, kernel_size=tuple(arm_patch_size), stride=tuple(arm_patch_size)
+            )
         self.arm_ln = nn.LayerNorm(arm_dim)
         self.arm_act = nn.GELU()
-        grid = self.arm_token_grid
-        self.arm_pos_emb = _trunc_normal_parameter(1, arm_dim, *grid)
+        if variant == "jointemb":
+            self.arm_pos_emb = _trunc_normal_parameter(1, self.num_video_frames, arm_dim)
+        else:
+            self.arm_pos_emb = _trunc_normal_parameter(1, arm_dim, *self.arm_token_grid)
         if variant == "full":
             self.arm_domain_emb = _trunc_normal_parameter(2, arm_dim)
         self.arm_patch_proj = nn.Linear(arm_dim, inner_dim)
-        # 4. Robot latent injected into the condition channels
-        self.arm_cond_proj = nn.Linear(out_channels, out_channels)
-        for layer in (self.arm_patch_proj, self.arm_cond_proj):
+        zero_init = [self.arm_patch_proj]
+        # 4. Robot latent injected into the condition channels (pointmap variants)
+        if variant != "jointemb":
+            self.arm_cond_proj = nn.Linear(out_channels, out_channels)
+            zero_init.append(self.arm_cond_proj)
+        for layer in zero_init:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -331,8 +355,17 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         )
 
     @property
+    def num_video_frames(self) -> int:
+        """Video frames T of the latent grid: ``(num_latent_frames - 1) * mask_channels + 1`` (49 for the 14B)."""
+        c = self.config
+        return (c.num_latent_frames - 1) * c.mask_channels + 1
+
+    @property
     def num_robot_tokens(self) -> int:
-        """Robot tokens in the cross-attention context: 624 ("full") or 312 ("pmcond") for the 14B model."""
+        """Robot tokens in the cross-attention context: 624 ("full") or 312 ("pmcond") for the 14B model; T for
+        "jointemb"."""
+        if self.config.variant == "jointemb":
+            return self.num_video_frames
         n = math.prod(self.arm_token_grid)
         return 2 * n if self.config.variant == "full" else n
 
@@ -344,8 +377,11 @@ class K4DTransformer3DModel(WanTransformer3DModel):
 
     @property
     def robot_condition_shape(self) -> tuple[int, int, int, int]:
-        """Shape of ``robot_condition`` without batch: ``(mask + latent channels, F, h, w_cond)``."""
+        """Shape of ``robot_condition`` without batch: ``(mask + latent channels, F, h, w_cond)``; ``(T, num_joints)``
+        for "jointemb"."""
         c = self.config
+        if c.variant == "jointemb":
+            return (self.num_video_frames, c.num_joints)
         width = 2 * c.latent_width if c.variant == "full" else c.latent_width
         return (c.mask_channels + c.out_channels, c.num_latent_frames, c.latent_height, width)
 
@@ -363,6 +399,36 @@ class K4DTransformer3DModel(WanTransformer3DModel):
 
     # -------------------------------------------------------------------------------------------------- forward
     @apply_lora_scale("attention_kwargs")
+    def _inject_robot_latent(self, hidden_states: torch.Tensor, robot_condition: torch.Tensor,
+                             inject_scale: torch.Tensor) -> torch.Tensor:
+        """Pointmap variants: the robot mask replaces the mask channels and ``arm_cond_proj(robot latent)`` is added
+        to the condition latent, in the variant's region; returns a new tensor (the input is never written)."""
+        c = self.config
+        lat, msk = c.out_channels, c.mask_channels
+        width = hidden_states.shape[-1]
+        if c.variant == "full":
+            region = (slice(None), slice(None), slice(1, None), slice(None), slice(None))
+            robot_region = robot_condition[:, :, 1:]
+        else:
+            region = (slice(None), slice(None), slice(None), slice(None), slice(width // 2, None))
+            robot_region = robot_condition
+        robot_mask, robot_latent = robot_region[:, :msk], robot_region[:, msk:]
+        injected = self.arm_cond_proj(robot_latent.movedim(1, -1)).movedim(-1, 1)  # B, 16, F_r, h, w_r
+        injected = injected * inject_scale.view(-1, 1, 1, 1, 1)
+        active = (inject_scale != 0).view(-1, 1, 1, 1, 1)
+        region_in = hidden_states[region]  # B, 36, F_r, h, w_r (a view; never written)
+        region_out = torch.cat(
+            [
+                region_in[:, :lat],
+                torch.where(active, robot_mask, region_in[:, lat : lat + msk]),  # robot mask replaces the mask
+                region_in[:, lat + msk :] + injected,
+            ],
+            dim=1,
+        )
+        x = hidden_states.clone()
+        x[region] = region_out  # batch, in_channels, F, h, 2w
+        return x
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -385,6 +451,7 @@ class K4DTransformer3DModel(WanTransformer3DModel):
             robot_condition (`torch.Tensor` of shape `[B, 20, F, h, w_cond]`):
                 channels 0..3 robot mask (tiled x2 along width for "full"), channels 4..19 robot latents
                 (robot RGB | normalised robot pointmap for "full", w_cond = 2w; pointmap only for "pmcond", w_cond = w).
+                "jointemb": `[B, T, num_joints]` joint positions per video frame.
             robot_token_scale (`float` or `torch.Tensor` of shape `[B]`, *optional*, defaults to 1):
                 multiplies the robot cross-attention tokens (after ``arm_patch_proj``); 0 replaces them by zeros.
             robot_injection_scale (`float` or `torch.Tensor` of shape `[B]`, *optional*, defaults to 1):
@@ -411,34 +478,16 @@ class K4DTransformer3DModel(WanTransformer3DModel):
             )
         p_t, p_h, p_w = c.patch_size
         post_f, post_h, post_w = num_frames // p_t, height // p_h, width // p_w
-        lat, msk = c.out_channels, c.mask_channels
         robot_condition = robot_condition.to(hidden_states.dtype)
         token_scale = self._per_sample(robot_token_scale, batch_size, hidden_states)
         inject_scale = self._per_sample(robot_injection_scale, batch_size, hidden_states)
 
         # 1. Robot latent injection into the condition channels (out of place; the release does this in place)
-        #    "full": latent frames 1..F-1, whole width. "pmcond": all frames, XYZ half of the width.
-        if c.variant == "full":
-            region = (slice(None), slice(None), slice(1, None), slice(None), slice(None))
-            robot_region = robot_condition[:, :, 1:]
+        #    "full": latent frames 1..F-1, whole width. "pmcond": all frames, XYZ half of the width. "jointemb": none.
+        if c.variant == "jointemb":
+            x = hidden_states
         else:
-            region = (slice(None), slice(None), slice(None), slice(None), slice(width // 2, None))
-            robot_region = robot_condition
-        robot_mask, robot_latent = robot_region[:, :msk], robot_region[:, msk:]
-        injected = self.arm_cond_proj(robot_latent.movedim(1, -1)).movedim(-1, 1)  # B, 16, F_r, h, w_r
-        injected = injected * inject_scale.view(-1, 1, 1, 1, 1)
-        active = (inject_scale != 0).view(-1, 1, 1, 1, 1)
-        region_in = hidden_states[region]  # B, 36, F_r, h, w_r (a view; never written)
-        region_out = torch.cat(
-            [
-                region_in[:, :lat],
-                torch.where(active, robot_mask, region_in[:, lat : lat + msk]),  # robot mask replaces the mask
-                region_in[:, lat + msk :] + injected,
-            ],
-            dim=1,
-        )
-        x = hidden_states.clone()
-        x[region] = region_out  # batch, in_channels, F, h, 2w
+            x = self._inject_robot_latent(hidden_states, robot_condition, inject_scale)
 
         # 2. Rotary positions (computed for one half, repeated for the other)
         rotary_emb = self.rope(x)
@@ -463,9 +512,15 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         image_tokens = emb.image_embedder(encoder_hidden_states_image)  # batch, 257, inner_dim
 
         # 5. Robot tokens, which take the place of the text tokens
-        r = self.patch_embedding_arm(robot_condition)  # batch, arm_dim, f_a, h_a, w_a
-        r = self.arm_act(self.arm_ln(r.movedim(1, -1))).movedim(-1, 1)
-        if c.variant == "full":
+        if c.variant == "jointemb":
+            r = self.arm_act(self.arm_ln(self.joint_embed(robot_condition))) + self.arm_pos_emb  # batch, T, arm_dim
+            r = r.movedim(-1, 1)  # batch, arm_dim, T (flattened to tokens below)
+        else:
+            r = self.patch_embedding_arm(robot_condition)  # batch, arm_dim, f_a, h_a, w_a
+            r = self.arm_act(self.arm_ln(r.movedim(1, -1))).movedim(-1, 1)
+        if c.variant == "jointemb":
+            pass
+        elif c.variant == "full":
             half = r.shape[-1] // 2
             r = torch.cat(
                 [
@@ -528,6 +583,8 @@ def flops_per_forward(config: Any, batch_size: int = 1, num_image_tokens: int = 
     ap = get("arm_patch_size")
     n_arm = (get("num_latent_frames") // ap[0]) * (get("latent_height") // ap[1]) * (get("latent_width") // ap[2])
     n_robot = 2 * n_arm if get("variant") == "full" else n_arm
+    if get("variant") == "jointemb":
+        n_robot = (get("num_latent_frames") - 1) * get("mask_channels") + 1
     ffn = get("ffn_dim")
     per_layer = (
         2 * n * d * 3 * d  # self-attn q, k, v

@@ -80,7 +80,7 @@ class TransformerGraph:
                 hidden_states=self.latent_in.expand(n, -1, -1, -1, -1),
                 timestep=self.t.expand(n),
                 encoder_hidden_states_image=self.image_tokens.expand(n, -1, -1),
-                robot_condition=self.robot_condition.expand(n, -1, -1, -1, -1),
+                robot_condition=self.robot_condition.expand(n, *self.robot_condition.shape[1:]),
                 robot_token_scale=self.token_scale,
                 robot_injection_scale=self.injection_scale,
                 return_dict=False,
@@ -294,6 +294,7 @@ class K4DPipeline(DiffusionPipeline):
         guidance_scale: Any,
         cfg_mode: Any,
         output_type: Any,
+        robot_joints: Any = None,
     ) -> None:
         """Validate every argument of ``__call__`` before any work; errors name the argument and its value."""
         t, h, w = self.num_frames, self.height, self.width
@@ -323,6 +324,15 @@ class K4DPipeline(DiffusionPipeline):
             lc = np.asarray(link_colors)
             if lc.ndim != 2 or lc.shape[1] != 3 or len(lc) == 0 or lc.min() < 0 or lc.max() > 255:
                 raise ValueError(f"link_colors must be (L, 3) RGB values in 0..255, got shape {lc.shape}")
+        if self.variant == "jointemb":
+            n_j = self.transformer.config.num_joints
+            if robot_joints is None:
+                raise ValueError(f"this model is the joint-embedding variant ('jointemb'): pass robot_joints, the "
+                                 f"({t}, {n_j}) joint positions per frame")
+            q = _to_numpy(robot_joints)
+            if q.shape != (t, n_j) or not np.issubdtype(q.dtype, np.floating) or not np.isfinite(q).all():
+                raise ValueError(f"robot_joints must be finite floats of shape ({t}, {n_j}) (frames, joints), got "
+                                 f"shape {q.shape} dtype {q.dtype}")
         if xyz_bounds is not None:
             try:
                 lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in xyz_bounds)
@@ -428,16 +438,20 @@ class K4DPipeline(DiffusionPipeline):
         return torch.cat([mask, latent], dim=1)
 
     def prepare_robot_condition(
-        self, xyz01: np.ndarray, mask: np.ndarray, robot_rgb: np.ndarray | None
+        self, xyz01: np.ndarray, mask: np.ndarray, robot_rgb: np.ndarray | None, robot_joints: np.ndarray | None = None
     ) -> torch.Tensor:
         """Robot condition `[B, 4 + 16, F, h, w_cond]` float32 (mask channels first, then robot latents) from
         `(T, H, W, 3)` / `(T, H, W)` arrays (B = 1) or the same with a leading batch dimension.
 
         "full": latents = VAE(robot RGB) | (VAE(robot pointmap) - (-0.17)) / 1.36 along width, mask tiled x2.
-        "pmcond": pointmap latents and untiled mask only.
+        "pmcond": pointmap latents and untiled mask only. "jointemb": ``robot_joints`` `(T, J)` (or `(B, T, J)`)
+        as `[B, T, J]` float32; the pointmap is not encoded.
         """
         cfg = self.transformer.config
         batched = np.ndim(mask) == 4
+        if cfg.variant == "jointemb":
+            q = torch.from_numpy(np.asarray(robot_joints, dtype=np.float32))
+            return (q if batched else q[None]).to(self._execution_device)
         xyz01, mask = (xyz01, mask) if batched else (np.asarray(xyz01)[None], np.asarray(mask)[None])
         to_video = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().permute(0, 4, 1, 2, 3)
         pm_latent = (self.encode_video(to_video(xyz01)) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
@@ -515,6 +529,7 @@ class K4DPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         callback: Callable[[int, int, float], bool | None] | None = None,
         output_type: str = "np",
+        robot_joints: np.ndarray | torch.Tensor | None = None,
     ) -> K4DPipelineOutput:
         r"""Imagine a rollout.
 
@@ -548,6 +563,8 @@ class K4DPipeline(DiffusionPipeline):
                 1..total; elapsed_s since denoising began). Return ``False`` (exactly) or raise [`K4DCancelled`] to
                 stop; ``__call__`` then raises [`K4DCancelled`] before the next step. Any other exception propagates.
             output_type: ``"np"`` decodes frames; ``"latent"`` skips the VAE decode (``rgb``/``xyz`` are None).
+            robot_joints: `(T, num_joints)` joint positions per frame; required by (and only used by) the
+                "jointemb" variant, the "emb." ablation. ``robot_xyz`` still gives the robot mask there.
 
         Returns:
             [`K4DPipelineOutput`] with ``rgb (T, H, W, 3) uint8``, ``xyz (T, H, W, 3) float32 in [0, 1]`` (decoded
@@ -560,7 +577,7 @@ class K4DPipeline(DiffusionPipeline):
         t_start = time.perf_counter()
         image_np = _to_numpy(image)
         self.check_inputs(image_np, robot_xyz, robot_link, robot_rgb, link_colors, xyz_bounds,
-                          num_inference_steps, guidance_scale, cfg_mode, output_type)
+                          num_inference_steps, guidance_scale, cfg_mode, output_type, robot_joints)
         device = self._execution_device
         tdtype = self.transformer.dtype
         batch_cfg = self.config.batch_cfg if batch_cfg is None else bool(batch_cfg)
@@ -584,7 +601,8 @@ class K4DPipeline(DiffusionPipeline):
         image01 = torch.from_numpy(image_u8).permute(2, 0, 1).float() / 255.0
         image_tokens = self.encode_image(image_u8).to(tdtype)  # 1, N_img, image_dim
         condition = self.prepare_condition(image01)  # 1, 20, F, h, 2w
-        robot_condition = self.prepare_robot_condition(xyz01, mask, rgb_robot).to(tdtype)  # 1, 20, F, h, w_cond
+        joints = None if robot_joints is None else _to_numpy(robot_joints)
+        robot_condition = self.prepare_robot_condition(xyz01, mask, rgb_robot, joints).to(tdtype)  # 1, 20, F, h, w_cond
         t_encoded = time.perf_counter()
 
         # 3. Initial noise and timesteps
@@ -617,7 +635,7 @@ class K4DPipeline(DiffusionPipeline):
                 hidden_states=latent_in.expand(n, -1, -1, -1, -1),
                 timestep=t.expand(n),
                 encoder_hidden_states_image=image_tokens.expand(n, -1, -1),
-                robot_condition=robot_condition.expand(n, -1, -1, -1, -1),
+                robot_condition=robot_condition.expand(n, *robot_condition.shape[1:]),
                 robot_token_scale=torch.tensor([s[0] for s in scales], device=device),
                 robot_injection_scale=torch.tensor([s[1] for s in scales], device=device),
                 return_dict=False,

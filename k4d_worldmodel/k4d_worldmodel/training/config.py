@@ -81,8 +81,12 @@ class TrainConfig:
     mode: "full" (train a small K4D transformer from scratch, the VAE first if ``vae.train``; or, with
         ``base.checkpoint_dir``, continue every transformer weight of that saved model, its VAE and image encoder
         frozen) or "lora" (fine-tune ``base`` with a LoRA).
-    variant: pmcond | full (mode full). num_frames, height, width: model geometry of mode full (T = 1 + 4k,
-        H and W multiples of 8 x patch); mode lora takes the base checkpoint's.
+    variant: pmcond | full | jointemb (mode full; jointemb is the "emb." ablation, conditioned on joint vectors).
+        num_frames, height, width: model geometry of mode full (T = 1 + 4k, H and W multiples of 8 x patch); mode
+        lora takes the base checkpoint's.
+    convert_variant: mode full with ``base.checkpoint_dir`` only: rebuild the saved transformer as this variant
+        before training ("" = keep its own). Every weight both variants share is kept; the robot-conditioning
+        modules of the new variant start fresh (how the "emb." ablation is trained from the shipped model).
     model: K4DTransformer3DModel kwargs (mode full); geometry keys are filled in from the fields above.
     image_encoder: CLIPVisionConfig kwargs of the frozen, randomly initialised image encoder (mode full; no
         pretrained CLIP can be downloaded here; the first frame mainly enters through the condition latent).
@@ -101,6 +105,7 @@ class TrainConfig:
 
     mode: str = "full"
     variant: str = "pmcond"
+    convert_variant: str = ""
     num_frames: int = 17
     height: int = 64
     width: int = 96
@@ -143,7 +148,8 @@ class TrainConfig:
             self.lora = _from_mapping(LoRAConfig, self.lora, "lora")
         if isinstance(self.base, Mapping):
             self.base = _from_mapping(BaseConfig, self.base, "base")
-        for name, allowed in (("mode", MODES), ("variant", ("pmcond", "full")), ("mixed_precision", PRECISIONS),
+        for name, allowed in (("mode", MODES), ("variant", ("pmcond", "full", "jointemb")),
+                              ("convert_variant", ("", "pmcond", "full", "jointemb")), ("mixed_precision", PRECISIONS),
                               ("data_format", DATA_FORMATS), ("save_dtype", ("float32", "bfloat16"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

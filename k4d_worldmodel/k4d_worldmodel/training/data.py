@@ -33,7 +33,8 @@ Clip keys: ``name`` str; ``rgb (T, H, W, 3) uint8``; ``world_xyz (T, H, W, 3) fl
 model generates); ``world_lo, world_hi (3,) float64`` metres; ``robot_xyz (T, H, W, 3) float32`` metres, NaN
 off-robot; ``robot_mask (T, H, W) bool``; ``robot_link (T, H, W) int16`` (-1 off-robot; 0 on-robot for the
 Kinema4D layout); ``robot_rgb (T, H, W, 3) uint8`` (0 off-robot); ``meta`` dict (episode JSON, may be empty);
-optional ``K (3, 3)``, ``T_base_cam (4, 4)``, ``object_pos (T, O, 3)`` metres base frame, ``frame_index (T,)``.
+optional ``K (3, 3)``, ``T_base_cam (4, 4)``, ``object_pos (T, O, 3)`` metres base frame, ``q (T, J) float32``
+joint positions (k4d episodes; the "jointemb" ablation's condition), ``frame_index (T,)``.
 """
 from __future__ import annotations
 
@@ -131,8 +132,9 @@ def finish_clip(clip: dict[str, Any], num_frames: int, height: int, width: int) 
         clip[key] = resize_rgb(clip[key][idx], height, width)
     for key in ("world_xyz", "robot_xyz", "robot_mask", "robot_link"):
         clip[key] = np.ascontiguousarray(resize_nearest(clip[key][idx], height, width))
-    if "object_pos" in clip:
-        clip["object_pos"] = clip["object_pos"][idx]
+    for key in ("object_pos", "q"):
+        if key in clip:
+            clip[key] = np.ascontiguousarray(clip[key][idx])
     if "K" in clip:
         clip["K"] = _resize_K(clip["K"], h, w, height, width)
     clip["frame_index"] = idx
@@ -199,6 +201,8 @@ class EpisodeDataset(ClipDataset):
             "meta": ep.get("meta", {}), "K": ep["K"], "T_base_cam": ep["T_base_cam"],
             "object_pos": ep["object_pos"],
         }
+        if "q" in ep:
+            clip["q"] = np.asarray(ep["q"], dtype=np.float32)
         return finish_clip(clip, self.num_frames, self.height, self.width)
 
 

@@ -80,12 +80,19 @@ def _prepare(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, Any]:
     if not mask.any():
         raise ValueError(f"clip {clip.get('name', '?')!r} has no robot pixel; cannot build a robot condition")
     xyz01, _, _ = normalize_robot_pointmap(clip["robot_xyz"], mask)
+    joints = None
+    if pipe.variant == "jointemb":
+        n_j = pipe.transformer.config.num_joints
+        joints = clip.get("q")
+        if joints is None or np.shape(joints) != (len(mask), n_j):
+            raise ValueError(f"clip {clip.get('name', '?')!r}: the 'jointemb' model needs joint positions 'q' of "
+                             f"shape ({len(mask)}, {n_j}), got {None if joints is None else np.shape(joints)}")
     robot_rgb = None
     if pipe.variant == "full":
         robot_rgb = clip.get("robot_rgb")
         robot_rgb = render_robot_rgb(link, mask) if robot_rgb is None else np.where(mask[..., None], robot_rgb, 0)
         robot_rgb = robot_rgb.astype(np.uint8)
-    return {"mask": mask, "xyz01": xyz01, "robot_rgb": robot_rgb}
+    return {"mask": mask, "xyz01": xyz01, "robot_rgb": robot_rgb, "joints": joints}
 
 
 @torch.no_grad()
@@ -116,8 +123,9 @@ def encode_clips(pipe: K4DPipeline, clips: list[dict[str, Any]], batch_size: int
         tokens = [pipe.encode_image(np.ascontiguousarray(r[0]))[0] for r in rgb]
         condition = pipe.prepare_condition(image01)
         robot_rgb = None if pipe.variant != "full" else np.stack([p["robot_rgb"] for p in prep])
+        joints = None if pipe.variant != "jointemb" else np.stack([p["joints"] for p in prep])
         robot_condition = pipe.prepare_robot_condition(np.stack([p["xyz01"] for p in prep]),
-                                                       np.stack([p["mask"] for p in prep]), robot_rgb)
+                                                       np.stack([p["mask"] for p in prep]), robot_rgb, joints)
         videos = lambda key: torch.cat([_video01(c[key]) for c in group])
         rgb_latent = pipe.encode_video(videos("rgb"))
         pm_latent = (pipe.encode_video(videos("world01")) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
@@ -139,9 +147,9 @@ def soft_mask(robot_condition: torch.Tensor, mask_channels: int, fraction: float
     """Training soft mask: a random ``fraction`` of the robot mask's ones -> 0.5 (out of place).
 
     ``robot_condition`` `[B, mask_channels + 16, F, h, w_cond]`; the same positions change in every mask channel
-    and (``variant == "full"``) in both width halves.
+    and (``variant == "full"``) in both width halves. "jointemb" has no mask: returned unchanged.
     """
-    if fraction <= 0:
+    if fraction <= 0 or variant == "jointemb":
         return robot_condition
     m = robot_condition[:, :1]
     if variant == "full":

@@ -92,6 +92,25 @@ def load_base_pipeline(cfg: TrainConfig, dtype: torch.dtype) -> tuple[Any, str]:
     return pipe, "released" if released else "k4d"
 
 
+def convert_transformer_variant(pipe, variant: str, seed: int = 0) -> int:
+    """Replace ``pipe.transformer`` by the same model of another variant, keeping every tensor whose name and shape
+    both have (the blocks, patch and time embeddings, ...); returns how many were kept."""
+    from ..models.transformer_k4d import K4DTransformer3DModel
+
+    old = pipe.transformer
+    kw = {k: v for k, v in dict(old.config).items() if not k.startswith("_")}
+    kw["variant"] = variant
+    torch.manual_seed(seed)
+    new = K4DTransformer3DModel(**kw)
+    if old.dtype != new.dtype:
+        new = new.to(dtype=old.dtype)
+    target = new.state_dict()
+    shared = {k: v for k, v in old.state_dict().items() if k in target and target[k].shape == v.shape}
+    new.load_state_dict(shared, strict=False)
+    pipe.register_modules(transformer=new)
+    return len(shared)
+
+
 def load_clips(ds, workers: int = 0) -> list[dict[str, Any]]:
     """Every clip of ``ds`` in order; ``workers`` > 0 reads them in that many DataLoader worker processes
     (decompressing thousands of episodes is the slow part of start-up on one core)."""
@@ -189,6 +208,11 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         pipe, layout = load_base_pipeline(cfg, torch.float32)
         geom = (pipe.num_frames, pipe.height, pipe.width)
         metrics["continued_from"] = str(cfg.base.checkpoint_dir)
+        if cfg.convert_variant and cfg.convert_variant != pipe.variant:
+            kept = convert_transformer_variant(pipe, cfg.convert_variant, cfg.seed)
+            metrics["converted_to"] = cfg.convert_variant
+            say(f"train: transformer rebuilt as variant {cfg.convert_variant!r}; {kept} shared tensors kept, "
+                f"its robot-conditioning modules start fresh")
         say(f"train: full fine-tuning of {cfg.base.checkpoint_dir} (its VAE and image encoder stay frozen; the "
             "config's model, vae and geometry fields are not used)")
     elif cfg.mode == "full":
