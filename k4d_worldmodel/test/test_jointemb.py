@@ -96,6 +96,9 @@ def test_convert_train_and_evaluate_the_emb_ablation(synth, tmp_path):
     cfg = TrainConfig.from_dict(dict(mode="full", convert_variant="jointemb",
                                      base=dict(checkpoint_dir=str(tmp_path / "smoke" / "pipeline")), batch_size=2,
                                      max_steps=3, lr=1e-3, warmup_steps=0, checkpoint_every=0))
+    with pytest.raises(ValueError, match="convert_variant='jointemb' rebuilds a saved model"):
+        train(synth, TrainConfig.from_dict(dict(mode="full", convert_variant="jointemb", max_steps=1)),
+              tmp_path / "bad", progress=False, log=lambda x: None)
     m = train(synth, cfg, tmp_path / "emb", progress=False, log=lambda x: None)
     assert m["converted_to"] == "jointemb" and m["steps"] == 3
     emb = load_pipeline(WorldModelConfig(checkpoint_dir=str(tmp_path / "emb" / "pipeline"), variant="jointemb",

@@ -518,19 +518,17 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         else:
             r = self.patch_embedding_arm(robot_condition)  # batch, arm_dim, f_a, h_a, w_a
             r = self.arm_act(self.arm_ln(r.movedim(1, -1))).movedim(-1, 1)
-        if c.variant == "jointemb":
-            pass
-        elif c.variant == "full":
-            half = r.shape[-1] // 2
-            r = torch.cat(
-                [
-                    r[..., :half] + self.arm_pos_emb + self.arm_domain_emb[0].view(1, -1, 1, 1, 1),
-                    r[..., half:] + self.arm_pos_emb + self.arm_domain_emb[1].view(1, -1, 1, 1, 1),
-                ],
-                dim=-1,
-            )
-        else:
-            r = r + self.arm_pos_emb
+            if c.variant == "full":
+                half = r.shape[-1] // 2
+                r = torch.cat(
+                    [
+                        r[..., :half] + self.arm_pos_emb + self.arm_domain_emb[0].view(1, -1, 1, 1, 1),
+                        r[..., half:] + self.arm_pos_emb + self.arm_domain_emb[1].view(1, -1, 1, 1, 1),
+                    ],
+                    dim=-1,
+                )
+            else:
+                r = r + self.arm_pos_emb
         r = self.arm_patch_proj(r.flatten(2).transpose(1, 2))  # batch, num_robot_tokens, inner_dim
         r = r * token_scale.to(r.dtype).view(-1, 1, 1)
         context = torch.cat([image_tokens, r.to(image_tokens.dtype)], dim=1)  # batch, 257 + num_robot, inner_dim

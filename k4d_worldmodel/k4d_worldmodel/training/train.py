@@ -180,6 +180,9 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     if cfg.mode == "lora" and not cfg.base.checkpoint_dir:
         raise ValueError("mode 'lora' needs base.checkpoint_dir (config) or --base-checkpoint: the checkpoint to "
                          "fine-tune")
+    if cfg.convert_variant and not (cfg.mode == "full" and cfg.base.checkpoint_dir):
+        raise ValueError(f"convert_variant={cfg.convert_variant!r} rebuilds a saved model: it needs mode 'full' with "
+                         f"base.checkpoint_dir (or --base-checkpoint); set variant instead to train one from scratch")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     precision = _resolve_precision(cfg)
