@@ -266,15 +266,13 @@ def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, 
 @torch.no_grad()
 def autoencode(pipe, clip: dict[str, Any], seed: int, lift_config=None, anchor_config=None
                ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The ``vae_recon`` ceiling: the clip's ground-truth RGB and normalised world pointmap encoded and decoded by
-    the pipeline's VAE exactly as training targets are built and rollouts decoded (RGB | pointmap latents side by
-    side, the pointmap half with the Kinema4D latent normalisation), then lifted like a rollout (``_lift``)."""
-    from .pipelines.pipeline_k4d import POINTMAP_LATENT_MEAN, POINTMAP_LATENT_STD, K4DPipeline
+    """The ``vae_recon`` ceiling: the clip's training-target latents (``objective.target_latents`` of its
+    ground-truth RGB and normalised world pointmap) decoded as a rollout is, then lifted like one (``_lift``)."""
+    from .pipelines.pipeline_k4d import K4DPipeline
+    from .training.objective import target_latents
 
-    to_video = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().permute(3, 0, 1, 2)[None]
-    z_rgb = pipe.encode_video(to_video(clip["rgb"].astype(np.float32) / 255.0))
-    z_xyz = (pipe.encode_video(to_video(clip["world01"])) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
-    video = pipe.decode_latents(torch.cat([z_rgb, z_xyz], dim=-1))[0].permute(1, 2, 3, 0).cpu().numpy()
+    video = pipe.decode_latents(target_latents(pipe, [clip["rgb"]], [clip["world01"]]))[0]
+    video = video.permute(1, 2, 3, 0).cpu().numpy()
     w = pipe.width
     rgb = np.round(video[:, :, :w] * 255.0).astype(np.uint8)
     mask = K4DPipeline._robot_mask(clip["robot_xyz"], clip.get("robot_link"))

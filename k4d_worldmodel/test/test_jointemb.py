@@ -146,3 +146,16 @@ def test_vae_recon_is_the_decoded_training_target(synth, pmcond_pipe):
         video = pmcond_pipe.decode_latents(x0)[0].permute(1, 2, 3, 0).numpy()
     np.testing.assert_array_equal(rgb, np.round(video[:, :, : pmcond_pipe.width] * 255).astype(np.uint8))
     assert xyz_m.shape == clip["world_xyz"].shape and info["lift"] in ("metric", "anchored", "oracle_bounds")
+
+
+def test_training_clip_without_joint_positions_is_named(synth):
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.objective import encode_clip
+
+    pipe = _jointemb_pipe()
+    clip = open_dataset(synth, pipe.num_frames, pipe.height, pipe.width, split="all")[0]
+    assert clip["q"].shape == (pipe.num_frames, 8)
+    assert encode_clip(pipe, clip)["robot_condition"].shape == (pipe.num_frames, 8)
+    del clip["q"]
+    with pytest.raises(ValueError, match=r"clip '000000' \(its joint positions 'q'\): this model is the joint"):
+        encode_clip(pipe, clip)

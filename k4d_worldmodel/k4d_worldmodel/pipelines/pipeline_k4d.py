@@ -325,14 +325,7 @@ class K4DPipeline(DiffusionPipeline):
             if lc.ndim != 2 or lc.shape[1] != 3 or len(lc) == 0 or lc.min() < 0 or lc.max() > 255:
                 raise ValueError(f"link_colors must be (L, 3) RGB values in 0..255, got shape {lc.shape}")
         if self.variant == "jointemb":
-            n_j = self.transformer.config.num_joints
-            if robot_joints is None:
-                raise ValueError(f"this model is the joint-embedding variant ('jointemb'): pass robot_joints, the "
-                                 f"({t}, {n_j}) joint positions per frame")
-            q = _to_numpy(robot_joints)
-            if q.shape != (t, n_j) or not np.issubdtype(q.dtype, np.floating) or not np.isfinite(q).all():
-                raise ValueError(f"robot_joints must be finite floats of shape ({t}, {n_j}) (frames, joints), got "
-                                 f"shape {q.shape} dtype {q.dtype}")
+            self.check_robot_joints(robot_joints)
         if xyz_bounds is not None:
             try:
                 lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in xyz_bounds)
@@ -436,6 +429,19 @@ class K4DPipeline(DiffusionPipeline):
         mask[:, :, 0, :, : latent.shape[-1] // 2] = 1.0
         mask[:, :, 0, :, latent.shape[-1] // 2 :] = 0.5
         return torch.cat([mask, latent], dim=1)
+
+    def check_robot_joints(self, robot_joints: Any) -> np.ndarray:
+        """The "jointemb" condition as a `(T, num_joints)` float32 array; ValueError naming ``robot_joints`` if it is
+        missing, of another shape, not floating point or not finite."""
+        t, n_j = self.num_frames, self.transformer.config.num_joints
+        if robot_joints is None:
+            raise ValueError(f"this model is the joint-embedding variant ('jointemb'): pass robot_joints, the "
+                             f"({t}, {n_j}) joint positions per frame")
+        q = _to_numpy(robot_joints)
+        if q.shape != (t, n_j) or not np.issubdtype(q.dtype, np.floating) or not np.isfinite(q).all():
+            raise ValueError(f"robot_joints must be finite floats of shape ({t}, {n_j}) (frames, joints), got "
+                             f"shape {q.shape} dtype {q.dtype}")
+        return q.astype(np.float32)
 
     def prepare_robot_condition(
         self, xyz01: np.ndarray, mask: np.ndarray, robot_rgb: np.ndarray | None, robot_joints: np.ndarray | None = None

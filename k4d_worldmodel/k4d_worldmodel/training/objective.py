@@ -82,11 +82,10 @@ def _prepare(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, Any]:
     xyz01, _, _ = normalize_robot_pointmap(clip["robot_xyz"], mask)
     joints = None
     if pipe.variant == "jointemb":
-        n_j = pipe.transformer.config.num_joints
-        joints = clip.get("q")
-        if joints is None or np.shape(joints) != (len(mask), n_j):
-            raise ValueError(f"clip {clip.get('name', '?')!r}: the 'jointemb' model needs joint positions 'q' of "
-                             f"shape ({len(mask)}, {n_j}), got {None if joints is None else np.shape(joints)}")
+        try:
+            joints = pipe.check_robot_joints(clip.get("q"))
+        except ValueError as exc:
+            raise ValueError(f"clip {clip.get('name', '?')!r} (its joint positions 'q'): {exc}") from None
     robot_rgb = None
     if pipe.variant == "full":
         robot_rgb = clip.get("robot_rgb")
@@ -126,15 +125,23 @@ def encode_clips(pipe: K4DPipeline, clips: list[dict[str, Any]], batch_size: int
         joints = None if pipe.variant != "jointemb" else np.stack([p["joints"] for p in prep])
         robot_condition = pipe.prepare_robot_condition(np.stack([p["xyz01"] for p in prep]),
                                                        np.stack([p["mask"] for p in prep]), robot_rgb, joints)
-        videos = lambda key: torch.cat([_video01(c[key]) for c in group])
-        rgb_latent = pipe.encode_video(videos("rgb"))
-        pm_latent = (pipe.encode_video(videos("world01")) - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
-        x0 = torch.cat([rgb_latent, pm_latent], dim=-1)
+        x0 = target_latents(pipe, [c["rgb"] for c in group], [c["world01"] for c in group])
         for i in range(len(group)):
             encoded.append({"x0": x0[i].float().cpu(), "condition": condition[i].float().cpu(),
                             "robot_condition": robot_condition[i].float().cpu(),
                             "image_tokens": tokens[i].float().cpu()})
     return encoded, skipped
+
+
+@torch.no_grad()
+def target_latents(pipe: K4DPipeline, rgb: list[np.ndarray], world01: list[np.ndarray]) -> torch.Tensor:
+    """The latents a rollout denoises to, `[B, 16, F, h, 2w]`: VAE(RGB) | (VAE(world pointmap) - (-0.17)) / 1.36
+    along the width, from `(T, H, W, 3)` uint8 RGB videos and [0, 1] pointmap videos (training targets; decoded
+    as they are, they give ``k4d eval``'s ``vae_recon`` ceiling)."""
+    rgb_latent = pipe.encode_video(torch.cat([_video01(r) for r in rgb]))
+    pm_latent = pipe.encode_video(torch.cat([_video01(w) for w in world01]))
+    pm_latent = (pm_latent - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD
+    return torch.cat([rgb_latent, pm_latent], dim=-1)
 
 
 def stack_encoded(items: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
