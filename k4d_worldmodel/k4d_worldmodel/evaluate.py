@@ -528,6 +528,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     header = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "episodes": len(rows),
               "steps": steps, "guidance": guidance, "seed": seed, "device": str(pipe.device),
               "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}", "commit": _commit()}
+    if "emb" in methods:
+        header["emb_checkpoint"] = str(emb_checkpoint or "(given pipeline)")
     result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
     write_report(out, summary, rows, header, video_names)

@@ -112,6 +112,7 @@ def test_convert_train_and_evaluate_the_emb_ablation(synth, tmp_path):
                  progress=False, methods=("k4d", "copy_first", "vae_recon"))
     s = r["summary"]
     assert set(s["methods"]) == {"k4d", "copy_first", "vae_recon", "emb"}
+    assert r["header"]["emb_checkpoint"] == "(given pipeline)"
     for name in ("emb", "vae_recon"):
         assert np.isfinite(s["methods"][name]["psnr"]) and np.isfinite(s["methods"][name]["chamfer_l1"])
         assert "agreement_with_sim" in s["success"][name]
