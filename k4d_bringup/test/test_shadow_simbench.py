@@ -1,4 +1,5 @@
 """``k4d shadow bench``: simulated episodes through the shadow session (per-episode goal regions, labels)."""
+import dataclasses
 import json
 import os
 
@@ -143,6 +144,13 @@ def test_bench_lifts_a_normalised_imagination_with_the_first_frames_depth(tmp_pa
         assert c["metric"] and c["metric_quality"].startswith("anchored_") and c["metric_residual_m"] < 0.01
         assert c["predicate"]["imagined"]["valid"] and c["imagined_success"] == c["actual_success"]
         assert c["depth_mae_m"] < 0.01  # the lifted imagination is the recorded depth again
+
+    # the world model was already given that depth (send_initial_depth) and could not lift: no second fit here
+    calls.clear()
+    sent = lambda a, b, c: dataclasses.replace(normalised(a, b, c), anchor_sent=True)
+    bench(tmp_path / "data", sent, tmp_path / "s.jsonl", cfg)
+    chunks = [r for r in read_log(tmp_path / "s.jsonl") if r["kind"] == "chunk"]
+    assert len(chunks) == 2 and all(not c["metric"] and c["metric_quality"] == "failed" for c in chunks)
 
     calls.clear()
     bench(tmp_path / "data", lambda a, b, c: normalised(a, b, c, scramble=True), tmp_path / "b.jsonl", cfg)

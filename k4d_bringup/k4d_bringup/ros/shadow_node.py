@@ -115,8 +115,9 @@ def build_goal(cfg: ShadowConfig, initial_rgb: np.ndarray, seq, traj=None,
     return goal
 
 
-def rollout_from_result(result) -> RolloutData:
-    """Imagine result -> RolloutData (RuntimeError with the server's reason when it failed)."""
+def rollout_from_result(result, anchor_sent: bool = False) -> RolloutData:
+    """Imagine result -> RolloutData (RuntimeError with the server's reason when it failed); ``anchor_sent``: the
+    goal carried initial_depth."""
     if not result.success:
         raise RuntimeError(f"world model error {int(result.error_code)}: {result.error_message}")
     ro = result.rollout
@@ -127,7 +128,7 @@ def rollout_from_result(result) -> RolloutData:
     xyz = np.stack([image_to_numpy(im).astype(np.float32) for im in ro.xyz])
     q = int.from_bytes(ro.metric_quality, "little") if isinstance(ro.metric_quality, bytes) else int(ro.metric_quality)
     return RolloutData(rgb, xyz, bool(ro.metric), ro.model_id, float(ro.generation_time_s), _QUALITY.get(q, str(q)),
-                       float(ro.metric_residual_m))
+                       float(ro.metric_residual_m), anchor_sent=bool(anchor_sent))
 
 
 def result_to_msg(rec: dict, frame_id: str = ""):
@@ -371,11 +372,12 @@ class ShadowNode(Node):
     def _send(self, rec) -> None:
         try:
             rgb = rec.real[0].rgb
-            goal = build_goal(self.cfg, rgb, rec.seq, rec.traj, self.depth_gate(rgb, start_depth(rec)))
+            depth = self.depth_gate(rgb, start_depth(rec))
+            goal = build_goal(self.cfg, rgb, rec.seq, rec.traj, depth)
         except Exception as exc:  # noqa: BLE001
             self.session.on_imagined(rec, None, f"cannot build the Imagine goal: {first_line(exc)}", self._now_ns())
             return
-        g = {"rec": rec, "sent": time.monotonic(), "lost": None, "handle": None}
+        g = {"rec": rec, "sent": time.monotonic(), "lost": None, "handle": None, "anchor_sent": depth is not None}
         self._goal = g
         fut = self.client.send_goal_async(goal)
         fut.add_done_callback(lambda f, g=g: self._on_goal_response(g, f))
@@ -404,7 +406,7 @@ class ShadowNode(Node):
             return  # already failed (timeout / server gone); a late answer is ignored
         self._goal = None
         try:
-            ro = rollout_from_result(fut.result().result)
+            ro = rollout_from_result(fut.result().result, g["anchor_sent"])
             err = ""
         except Exception as exc:  # noqa: BLE001
             ro, err = None, first_line(exc)

@@ -122,15 +122,16 @@ class ShadowConfig(RobotCameraConfig):
         "Robot pixels (dilated by this) are excluded from the predicate, so the gripper is not the object.", False))
     anchor_lift: bool = field(default=True, metadata=_doc(
         "When the world model's robot-pixel lift to metres failed and the chunk's first frame has depth, refit the "
-        "lift with that frame's back-projected depth as anchor (k4d_worldmodel.lifting.lift_pointmaps_anchored).",
+        "lift with that frame's back-projected depth as anchor (k4d_worldmodel.lifting.lift_pointmaps_anchored). "
+        "Skipped when that depth went with the request (send_initial_depth): the world model already tried it.",
         False))
     send_initial_depth: bool = field(default=True, metadata=_doc(
         "Send the depth of the chunk's first frame (depth_topic) with its Imagine goal as initial_depth (32FC1 "
         "metres, NaN = unknown), so the world model anchors its metric lift on it when the robot-pixel lift fails "
         "(rollout quality anchored_good / anchored_poor). A depth whose size differs from the colour image (not "
         "registered to it) is never sent: it is counted (initial_depth_skipped in /diagnostics), warned about "
-        "(throttled), and the goal goes without depth. false = goals never carry depth (anchor_lift still refits "
-        "on it here).", False))
+        "(throttled), and the goal goes without depth. false = goals never carry depth (anchor_lift then refits "
+        "on it here, after the world model answers).", False))
     anchor_inlier_threshold_m: float = field(default=ANCHOR_INLIER_THRESHOLD_M, metadata=_doc(
         "Inlier distance of the anchored lift, metres (a small model's normalised output over a scene 5 m wide "
         "is coarse: 1 % of its range is 5 cm, against the robot-pixel lift's 2 cm).", False))

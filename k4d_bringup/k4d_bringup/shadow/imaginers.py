@@ -88,7 +88,7 @@ class EngineImaginer:
             raise RuntimeError(str(exc)) from None
         return RolloutData(np.asarray(r.rgb), np.asarray(r.xyz, np.float32), bool(r.metric), r.model_id,
                            float(r.timings.get("generation_s", float("nan"))), r.metric_quality,
-                           float(r.lift.residual_m))
+                           float(r.lift.residual_m), anchor_sent=depth is not None)
 
 
 class ActionImaginer:
@@ -117,8 +117,8 @@ class ActionImaginer:
 
         from k4d_bringup.ros.shadow_node import build_goal, rollout_from_result
 
-        goal = build_goal(self.cfg, initial_rgb, seq, rec.traj if rec is not None else None,
-                          self.depth_gate(initial_rgb, start_depth(rec)))
+        depth = self.depth_gate(initial_rgb, start_depth(rec))
+        goal = build_goal(self.cfg, initial_rgb, seq, rec.traj if rec is not None else None, depth)
         fut = self.client.send_goal_async(goal)
         rclpy.spin_until_future_complete(self.node, fut, timeout_sec=30.0)
         handle = fut.result()
@@ -129,7 +129,7 @@ class ActionImaginer:
         if not res_fut.done():
             handle.cancel_goal_async()
             raise RuntimeError(f"Imagine goal did not finish within {self.timeout_s} s")
-        return rollout_from_result(res_fut.result().result)
+        return rollout_from_result(res_fut.result().result, depth is not None)
 
     def close(self) -> None:
         self.node.destroy_node()

@@ -72,7 +72,11 @@ class Frame:
 
 @dataclass
 class RolloutData:
-    """An imagined rollout: rgb (T, H, W, 3) uint8; xyz (T, H, W, 3) float32 (metres when ``metric``)."""
+    """An imagined rollout: rgb (T, H, W, 3) uint8; xyz (T, H, W, 3) float32 (metres when ``metric``).
+
+    ``anchor_sent``: the request carried the chunk-start depth, so the world model already tried the anchored
+    lift with it; the session does not fit the same anchor again (``ShadowConfig.anchor_lift``).
+    """
 
     rgb: np.ndarray
     xyz: np.ndarray
@@ -81,6 +85,7 @@ class RolloutData:
     generation_time_s: float = NAN
     metric_quality: str = ""
     metric_residual_m: float = NAN
+    anchor_sent: bool = False
 
 
 class FramePairer:
@@ -497,7 +502,7 @@ class ShadowSession:
     def _score(self, rec: ChunkRecord, now_ns: int) -> None:
         ro = rec.rollout
         kin = self._kin()
-        if not ro.metric and self.cfg.anchor_lift and kin is not None:
+        if not ro.metric and not ro.anchor_sent and self.cfg.anchor_lift and kin is not None:
             ro = self._anchored(rec, ro, kin) or ro
         out = {"psnr_db": NAN, "ssim": NAN, "depth_mae_m": NAN, "per_frame": {}}
         T, H, W = ro.rgb.shape[:3]
