@@ -102,7 +102,8 @@ class ImagineRequest:
         anchor_depth: optional `(H, W)` float depth in metres of the first frame, registered to ``image`` (same
             pixels; NaN or 0 where unknown), e.g. an RGB-D camera's aligned depth. When the lift on the robot
             pixels fails, the output is lifted again with this frame's back-projected depth as anchor
-            (``lifting.lift_pointmaps_anchored``; inlier distance ``metric_anchor_inlier_threshold_m``).
+            (``lifting.lift_pointmaps_anchored``; inlier distance ``metric_anchor_inlier_threshold_m``). A model
+            trained with the measured first frame (``first_xyz_condition``, k4d v3) is also conditioned on it.
     """
 
     image: np.ndarray
@@ -397,6 +398,12 @@ class ImagineEngine:
         total = sampling.num_inference_steps
         report = progress or (lambda *a: None)
         report("preparing", 0, total, 0.0, self.estimate_s(total))
+        first_xyz = None  # the measured first frame, metres (from anchor_depth; 0 and NaN depth = unknown)
+        if request.anchor_depth is not None:
+            depth = np.asarray(request.anchor_depth, dtype=np.float32)
+            first_xyz = seq.camera.backproject(np.where(depth > 0, depth, np.nan))
+            if not np.isfinite(first_xyz).all(-1).any():
+                first_xyz = None
 
         def on_step(step: int, total_: int, elapsed_denoise: float) -> bool:
             per_step = elapsed_denoise / max(step, 1)
@@ -412,7 +419,8 @@ class ImagineEngine:
         try:
             out = pipe(image=request.image, robot_xyz=seq.xyz, robot_link=seq.link,
                        num_inference_steps=total, guidance_scale=sampling.guidance_scale, seed=sampling.seed,
-                       cfg_mode=sampling.cfg_mode, batch_cfg=self.config.batch_cfg, callback=on_step)
+                       cfg_mode=sampling.cfg_mode, batch_cfg=self.config.batch_cfg, callback=on_step,
+                       first_xyz=first_xyz if pipe.config.first_xyz_condition else None)
         except torch.cuda.OutOfMemoryError as exc:
             free_accelerator_cache()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
@@ -425,13 +433,9 @@ class ImagineEngine:
             raise
         t_gen = time.perf_counter()
         report("lifting", total, total, t_gen - t0, 0.0)
-        first_xyz = None  # the measured first frame, metres (from anchor_depth; 0 and NaN depth = unknown)
-        if request.anchor_depth is not None:
-            depth = np.asarray(request.anchor_depth, dtype=np.float32)
-            first_xyz = seq.camera.backproject(np.where(depth > 0, depth, np.nan))
         xyz, lift, anchored = lift_pointmaps_with_anchor(out.xyz, seq.xyz, out.robot_mask,
                                                          self.config.metric_lift_config(), first_xyz,
-                                                         self.config.anchor_lift_config())
+                                                         self.config.anchor_lift_config(), pipe.pointmap_encoding)
         rgb = out.rgb
         if self.config.compose_static:
             rgb, xyz_c = composite_static(out.rgb, request.image, out.robot_mask, xyz if lift.metric else None,

@@ -231,18 +231,19 @@ def robot_condition_removed(pipe):
 
 
 def _lift(xyz01: np.ndarray, robot_mask: np.ndarray, clip: dict[str, Any], seed: int, lift_config,
-          anchor_config) -> tuple[np.ndarray, dict]:
+          anchor_config, encoding=None) -> tuple[np.ndarray, dict]:
     """Normalised XYZ -> metres as the engine and shadow mode do (``lifting.lift_pointmaps_with_anchor``): the
     robot-pixel fit, then the fit anchored on frame 0's measured pointmap (``anchor_config``; None = the defaults
     of ``WorldModelConfig.anchor_lift_config``); only when both fail is it scaled with the clip's ground-truth
-    bounds (``lift == "oracle_bounds"``, counted as ``lift_failed``)."""
+    bounds (``lift == "oracle_bounds"``, counted as ``lift_failed``). A metric ``encoding`` (the model's
+    ``pointmap_encoding``) is decoded instead (``lift == "decoded"``)."""
     from .config import WorldModelConfig
     from .lifting import lift_pointmaps_with_anchor
 
     xyz_m, fit, anchored = lift_pointmaps_with_anchor(
         xyz01, clip["robot_xyz"], robot_mask, lift_config, clip["world_xyz"][0],
-        anchor_config or WorldModelConfig(seed=seed).anchor_lift_config())
-    lifted = "anchored" if anchored else "metric"
+        anchor_config or WorldModelConfig(seed=seed).anchor_lift_config(), encoding)
+    lifted = "decoded" if encoding is not None and encoding.metric else "anchored" if anchored else "metric"
     if not fit.metric:
         lo, hi = np.asarray(clip["world_lo"]), np.asarray(clip["world_hi"])
         xyz_m = (xyz01 * (hi - lo) + lo).astype(np.float32)
@@ -253,13 +254,15 @@ def _lift(xyz01: np.ndarray, robot_mask: np.ndarray, clip: dict[str, Any], seed:
 def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
             anchor_config=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``, lifted by
-    ``_lift``. A ``jointemb`` model is given the clip's joint positions ``q``."""
+    ``_lift``. A ``jointemb`` model is given the clip's joint positions ``q``; a ``first_xyz_condition`` model
+    frame 0's measured pointmap (the same frame the anchored lift and copy-first use)."""
     robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
     joints = clip.get("q") if pipe.variant == "jointemb" else None
+    first_xyz = clip["world_xyz"][0] if pipe.config.first_xyz_condition else None
     out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
                robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-               robot_joints=joints)
-    xyz_m, info = _lift(out.xyz, out.robot_mask, clip, seed, lift_config, anchor_config)
+               robot_joints=joints, first_xyz=first_xyz)
+    xyz_m, info = _lift(out.xyz, out.robot_mask, clip, seed, lift_config, anchor_config, pipe.pointmap_encoding)
     return out.rgb, xyz_m, {**info, "rollout_s": out.timings["total_s"]}
 
 
@@ -277,7 +280,7 @@ def autoencode(pipe, clip: dict[str, Any], seed: int, lift_config=None, anchor_c
     rgb = np.round(video[:, :, :w] * 255.0).astype(np.uint8)
     mask = K4DPipeline._robot_mask(clip["robot_xyz"], clip.get("robot_link"))
     xyz_m, info = _lift(np.ascontiguousarray(video[:, :, w:], np.float32), mask, clip, seed, lift_config,
-                        anchor_config)
+                        anchor_config, pipe.pointmap_encoding)
     return rgb, xyz_m, info
 
 
@@ -461,11 +464,15 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
         if (emb_pipe.num_frames, emb_pipe.height, emb_pipe.width) != (pipe.num_frames, pipe.height, pipe.width):
             raise ValueError(f"the emb checkpoint's geometry {(emb_pipe.num_frames, emb_pipe.height, emb_pipe.width)}"
                              f" differs from the model's {(pipe.num_frames, pipe.height, pipe.width)}")
+        if emb_pipe.pointmap_encoding != pipe.pointmap_encoding:
+            raise ValueError(f"the emb checkpoint codes pointmaps as {emb_pipe.pointmap_encoding.kind!r}, the model "
+                             f"as {pipe.pointmap_encoding.kind!r}; compare models of one encoding")
         emb_pipe.set_progress_bar_config(disable=True)
     wm_cfg = WorldModelConfig(seed=seed)
     lift_cfg, anchor_cfg = wm_cfg.metric_lift_config(), wm_cfg.anchor_lift_config()
     ds = open_dataset(data, pipe.num_frames, pipe.height, pipe.width, split=split,
-                      heldout_fraction=heldout_fraction, split_seed=split_seed)
+                      heldout_fraction=heldout_fraction, split_seed=split_seed,
+                      pointmap_encoding=pipe.pointmap_encoding)
     n = len(ds) if max_episodes is None else min(len(ds), int(max_episodes))
     rows: list[dict] = []
     video_names: list[str] = []
@@ -527,7 +534,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     summary = summarize(rows, methods)
     header = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "episodes": len(rows),
               "steps": steps, "guidance": guidance, "seed": seed, "device": str(pipe.device),
-              "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}", "commit": _commit()}
+              "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
+              "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
+              "commit": _commit()}
     if "emb" in methods:
         header["emb_checkpoint"] = str(emb_checkpoint or "(given pipeline)")
     result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}

@@ -72,6 +72,21 @@ def _lstsq_axes(g: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray] |
     return s, mm - s * gm
 
 
+def _robot_pairs(xyz: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None, name: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(generated (N, 3), known (N, 3))`` float64 at the robot pixels where both are finite (and ``mask``)."""
+    xyz, robot_xyz_m = np.asarray(xyz), np.asarray(robot_xyz_m)
+    if xyz.shape != robot_xyz_m.shape or xyz.shape[-1] != 3:
+        raise ValueError(f"{name} and robot_xyz_m must have the same (..., 3) shape, got {xyz.shape} and "
+                         f"{robot_xyz_m.shape}")
+    sel = np.isfinite(robot_xyz_m).all(-1) & np.isfinite(xyz).all(-1)
+    if mask is not None:
+        if np.shape(mask) != xyz.shape[:-1]:
+            raise ValueError(f"mask must have shape {xyz.shape[:-1]}, got {np.shape(mask)}")
+        sel &= np.asarray(mask, dtype=bool)
+    return xyz[sel].astype(np.float64), robot_xyz_m[sel].astype(np.float64)
+
+
 def fit_metric_lift(
     xyz01: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None = None,
     config: MetricLiftConfig | None = None,
@@ -89,16 +104,7 @@ def fit_metric_lift(
         [`MetricLift`]. Deterministic for a given ``config.seed``.
     """
     cfg = config or MetricLiftConfig()
-    xyz01, robot_xyz_m = np.asarray(xyz01), np.asarray(robot_xyz_m)
-    if xyz01.shape != robot_xyz_m.shape or xyz01.shape[-1] != 3:
-        raise ValueError(f"xyz01 and robot_xyz_m must have the same (..., 3) shape, got {xyz01.shape} and "
-                         f"{robot_xyz_m.shape}")
-    sel = np.isfinite(robot_xyz_m).all(-1) & np.isfinite(xyz01).all(-1)
-    if mask is not None:
-        if np.shape(mask) != xyz01.shape[:-1]:
-            raise ValueError(f"mask must have shape {xyz01.shape[:-1]}, got {np.shape(mask)}")
-        sel &= np.asarray(mask, dtype=bool)
-    g, m = xyz01[sel].astype(np.float64), robot_xyz_m[sel].astype(np.float64)
+    g, m = _robot_pairs(xyz01, robot_xyz_m, mask, "xyz01")
     n = len(g)
     if n < cfg.min_points:
         return _failed(n)
@@ -217,14 +223,36 @@ def lift_pointmaps_anchored(
     return fit.apply(xyz01), fit
 
 
+def check_decoded(xyz_m: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None = None,
+                  config: MetricLiftConfig | None = None) -> MetricLift:
+    """How well an output that is metric by construction (a ``ray_depth`` model's, decoded) matches the known
+    robot pointmap: the identity map scored like a fit (inlier fraction and RMS residual at robot pixels, same
+    thresholds). Its quality is "good" or "poor", never "failed": the geometry is in metres either way, and
+    "poor" says the imagined robot does not sit where kinematics puts it."""
+    cfg = config or MetricLiftConfig()
+    g, m = _robot_pairs(xyz_m, robot_xyz_m, mask, "xyz_m")
+    d2 = ((g - m) ** 2).sum(-1)
+    inl = d2 < cfg.inlier_threshold_m**2
+    frac = float(inl.mean()) if len(d2) else 0.0
+    residual = float(np.sqrt(d2[inl].mean())) if inl.any() else float("inf")
+    good = len(d2) >= cfg.min_points and frac >= cfg.good_inlier_fraction and residual <= cfg.good_residual_m
+    return MetricLift(np.ones(3), np.zeros(3), residual, frac, int(len(d2)), "good" if good else "poor", True)
+
+
 def lift_pointmaps_with_anchor(
     xyz01: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None = None,
     config: MetricLiftConfig | None = None, anchor_xyz_m: np.ndarray | None = None,
-    anchor_config: MetricLiftConfig | None = None,
+    anchor_config: MetricLiftConfig | None = None, encoding=None,
 ) -> tuple[np.ndarray, MetricLift, bool]:
     """The robot-pixel lift ([`lift_pointmaps`]); when it fails and a measured first-frame pointmap is given, the
     anchored lift ([`lift_pointmaps_anchored`] with ``anchor_config``). Returns ``(xyz, fit, anchored)``; when
-    both fail, ``xyz`` is the unchanged normalised pointmap and ``fit`` the robot-pixel fit."""
+    both fail, ``xyz`` is the unchanged normalised pointmap and ``fit`` the robot-pixel fit.
+
+    With a metric ``encoding`` (the pipeline's ``pointmap_encoding``, e.g. ``ray_depth``) nothing is fitted: the
+    output is decoded to metres and scored against the robot pixels ([`check_decoded`])."""
+    if encoding is not None and encoding.metric:
+        xyz_m = encoding.decode(xyz01)
+        return xyz_m, check_decoded(xyz_m, robot_xyz_m, mask, config), False
     xyz, fit = lift_pointmaps(xyz01, robot_xyz_m, mask, config)
     if fit.metric or anchor_xyz_m is None:
         return xyz, fit, False

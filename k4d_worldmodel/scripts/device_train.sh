@@ -15,7 +15,10 @@
 #          | --vae-only (generate and train the VAE only; a later --resume call trains the transformer)
 #          | --vae-from DIR (start from the VAE in DIR, e.g. the vae/ a --vae-only call returned, when the machine
 #            of that call is gone: new data is generated, the VAE trains only if --vae-budget-s is given)
-#          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed).
+#          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed)
+#          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml).
+# The VAE's budget, like the transformer's, shrinks to fit --total-budget-s (a first v3 call lost its VAE's
+# statistics to the call limit: generation, loading and a fixed VAE budget overran 600 s).
 # The VAE is trained by `k4d train-vae` into $WORK/run/vae, resumably: on --resume, --vae-budget-s S > 0 continues
 # it for S seconds (and then starts the transformer afresh: its latents would have moved), 0 (the default on
 # --resume) keeps it as it is. The transformer then trains with that VAE frozen (vae.pretrained).
@@ -40,7 +43,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; BENCH=1
+VAE_FROM=""; BENCH=1; CONFIG=default
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -56,12 +59,13 @@ while [ $# -gt 0 ]; do
     --eval-steps) EVAL_STEPS=$2; shift ;;
     --gen-budget-s) GEN_BUDGET=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
+    --config) CONFIG=$2; shift ;;
     --total-budget-s) TOTAL_BUDGET=$2; shift ;;
     *) echo "device_train.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
-CONFIG=default; W=96; H=64; FY=80.0; FRAMES=17; WORKERS=$(nproc)
+W=96; H=64; FY=80.0; FRAMES=17; WORKERS=$(nproc)
 if [ "$SMOKE" = 1 ]; then
   CONFIG=smoke; W=48; H=32; FY=40.0; FRAMES=5; EPISODES=3; HELDOUT=2; VAE_BUDGET=5; TRAIN_BUDGET=10; EVAL_STEPS=2
   SCENARIOS=easy,hard; GEN_BUDGET=60; EVAL_EPISODES=2
@@ -158,10 +162,14 @@ if [ -n "$VAE_FROM" ]; then
 fi
 [ "$RESUME" = 1 ] && [ "$VAE_BUDGET_SET" = 0 ] && VAE_BUDGET=0  # the VAE of the first call is reused as it is
 if [ "$VAE_BUDGET" -gt 0 ]; then
+  # reading the episodes (~30 s with all cores), the latent statistics and the save must fit in the call too
+  VAE_LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - LOAD_EST - 30 ))
+  [ "$VAE_ONLY" = 0 ] && VAE_LEFT=$(( VAE_LEFT - EVAL_EST - ENC_EST - BENCH_EST - 60 ))
+  if [ "$VAE_LEFT" -lt "$VAE_BUDGET" ]; then VAE_BUDGET=$(( VAE_LEFT > 10 ? VAE_LEFT : 10 )); fi
   VAE_RESUME=""; [ -f "$WORK/run/vae/config.json" ] && VAE_RESUME=--resume
   echo "== 2a. train the VAE ($CONFIG, ${VAE_BUDGET} s${VAE_RESUME:+, continuing})"
   "$PY" -m k4d_worldmodel.train_cli train-vae --data "$WORK/train" --config "$CONFIG" --out "$WORK/run/vae" \
-    --time-budget-s "$VAE_BUDGET" --no-progress $VAE_RESUME
+    --time-budget-s "$VAE_BUDGET" --no-progress --load-workers $(( WORKERS > 1 ? WORKERS : 0 )) $VAE_RESUME
   # a transformer trained on the old latents cannot continue on the new ones
   [ -d "$WORK/run/checkpoints" ] && { echo "the VAE moved: the transformer starts afresh"; rm -rf "$WORK/run/checkpoints"; }
   phase_done vae

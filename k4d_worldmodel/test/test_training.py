@@ -117,6 +117,7 @@ def test_full_training_reduces_loss_saves_resumes_and_loads(trained, synth, smok
     from k4d_worldmodel.config import WorldModelConfig
     from k4d_worldmodel.loading import load_pipeline
     from k4d_worldmodel.tiny import tiny_inputs
+    from k4d_worldmodel.training.data import open_dataset
     from k4d_worldmodel.training.train import train
 
     out, m = trained
@@ -130,8 +131,13 @@ def test_full_training_reduces_loss_saves_resumes_and_loads(trained, synth, smok
     pipe = load_pipeline(WorldModelConfig(checkpoint_dir=str(out / "pipeline"), device="cpu"))
     pipe.set_progress_bar_config(disable=True)
     assert (pipe.num_frames, pipe.height, pipe.width) == (5, 32, 48)
-    assert pipe.vae.config.latents_std != [2.8184] and len(pipe.vae.config.latents_mean) == 16
-    o = pipe(**tiny_inputs(pipe), num_inference_steps=2, seed=0)
+    z = smoke_cfg.vae.z_dim  # the transformer denoises the VAE's channels
+    assert pipe.vae.config.latents_std != [2.8184] and len(pipe.vae.config.latents_mean) == z
+    assert pipe.transformer.config.out_channels == z and pipe.transformer.config.in_channels == 2 * z + 4
+    # the smoke config is the default model's recipe: metric ray_depth code, measured first frame as condition
+    assert pipe.pointmap_encoding.kind == "ray_depth" and pipe.config.first_xyz_condition
+    first = open_dataset(synth, 5, 32, 48, split="all")[0]["world_xyz"][0]
+    o = pipe(**tiny_inputs(pipe), num_inference_steps=2, seed=0, first_xyz=first)
     assert o.rgb.shape == (5, 32, 48, 3) and np.isfinite(o.xyz).all()
     # resume: continues from checkpoint-6 with the same VAE and reaches step 8
     m2 = train(synth, smoke_cfg, out, resume=True, max_steps=8, progress=False, log=lambda x: None)

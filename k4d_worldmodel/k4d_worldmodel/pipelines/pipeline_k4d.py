@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModel
 
 from ..models.transformer_k4d import K4DTransformer3DModel
+from ..pointmap_encoding import PointmapEncoding
 
 logger = logging.get_logger(__name__)
 
@@ -126,8 +127,9 @@ class K4DPipelineOutput(BaseOutput):
     Attributes:
         rgb: `(T, H, W, 3)` uint8, imagined RGB frames (frame 0 reconstructs the input frame). None for
             ``output_type="latent"``.
-        xyz: `(T, H, W, 3)` float32 in [0, 1], imagined world pointmap in the model's normalised space (per-axis
-            min-max of the scene; use [`k4d_worldmodel.lifting.fit_metric_lift`] for metres). None for "latent".
+        xyz: `(T, H, W, 3)` float32 in [0, 1], imagined world pointmap in the model's pointmap code
+            (``pipe.pointmap_encoding``: per-axis min-max of the scene for ``minmax``, lifted to metres by
+            [`k4d_worldmodel.lifting`]; ``ray_depth`` decodes to metres directly). None for "latent".
         robot_mask: `(T, H, W)` bool, robot pixels of the conditioning pointmap.
         robot_xyz_lo, robot_xyz_hi: `(3,)` float64, metres, camera frame: the bounds that mapped the robot
             pointmap to [0, 1] for conditioning.
@@ -161,7 +163,7 @@ def uniform_pointmap(height: int, width: int) -> np.ndarray:
 def normalize_robot_pointmap(
     xyz: np.ndarray, mask: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Kinema4D conditioning transform of a robot pointmap sequence.
+    """Kinema4D conditioning transform of a robot pointmap sequence (the ``minmax`` pointmap encoding).
 
     Args:
         xyz: `(T, H, W, 3)` float, metres, camera frame; NaN (or anything) off-robot.
@@ -171,15 +173,7 @@ def normalize_robot_pointmap(
     Returns:
         ``(xyz01 (T, H, W, 3) float32 in [0, 1] with background 0, lo (3,), hi (3,))``.
     """
-    pts = xyz[mask].astype(np.float64)
-    if bounds is None:
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
-    else:
-        lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in bounds)
-    span = np.maximum(hi - lo, 1e-6)
-    out = np.zeros(xyz.shape, dtype=np.float32)
-    out[mask] = np.clip((pts - lo) / span, 0.0, 1.0).astype(np.float32)
-    return out, lo, hi
+    return PointmapEncoding().encode_robot(xyz, mask, bounds)
 
 
 def render_robot_rgb(
@@ -232,6 +226,12 @@ class K4DPipeline(DiffusionPipeline):
             equivalent (bicubic resize of the short side, centre crop, CLIP mean/std) is used.
         batch_cfg (`bool`, defaults to True): run the conditional and unconditional passes as one forward of batch 2
             (faster on a GPU with room for it; set False to halve peak activation memory).
+        pointmap_encoding (`dict` or `str`, defaults to ``"minmax"``): how pointmaps become the [0, 1] videos the
+            VAE encodes ([`~k4d_worldmodel.pointmap_encoding.PointmapEncoding`]): the release's per-clip
+            ``minmax`` or the fixed, metric ``ray_depth``.
+        first_xyz_condition (`bool`, defaults to False): the model was trained to take the measured first-frame
+            pointmap (``first_xyz``) in the XYZ half of the condition video instead of the release's uniform
+            dummy (metric encodings only). Without ``first_xyz`` such a model still gets the dummy.
     """
 
     model_cpu_offload_seq = "image_encoder->transformer->vae"
@@ -251,13 +251,21 @@ class K4DPipeline(DiffusionPipeline):
         image_encoder: CLIPVisionModel,
         image_processor: Any = None,
         batch_cfg: bool = True,
+        pointmap_encoding: Any = None,
+        first_xyz_condition: bool = False,
     ):
         super().__init__()
         self.register_modules(
             vae=vae, transformer=transformer, scheduler=scheduler, image_encoder=image_encoder,
             image_processor=image_processor,
         )
-        self.register_to_config(batch_cfg=bool(batch_cfg))
+        encoding = PointmapEncoding.from_config(pointmap_encoding)
+        if first_xyz_condition and not encoding.metric:
+            raise ValueError("first_xyz_condition needs a metric pointmap_encoding (e.g. 'ray_depth'): the "
+                             "'minmax' normalisation of a clip is not known from its first frame")
+        self.register_to_config(batch_cfg=bool(batch_cfg), pointmap_encoding=encoding.to_dict(),
+                                first_xyz_condition=bool(first_xyz_condition))
+        self._pointmap_encoding = encoding
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
 
@@ -281,6 +289,11 @@ class K4DPipeline(DiffusionPipeline):
     def variant(self) -> str:
         return self.transformer.config.variant
 
+    @property
+    def pointmap_encoding(self) -> PointmapEncoding:
+        """The model's pointmap code (``minmax`` for the release; ``ray_depth`` output is metric as decoded)."""
+        return self._pointmap_encoding
+
     # --------------------------------------------------------------------------------------------- checks
     def check_inputs(
         self,
@@ -295,9 +308,20 @@ class K4DPipeline(DiffusionPipeline):
         cfg_mode: Any,
         output_type: Any,
         robot_joints: Any = None,
+        first_xyz: Any = None,
     ) -> None:
         """Validate every argument of ``__call__`` before any work; errors name the argument and its value."""
         t, h, w = self.num_frames, self.height, self.width
+        if first_xyz is not None:
+            if not self.config.first_xyz_condition:
+                raise ValueError("first_xyz was given, but this model was not trained with a measured first-frame "
+                                 "pointmap (model_index.json first_xyz_condition is false); leave it out")
+            fx = _to_numpy(first_xyz)
+            if fx.shape != (h, w, 3) or not np.issubdtype(fx.dtype, np.floating):
+                raise ValueError(f"first_xyz must be a float (H, W, 3) = ({h}, {w}, 3) pointmap in metres, got shape "
+                                 f"{fx.shape} dtype {fx.dtype}")
+            if not np.isfinite(fx).all(-1).any():
+                raise ValueError("first_xyz has no finite point (all NaN): leave it out instead")
         img = _to_numpy(image)
         if img.shape != (h, w, 3):
             raise ValueError(f"image must have shape ({h}, {w}, 3) (H, W, RGB) for this model, got {img.shape}; "
@@ -327,6 +351,9 @@ class K4DPipeline(DiffusionPipeline):
         if self.variant == "jointemb":
             self.check_robot_joints(robot_joints)
         if xyz_bounds is not None:
+            if self.pointmap_encoding.metric:
+                raise ValueError(f"xyz_bounds applies to the 'minmax' pointmap encoding only; this model's "
+                                 f"encoding ({self.pointmap_encoding.kind!r}) is fixed and metric")
             try:
                 lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in xyz_bounds)
             except (TypeError, ValueError) as exc:
@@ -410,24 +437,31 @@ class K4DPipeline(DiffusionPipeline):
         return hidden.to(device)
 
     # ------------------------------------------------------------------------------------- conditioning
-    def prepare_condition(self, image01: torch.Tensor) -> torch.Tensor:
+    def prepare_condition(self, image01: torch.Tensor, first_xyz: np.ndarray | None = None) -> torch.Tensor:
         """Mask + condition latent `[B, 4 + 16, F, h, 2w]` float32 from first frames `[3, H, W]` (B = 1) or
         `[B, 3, H, W]` in [0, 1].
 
         Condition video: frame 0 = RGB frame | uniform dummy pointmap, frames 1.. = 0 (i.e. -1 after scaling);
-        mask: frame 0 is 1 on the RGB half and 0.5 on the XYZ half, later latent frames 0.
+        mask: frame 0 is 1 on the RGB half and 0.5 on the XYZ half, later latent frames 0. With ``first_xyz``
+        (`(H, W, 3)` or `(B, H, W, 3)` metres; a model with ``first_xyz_condition`` only) frame 0's XYZ half is
+        that measured pointmap in the model's encoding instead of the dummy, and its mask is 1 like the RGB's.
         """
         t, h, w = self.num_frames, self.height, self.width
         image01 = image01[None] if image01.ndim == 3 else image01
         b = image01.shape[0]
-        pm = torch.from_numpy(uniform_pointmap(h, w)).permute(2, 0, 1).expand(b, -1, -1, -1)
+        if first_xyz is None:
+            pm = torch.from_numpy(uniform_pointmap(h, w)).permute(2, 0, 1).expand(b, -1, -1, -1)
+        else:
+            fx = np.asarray(first_xyz)
+            fx = fx[None] if fx.ndim == 3 else fx
+            pm = torch.from_numpy(self.pointmap_encoding.encode_world(fx)[0]).permute(0, 3, 1, 2)
         first = torch.cat([image01, pm], dim=-1)[:, :, None]  # B, 3, 1, H, 2W
         # zeros in [-1, 1] space, as in the release (video_condition is padded after scaling to [-1, 1])
         video = torch.cat([first, torch.full((b, 3, t - 1, h, 2 * w), 0.5)], dim=2)
         latent = self.encode_video(video)  # B, 16, F, h, 2w
         mask = torch.zeros(b, self.transformer.config.mask_channels, *latent.shape[2:], device=latent.device)
         mask[:, :, 0, :, : latent.shape[-1] // 2] = 1.0
-        mask[:, :, 0, :, latent.shape[-1] // 2 :] = 0.5
+        mask[:, :, 0, :, latent.shape[-1] // 2 :] = 0.5 if first_xyz is None else 1.0
         return torch.cat([mask, latent], dim=1)
 
     def check_robot_joints(self, robot_joints: Any) -> np.ndarray:
@@ -536,6 +570,7 @@ class K4DPipeline(DiffusionPipeline):
         callback: Callable[[int, int, float], bool | None] | None = None,
         output_type: str = "np",
         robot_joints: np.ndarray | torch.Tensor | None = None,
+        first_xyz: np.ndarray | None = None,
     ) -> K4DPipelineOutput:
         r"""Imagine a rollout.
 
@@ -571,6 +606,9 @@ class K4DPipeline(DiffusionPipeline):
             output_type: ``"np"`` decodes frames; ``"latent"`` skips the VAE decode (``rgb``/``xyz`` are None).
             robot_joints: `(T, num_joints)` joint positions per frame; required by (and only used by) the
                 "jointemb" variant, the "emb." ablation. ``robot_xyz`` still gives the robot mask there.
+            first_xyz: `(H, W, 3)` measured pointmap of the first frame, metres, camera optical frame, NaN where
+                unknown (an RGB-D camera's depth, back-projected). Only for a model with ``first_xyz_condition``
+                (ValueError otherwise); it then replaces the release's dummy in the condition video.
 
         Returns:
             [`K4DPipelineOutput`] with ``rgb (T, H, W, 3) uint8``, ``xyz (T, H, W, 3) float32 in [0, 1]`` (decoded
@@ -583,7 +621,7 @@ class K4DPipeline(DiffusionPipeline):
         t_start = time.perf_counter()
         image_np = _to_numpy(image)
         self.check_inputs(image_np, robot_xyz, robot_link, robot_rgb, link_colors, xyz_bounds,
-                          num_inference_steps, guidance_scale, cfg_mode, output_type, robot_joints)
+                          num_inference_steps, guidance_scale, cfg_mode, output_type, robot_joints, first_xyz)
         device = self._execution_device
         tdtype = self.transformer.dtype
         batch_cfg = self.config.batch_cfg if batch_cfg is None else bool(batch_cfg)
@@ -594,7 +632,7 @@ class K4DPipeline(DiffusionPipeline):
         xyz = _to_numpy(robot_xyz)
         link = None if robot_link is None else _to_numpy(robot_link)
         mask = self._robot_mask(xyz, link)
-        xyz01, lo, hi = normalize_robot_pointmap(xyz, mask, xyz_bounds)
+        xyz01, lo, hi = self.pointmap_encoding.encode_robot(xyz, mask, xyz_bounds)
         rgb_robot = None
         if self.variant == "full":
             if robot_rgb is None:
@@ -606,7 +644,7 @@ class K4DPipeline(DiffusionPipeline):
         image_u8 = image_np if image_np.dtype == np.uint8 else np.round(image_np * 255).astype(np.uint8)
         image01 = torch.from_numpy(image_u8).permute(2, 0, 1).float() / 255.0
         image_tokens = self.encode_image(image_u8).to(tdtype)  # 1, N_img, image_dim
-        condition = self.prepare_condition(image01)  # 1, 20, F, h, 2w
+        condition = self.prepare_condition(image01, None if first_xyz is None else _to_numpy(first_xyz))
         joints = None if robot_joints is None else _to_numpy(robot_joints)
         robot_condition = self.prepare_robot_condition(xyz01, mask, rgb_robot, joints).to(tdtype)  # 1, 20, F, h, w_cond
         t_encoded = time.perf_counter()

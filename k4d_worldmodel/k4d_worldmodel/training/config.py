@@ -96,6 +96,12 @@ class TrainConfig:
     mixed_precision: auto (bf16 on cuda, none on cpu) | no | bf16 | fp16. gradient_checkpointing: recompute
         block activations in backward. flow_shift: sigma shift of the objective (and of the saved scheduler).
     soft_mask_fraction: release soft mask (0.1). cond_dropout: robot-condition dropout for CFG.
+    pointmap_encoding: mode full from scratch: how pointmaps are coded for the VAE (``minmax``, the release's
+        per-clip normalisation, or the metric ``ray_depth``; a kind name or a dict of
+        ``k4d_worldmodel.pointmap_encoding.PointmapEncoding`` fields). A continued or LoRA run keeps its base's.
+    first_xyz_condition: mode full from scratch: condition on the measured first-frame pointmap instead of the
+        release's dummy (needs a metric encoding). first_xyz_dropout: fraction of samples still trained on the
+        dummy, so the model also runs without depth.
     checkpoint_every: accelerate ``save_state`` every N steps (0 = only at the end); keep_checkpoints: how many.
     log_every: loss-log period. data_format: auto | k4d | kinema4d. heldout_fraction, split_seed: the split.
     save_max_shard_mb: shard size of the saved safetensors (every file <= this). save_dtype: float32 | bfloat16
@@ -130,6 +136,9 @@ class TrainConfig:
     flow_shift: float = 3.0
     soft_mask_fraction: float = 0.1
     cond_dropout: float = 0.1
+    pointmap_encoding: Any = "minmax"
+    first_xyz_condition: bool = False
+    first_xyz_dropout: float = 0.2
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -175,7 +184,16 @@ class TrainConfig:
             setattr(self, name, v)
         if self.flow_shift <= 0:
             raise ValueError(f"flow_shift must be > 0, got {self.flow_shift!r}")
-        for name in ("soft_mask_fraction", "cond_dropout", "heldout_fraction"):
+        from ..pointmap_encoding import PointmapEncoding
+
+        encoding = PointmapEncoding.from_config(self.pointmap_encoding)
+        self.pointmap_encoding = encoding.to_dict() if encoding.metric else encoding.kind
+        if not isinstance(self.first_xyz_condition, bool):
+            raise ValueError(f"first_xyz_condition must be true or false, got {self.first_xyz_condition!r}")
+        if self.first_xyz_condition and not encoding.metric:
+            raise ValueError("first_xyz_condition needs a metric pointmap_encoding (e.g. ray_depth), not "
+                             f"{encoding.kind!r}")
+        for name in ("soft_mask_fraction", "cond_dropout", "heldout_fraction", "first_xyz_dropout"):
             v = float(getattr(self, name))
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")

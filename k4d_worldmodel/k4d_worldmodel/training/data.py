@@ -29,12 +29,15 @@ Split: episode names are shuffled with ``numpy.random.default_rng(split_seed)`` 
 objects, colours) with ``split="all"`` is the stronger held-out test; the device script does that.
 
 Clip keys: ``name`` str; ``rgb (T, H, W, 3) uint8``; ``world_xyz (T, H, W, 3) float32`` metres, camera frame, NaN
-= nothing hit; ``world01 (T, H, W, 3) float32`` per-clip min-max to [0, 1], NaN -> 0 (the pointmap video the
-model generates); ``world_lo, world_hi (3,) float64`` metres; ``robot_xyz (T, H, W, 3) float32`` metres, NaN
+= nothing hit; ``world01 (T, H, W, 3) float32`` the pointmap video the model generates, in the dataset's
+``pointmap_encoding`` (default the release's per-clip min-max to [0, 1], NaN -> 0; a metric encoding such as
+``ray_depth`` codes ``world_xyz`` instead, see ``k4d_worldmodel.pointmap_encoding``); ``world_lo, world_hi (3,)
+float64`` metres, the per-clip min/max; ``robot_xyz (T, H, W, 3) float32`` metres, NaN
 off-robot; ``robot_mask (T, H, W) bool``; ``robot_link (T, H, W) int16`` (-1 off-robot; 0 on-robot for the
 Kinema4D layout); ``robot_rgb (T, H, W, 3) uint8`` (0 off-robot); ``meta`` dict (episode JSON, may be empty);
 optional ``K (3, 3)``, ``T_base_cam (4, 4)``, ``object_pos (T, O, 3)`` metres base frame, ``q (T, J) float32``
-joint positions (k4d episodes; the "jointemb" ablation's condition), ``frame_index (T,)``.
+joint positions (k4d episodes; the "jointemb" ablation's condition), ``frame_index (T,)``; ``pointmap_encoding``
+str, the kind ``world01`` is coded in.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from k4d_kinematics.camera import PinholeCamera, nearest_indices
 from torch.utils.data import Dataset
+from ..pointmap_encoding import PointmapEncoding
 
 SPLITS = ("train", "heldout", "all")
 
@@ -113,19 +117,13 @@ def _resize_K(K: np.ndarray, h: int, w: int, height: int, width: int) -> np.ndar
 
 def normalize_world(world_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-clip min-max of a world pointmap to [0, 1] with NaN -> 0 (the export's pseudo-RGB without rounding)."""
-    flat = world_xyz.reshape(-1, 3)
-    finite = np.isfinite(flat).all(1)
-    if finite.any():
-        lo, hi = flat[finite].min(0).astype(np.float64), flat[finite].max(0).astype(np.float64)
-    else:
-        lo, hi = np.zeros(3), np.ones(3)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    out = np.clip((world_xyz - lo) / span, 0.0, 1.0)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32), lo, hi
+    return PointmapEncoding().encode_world(world_xyz)
 
 
-def finish_clip(clip: dict[str, Any], num_frames: int, height: int, width: int) -> dict[str, Any]:
-    """Temporal pick + spatial resize of a full-resolution clip dict (keys as in the module docstring) in place."""
+def finish_clip(clip: dict[str, Any], num_frames: int, height: int, width: int,
+                pointmap_encoding: PointmapEncoding | None = None) -> dict[str, Any]:
+    """Temporal pick + spatial resize of a full-resolution clip dict (keys as in the module docstring) in place;
+    ``world01`` in ``pointmap_encoding`` (default ``minmax``)."""
     t_src, h, w = clip["rgb"].shape[:3]
     idx = frame_indices(t_src, num_frames)
     for key in ("rgb", "robot_rgb"):
@@ -138,10 +136,15 @@ def finish_clip(clip: dict[str, Any], num_frames: int, height: int, width: int) 
     if "K" in clip:
         clip["K"] = _resize_K(clip["K"], h, w, height, width)
     clip["frame_index"] = idx
-    if "world01" in clip:  # stored normalisation (Kinema4D layout): keep lo/hi
+    if pointmap_encoding is not None and pointmap_encoding.metric:
+        clip["world01"], lo, hi = pointmap_encoding.encode_world(clip["world_xyz"])
+        clip.setdefault("world_lo", lo)
+        clip.setdefault("world_hi", hi)
+    elif "world01" in clip:  # stored normalisation (Kinema4D layout): keep lo/hi
         clip["world01"] = np.ascontiguousarray(resize_nearest(clip["world01"][idx], height, width))
     else:
         clip["world01"], clip["world_lo"], clip["world_hi"] = normalize_world(clip["world_xyz"])
+    clip["pointmap_encoding"] = "minmax" if pointmap_encoding is None else pointmap_encoding.kind
     clip["robot_xyz"] = np.where(clip["robot_mask"][..., None], clip["robot_xyz"], np.nan).astype(np.float32)
     clip["robot_rgb"] = np.where(clip["robot_mask"][..., None], clip["robot_rgb"], 0).astype(np.uint8)
     return clip
@@ -152,8 +155,10 @@ class ClipDataset(Dataset, abc.ABC):
     """Base class: ``names`` (after the split), ``num_frames``, ``height``, ``width``; ``__getitem__`` -> clip dict."""
 
     def __init__(self, root: str | Path, num_frames: int, height: int, width: int, split: str = "train",
-                 heldout_fraction: float = 0.2, split_seed: int = 0, names: Sequence[str] | None = None):
+                 heldout_fraction: float = 0.2, split_seed: int = 0, names: Sequence[str] | None = None,
+                 pointmap_encoding: Any = None):
         self.root = Path(root)
+        self.pointmap_encoding = PointmapEncoding.from_config(pointmap_encoding)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: {self.root}")
         for name, v in (("num_frames", num_frames), ("height", height), ("width", width)):
@@ -203,7 +208,7 @@ class EpisodeDataset(ClipDataset):
         }
         if "q" in ep:
             clip["q"] = np.asarray(ep["q"], dtype=np.float32)
-        return finish_clip(clip, self.num_frames, self.height, self.width)
+        return finish_clip(clip, self.num_frames, self.height, self.width, self.pointmap_encoding)
 
 
 class Kinema4DDataset(ClipDataset):
@@ -251,7 +256,7 @@ class Kinema4DDataset(ClipDataset):
             "robot_xyz": robot, "robot_mask": mask, "robot_link": np.where(mask, 0, -1).astype(np.int16),
             "robot_rgb": np.where(mask[..., None], mrgb, 0).astype(np.uint8), "meta": {},
         }
-        return finish_clip(clip, self.num_frames, self.height, self.width)
+        return finish_clip(clip, self.num_frames, self.height, self.width, self.pointmap_encoding)
 
 
 def _episode_names(root: Path) -> list[str]:

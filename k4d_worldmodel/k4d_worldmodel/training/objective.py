@@ -7,7 +7,7 @@
     loss = flow_matching_step(transformer, batch, generator, soft_mask_fraction=0.1)
 
 ``encode_clip`` calls exactly what ``K4DPipeline.__call__`` calls at inference: ``K4DPipeline._robot_mask``,
-``normalize_robot_pointmap``, ``render_robot_rgb`` (full variant without robot RGB), ``encode_image``,
+the model's ``pointmap_encoding.encode_robot``, ``render_robot_rgb`` (full variant without robot RGB), ``encode_image``,
 ``prepare_condition`` and ``prepare_robot_condition``; the target latent is ``encode_video`` of the RGB and of
 the world pointmap (the latter with the Kinema4D pointmap normalisation ``(z + 0.17) / 1.36``), concatenated along
 the width like the pipeline's latents (left RGB, right XYZ). So training and inference see identical inputs.
@@ -21,6 +21,10 @@ ones of the latent-grid robot mask to 0.5 (the same positions in every mask chan
 the "full" variant). ``cond_dropout`` (k4d addition, default 0.1 in the configs) drops the robot condition of a
 sample exactly as the pipeline's ``cfg_mode="correct"`` unconditional pass does (robot tokens and injection scale
 0), so classifier-free guidance and the "no robot" baseline have a trained unconditional branch.
+
+A model with ``first_xyz_condition`` (k4d v3) is encoded twice over: ``condition`` with the clip's measured
+first-frame pointmap (``world_xyz[0]``) and ``condition_dummy`` with the release's dummy; ``first_xyz_dropout``
+trains a random fraction of the samples on the dummy, so the model also imagines without a depth camera.
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ from ..pipelines.pipeline_k4d import (
     POINTMAP_LATENT_MEAN,
     POINTMAP_LATENT_STD,
     K4DPipeline,
-    normalize_robot_pointmap,
     render_robot_rgb,
 )
 
@@ -50,13 +53,17 @@ def _video01(frames: np.ndarray) -> torch.Tensor:
 
 
 def check_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> None:
-    """Raise ValueError naming the key if ``clip`` does not have the model's T x H x W."""
+    """Raise ValueError naming the key if ``clip`` does not have the model's T x H x W or pointmap encoding."""
     t, h, w = pipe.num_frames, pipe.height, pipe.width
     for key, shape in (("rgb", (t, h, w, 3)), ("world01", (t, h, w, 3)), ("robot_xyz", (t, h, w, 3)),
                        ("robot_mask", (t, h, w))):
         if tuple(clip[key].shape) != shape:
             raise ValueError(f"clip[{key!r}] must have shape {shape} for this model, got {tuple(clip[key].shape)}; "
                              f"open the dataset with num_frames={t}, height={h}, width={w}")
+    code = clip.get("pointmap_encoding", "minmax")
+    if code != pipe.pointmap_encoding.kind:
+        raise ValueError(f"clip {clip.get('name', '?')!r} codes its world pointmap as {code!r}, this model as "
+                         f"{pipe.pointmap_encoding.kind!r}; open the dataset with the model's pointmap_encoding")
 
 
 @torch.no_grad()
@@ -79,7 +86,7 @@ def _prepare(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, Any]:
     mask = K4DPipeline._robot_mask(clip["robot_xyz"], link) & clip["robot_mask"]
     if not mask.any():
         raise ValueError(f"clip {clip.get('name', '?')!r} has no robot pixel; cannot build a robot condition")
-    xyz01, _, _ = normalize_robot_pointmap(clip["robot_xyz"], mask)
+    xyz01, _, _ = pipe.pointmap_encoding.encode_robot(clip["robot_xyz"], mask)
     joints = None
     if pipe.variant == "jointemb":
         try:
@@ -121,15 +128,20 @@ def encode_clips(pipe: K4DPipeline, clips: list[dict[str, Any]], batch_size: int
         image01 = torch.from_numpy(np.ascontiguousarray(rgb[:, 0])).permute(0, 3, 1, 2).float() / 255.0
         tokens = [pipe.encode_image(np.ascontiguousarray(r[0]))[0] for r in rgb]
         condition = pipe.prepare_condition(image01)
+        measured = None
+        if pipe.config.first_xyz_condition:
+            measured = pipe.prepare_condition(image01, np.stack([c["world_xyz"][0] for c in group]))
         robot_rgb = None if pipe.variant != "full" else np.stack([p["robot_rgb"] for p in prep])
         joints = None if pipe.variant != "jointemb" else np.stack([p["joints"] for p in prep])
         robot_condition = pipe.prepare_robot_condition(np.stack([p["xyz01"] for p in prep]),
                                                        np.stack([p["mask"] for p in prep]), robot_rgb, joints)
         x0 = target_latents(pipe, [c["rgb"] for c in group], [c["world01"] for c in group])
         for i in range(len(group)):
-            encoded.append({"x0": x0[i].float().cpu(), "condition": condition[i].float().cpu(),
-                            "robot_condition": robot_condition[i].float().cpu(),
-                            "image_tokens": tokens[i].float().cpu()})
+            item = {"x0": x0[i].float().cpu(), "condition": condition[i].float().cpu(),
+                    "robot_condition": robot_condition[i].float().cpu(), "image_tokens": tokens[i].float().cpu()}
+            if measured is not None:
+                item["condition_dummy"], item["condition"] = item["condition"], measured[i].float().cpu()
+            encoded.append(item)
     return encoded, skipped
 
 
@@ -177,12 +189,14 @@ def sample_sigmas(batch_size: int, shift: float, generator: torch.Generator | No
 def flow_matching_step(transformer: torch.nn.Module, batch: dict[str, torch.Tensor],
                        generator: torch.Generator | None = None, shift: float = 3.0,
                        soft_mask_fraction: float = 0.1, cond_dropout: float = 0.0,
-                       sigmas: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                       sigmas: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                       first_xyz_dropout: float = 0.0) -> torch.Tensor:
     """One flow-matching loss (scalar float32) on an encoded batch (see module docstring).
 
     ``transformer`` may be wrapped (DDP/FSDP); its config is read from the unwrapped module. Random draws come
     from the CPU ``generator`` (so a seed gives the same batch on every device) unless ``sigmas`` `(B,)` /
-    ``noise`` are given.
+    ``noise`` are given. A batch with ``condition_dummy`` (a ``first_xyz_condition`` model) uses it instead of
+    ``condition`` for a random ``first_xyz_dropout`` fraction of its samples.
     """
     core = getattr(transformer, "module", transformer)
     core = getattr(core, "_orig_mod", core)
@@ -199,9 +213,13 @@ def flow_matching_step(transformer: torch.nn.Module, batch: dict[str, torch.Tens
     target = noise - x0
     rc = soft_mask(batch["robot_condition"], cfg.mask_channels, soft_mask_fraction, cfg.variant, generator)
     keep = (torch.rand(b, generator=generator) >= cond_dropout).float().to(device)
+    condition = batch["condition"]
+    if "condition_dummy" in batch and first_xyz_dropout > 0:
+        dummy = (torch.rand(b, generator=generator) < first_xyz_dropout).to(device).view(-1, 1, 1, 1, 1)
+        condition = torch.where(dummy, batch["condition_dummy"], condition)
     param_dtype = next(core.parameters()).dtype
     pred = transformer(
-        hidden_states=torch.cat([x_t, batch["condition"]], dim=1).to(param_dtype),
+        hidden_states=torch.cat([x_t, condition], dim=1).to(param_dtype),
         timestep=sigmas * NUM_TRAIN_TIMESTEPS,
         encoder_hidden_states_image=batch["image_tokens"].to(param_dtype),
         robot_condition=rc.to(param_dtype),

@@ -63,12 +63,17 @@ def build_full_pipeline(cfg: TrainConfig, vae) -> "K4DPipeline":  # noqa: F821
 
     torch.manual_seed(cfg.seed)
     kw = cfg.transformer_kwargs()
-    kw.setdefault("in_channels", 2 * kw.get("out_channels", 16) + kw.get("mask_channels", 4))
+    z = int(vae.config.z_dim)
+    if kw.setdefault("out_channels", z) != z:
+        raise ValueError(f"model.out_channels is {kw['out_channels']} but the VAE has z_dim {z}: the transformer "
+                         "denoises the VAE's latent channels (leave model.out_channels out)")
+    kw.setdefault("in_channels", 2 * z + kw.get("mask_channels", 4))
     kw.setdefault("image_dim", int(cfg.image_encoder.get("hidden_size", 64)))
     transformer = K4DTransformer3DModel(**kw)
     enc, proc = build_image_encoder(cfg, cfg.seed + 7)
     pipe = K4DPipeline(vae=vae, transformer=transformer, scheduler=make_scheduler("unipc", cfg.flow_shift),
-                       image_encoder=enc, image_processor=proc)
+                       image_encoder=enc, image_processor=proc, pointmap_encoding=cfg.pointmap_encoding,
+                       first_xyz_condition=cfg.first_xyz_condition)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -238,7 +243,9 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         geom = (pipe.num_frames, pipe.height, pipe.width)
 
     # 2. Data (clips at the model's geometry)
-    ds = open_dataset(data, *geom, split="train", heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed)
+    encoding = cfg.pointmap_encoding if cfg.mode == "full" and not continued else pipe.pointmap_encoding
+    ds = open_dataset(data, *geom, split="train", heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed,
+                      pointmap_encoding=encoding)
     if cfg.data_format != "auto" and ds.format != cfg.data_format:
         raise ValueError(f"data_format is {cfg.data_format!r} but {data} holds the {ds.format!r} format")
     t_load = time.perf_counter()
@@ -372,7 +379,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             batch = stack_encoded([cache[i] for i in idx], acc.device)
             with acc.accumulate(transformer), acc.autocast():
                 loss = flow_matching_step(transformer, batch, g, cfg.flow_shift, cfg.soft_mask_fraction,
-                                          cfg.cond_dropout)
+                                          cfg.cond_dropout, first_xyz_dropout=cfg.first_xyz_dropout)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.grad_clip:
                     acc.clip_grad_norm_(params, cfg.grad_clip)
@@ -450,7 +457,8 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
     if time_budget_s is not None:
         cfg.vae.time_budget_s = float(time_budget_s)
     ds = open_dataset(data, cfg.num_frames, cfg.height, cfg.width, split="train",
-                      heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed)
+                      heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed,
+                      pointmap_encoding=cfg.pointmap_encoding)
     t_load = time.perf_counter()
     clips = load_clips(ds, cfg.load_workers)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -472,6 +480,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-checkpoint", default=None, help="override base.checkpoint_dir: the checkpoint a LoRA "
                    "(mode lora) or a full fine-tuning (mode full, a k4d save_pretrained folder) starts from")
     p.add_argument("--base-model-dir", default=None, help="override base.base_model_dir (released layout)")
+    p.add_argument("--load-workers", type=int, default=None, help="override load_workers (processes reading the "
+                   "episodes at start-up; 0 = this one)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -485,7 +495,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = dataclasses.replace(base, checkpoint_dir=args.base_checkpoint)
     if getattr(args, "base_model_dir", None):
         base = dataclasses.replace(base, base_model_dir=args.base_model_dir)
-    return TrainConfig.from_dict({**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, "base": base})
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    if getattr(args, "load_workers", None) is not None:
+        fields["load_workers"] = args.load_workers
+    return TrainConfig.from_dict({**fields, "base": base})
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -5,9 +5,11 @@
         --out /tmp/k4d_vae --time-budget-s 120
 
 The pretrained Wan2.1 VAE cannot be downloaded here, so k4d trains its own: same class and code path, same
-factors (spatial x8, temporal x4: 1 + (T - 1) / 4 latent frames) and ``z_dim = 16`` (the transformer's 16-channel
-latent contract), but a small ``base_dim``. Each training sample is one modality of one clip as a video in
-[-1, 1]: the RGB video or the per-clip min-max world pointmap (the two halves the K4D pipeline encodes). Loss:
+factors (spatial x8, temporal x4: 1 + (T - 1) / 4 latent frames) and, by default, ``z_dim = 16`` (Wan2.1's
+16-channel latent), but a small ``base_dim``. ``z_dim`` 32 or 48 (Wan2.2's VAE has 48) keeps more detail per
+latent cell; the transformer's latent channels follow the VAE's. Each training sample is one modality of one clip as a video in
+[-1, 1]: the RGB video or the world pointmap in the dataset's pointmap encoding (the two halves the K4D pipeline
+encodes). Loss:
 ``L1(reconstruction) + kl_weight * KL(q(z|x) || N(0, I))`` (mean over elements), posterior sampled.
 
 Afterwards the latent normalisation is computed from data, as ``latents_mean`` / ``latents_std`` in the VAE config
@@ -34,7 +36,7 @@ class VAEConfig:
     Attributes:
         train: train a VAE before the transformer (full mode); False uses ``pretrained`` or a random VAE.
         pretrained: folder of an ``AutoencoderKLWan`` (``save_pretrained``) to use instead ("" = none).
-        base_dim, dim_mult, num_res_blocks: ``AutoencoderKLWan`` size (z_dim is fixed at 16; 3 down-samplings).
+        base_dim, dim_mult, num_res_blocks, z_dim: ``AutoencoderKLWan`` size (3 or 4 stages: spatial x4 or x8).
         steps, time_budget_s: stop at whichever comes first (time_budget_s 0 = no limit).
         batch_size, lr, weight_decay, kl_weight, grad_clip: optimisation.
         stats_clips: clips used for the latent mean/std.
@@ -53,6 +55,7 @@ class VAEConfig:
     base_dim: int = 32
     dim_mult: list = field(default_factory=lambda: [1, 1, 2, 2])
     num_res_blocks: int = 1
+    z_dim: int = 16
     steps: int = 2000
     time_budget_s: float = 0.0
     batch_size: int = 4
@@ -81,7 +84,7 @@ class VAEConfig:
             raise ValueError(f"vae.short_fraction must be in [0, 1], got {self.short_fraction!r}")
         if self.short_fraction and not self.short_frames:
             raise ValueError("vae.short_fraction > 0 needs vae.short_frames (1 + 4k)")
-        for name in ("steps", "batch_size", "num_res_blocks", "stats_clips"):
+        for name in ("steps", "batch_size", "num_res_blocks", "stats_clips", "z_dim"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= (0 if name == "steps" else 1)):
                 raise ValueError(f"vae.{name} must be an integer >= {0 if name == 'steps' else 1}, got {v!r}")
@@ -100,12 +103,12 @@ class VAEConfig:
 
 
 def build_vae(cfg: VAEConfig) -> "AutoencoderKLWan":  # noqa: F821
-    """A fresh ``AutoencoderKLWan`` of ``cfg``'s size (z_dim 16, temporal factor 4, spatial factor
+    """A fresh ``AutoencoderKLWan`` of ``cfg``'s size (``cfg.z_dim``, temporal factor 4, spatial factor
     ``cfg.spatial_factor``: the last two down-samplings are the temporal ones, as in Wan2.1)."""
     from diffusers import AutoencoderKLWan
 
     down = [False] * (len(cfg.dim_mult) - 3) + [True, True]
-    return AutoencoderKLWan(base_dim=cfg.base_dim, z_dim=16, dim_mult=list(cfg.dim_mult),
+    return AutoencoderKLWan(base_dim=cfg.base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult),
                             num_res_blocks=cfg.num_res_blocks, temperal_downsample=down,
                             scale_factor_spatial=cfg.spatial_factor)
 
@@ -149,7 +152,7 @@ def latent_stats(vae: torch.nn.Module, videos: list[torch.Tensor], device: torch
 
 
 STATE_FILE = "vae_train_state.pt"
-_ARCH_KEYS = ("base_dim", "dim_mult", "num_res_blocks")
+_ARCH_KEYS = ("base_dim", "dim_mult", "num_res_blocks", "z_dim")
 
 
 def _load_for_resume(cfg: VAEConfig, out_dir: Path):
