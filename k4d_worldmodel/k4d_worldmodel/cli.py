@@ -5,7 +5,9 @@
         --image first.png --pointmaps seq.npz --out out/ --steps 50 --guidance 5 --seed 42 --variant pmcond
 
 ``seq.npz`` holds ``xyz`` (T, H, W, 3) float32 metres (camera optical frame, NaN background), ``link`` (T, H, W)
-int (-1 background) and optionally ``K`` (3, 3). Writes ``rgb/NNN.png``, ``xyz/NNN.png`` (normalised pointmap as
+int (-1 background) and optionally ``K`` (3, 3). ``--depth`` takes the first frame's registered depth (a 16-bit
+PNG in millimetres, as RGB-D drivers write it, or a ``.npy`` of float metres; 0 / NaN = unknown): it anchors the
+metric lift and conditions a model trained with the measured first frame (``first_xyz_condition``). Writes ``rgb/NNN.png``, ``xyz/NNN.png`` (normalised pointmap as
 colour), ``rollout.mp4`` (real first frame | imagined RGB | imagined depth colormap), ``ply/NNN.ply`` (points in
 metres when the metric lift succeeded, else normalised) and ``summary.json``.
 """
@@ -38,6 +40,22 @@ def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> int:
     return len(pts)
 
 
+def read_depth(path: Path) -> np.ndarray:
+    """A depth image in metres `(H, W)` float32: ``.npy`` as stored (metres), else a 16-bit image in millimetres."""
+    import imageio.v2 as imageio
+
+    if path.suffix == ".npy":
+        depth = np.load(path, allow_pickle=False)
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+            raise ValueError(f"--depth {path} must hold a 2-D float array of metres, got {depth.dtype} {depth.shape}")
+        return depth.astype(np.float32)
+    raw = np.asarray(imageio.imread(path))
+    if raw.ndim != 2 or raw.dtype != np.uint16:
+        raise ValueError(f"--depth {path} must be a single-channel 16-bit image in millimetres (or a .npy of "
+                         f"metres), got {raw.dtype} {raw.shape}")
+    return raw.astype(np.float32) / 1000.0
+
+
 def _run_imagine(args: argparse.Namespace) -> int:
     import imageio.v2 as imageio
 
@@ -50,8 +68,9 @@ def _run_imagine(args: argparse.Namespace) -> int:
         seed=args.seed, scheduler=args.scheduler, cfg_mode=args.cfg_mode,
     )
     image_path, npz_path = Path(args.image), Path(args.pointmaps)
-    for name, p in (("--image", image_path), ("--pointmaps", npz_path)):
-        if not p.is_file():
+    depth_path = Path(args.depth) if args.depth else None
+    for name, p in (("--image", image_path), ("--pointmaps", npz_path), ("--depth", depth_path)):
+        if p is not None and not p.is_file():
             raise FileNotFoundError(f"{name} file not found: {p}")
     image = np.asarray(imageio.imread(image_path))
     if image.ndim != 3 or image.shape[-1] not in (3, 4):
@@ -67,7 +86,8 @@ def _run_imagine(args: argparse.Namespace) -> int:
 
     engine = ImagineEngine(cfg)
     engine.load()
-    result = engine.run(ImagineRequest(image=image, sequence=sequence))
+    first_depth = read_depth(depth_path) if depth_path is not None else None
+    result = engine.run(ImagineRequest(image=image, sequence=sequence, anchor_depth=first_depth))
 
     out_dir = Path(args.out)
     for sub in ("rgb", "xyz", "ply"):
@@ -89,7 +109,8 @@ def _run_imagine(args: argparse.Namespace) -> int:
         "checkpoint": str(cfg.checkpoint_dir), "image": str(image_path), "pointmaps": str(npz_path),
         "variant": cfg.variant, "device": str(pipe.device), "dtype": str(pipe.transformer.dtype),
         "frames": int(result.rgb.shape[0]), "height": int(result.rgb.shape[1]), "width": int(result.rgb.shape[2]),
-        "camera_K": None if K is None else np.asarray(K).tolist(), "ply_points": n_points, "load_s": engine.load_s,
+        "camera_K": None if K is None else np.asarray(K).tolist(), "depth": str(depth_path) if depth_path else None,
+        "ply_points": n_points, "load_s": engine.load_s,
         **summary_dict(result),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -109,6 +130,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--base-model", default="", help="Wan2.1-I2V-14B-480P-Diffusers folder (released layout)")
     p.add_argument("--image", required=True, help="first RGB frame (PNG/JPEG), exactly the model's H x W")
     p.add_argument("--pointmaps", required=True, help="npz with xyz (T,H,W,3) metres, link (T,H,W), optional K")
+    p.add_argument("--depth", default="", help="first frame's registered depth: 16-bit PNG in mm or .npy in metres "
+                   "(anchors the metric lift; conditions a first_xyz_condition model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
