@@ -154,6 +154,37 @@ class PointmapEncoding:
         lo, hi = (pts.min(0), pts.max(0)) if len(pts) else (np.zeros(3), np.ones(3))
         return out, lo, hi
 
+    def clipped(self, world_xyz: np.ndarray) -> dict[str, float]:
+        """Fractions of the finite points of `(..., 3)` metric pointmaps that ``ray_depth`` cannot represent:
+        ``ray_x`` / ``ray_y`` (outside the ray range), ``near_m`` (nearer), ``far_m`` (dropped as "no point").
+        Empty for ``minmax``, which covers every clip by construction. [`warn_if_clipped`] reports them."""
+        if not self.metric:
+            return {}
+        pts = np.asarray(world_xyz, dtype=np.float64).reshape(-1, 3)
+        pts = pts[np.isfinite(pts).all(-1) & (pts[:, 2] > 0)]
+        if not len(pts):
+            return {}
+        z = pts[:, 2]
+        code_z = self._depth_code(z)
+        return {"ray_x": float(np.mean(np.abs(pts[:, 0] / z) > self.ray_x)),
+                "ray_y": float(np.mean(np.abs(pts[:, 1] / z) > self.ray_y)),
+                "near_m": float(np.mean(z < self.near_m)),
+                "far_m": float(np.mean(code_z > self.no_point_code))}
+
+    def warn_if_clipped(self, world_xyz: np.ndarray, log, limit: float = 0.01) -> dict[str, float]:
+        """Log (with ``log``) each field whose ``clipped`` fraction exceeds ``limit``, naming what to widen; returns
+        the fractions. Training calls it on its clips: a camera with a wider view or a nearer table than the
+        defaults assume would otherwise lose geometry silently."""
+        fractions = self.clipped(world_xyz)
+        for name, frac in fractions.items():
+            if frac > limit:
+                what = {"ray_x": "widen pointmap_encoding.ray_x (|x / z| of the view)",
+                        "ray_y": "widen pointmap_encoding.ray_y (|y / z| of the view)",
+                        "near_m": "lower pointmap_encoding.near_m", "far_m": "raise pointmap_encoding.far_m"}[name]
+                log(f"pointmap_encoding: {100 * frac:.1f} % of the points lie outside its {name} = "
+                    f"{getattr(self, name)}: {what}")
+        return fractions
+
     def decode(self, code: np.ndarray) -> np.ndarray:
         """`(..., 3)` code in [0, 1] -> metres, float32, NaN where the depth code says "no point". ValueError for
         ``minmax``, whose output needs the fitted lift (``lifting``)."""

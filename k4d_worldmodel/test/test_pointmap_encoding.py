@@ -189,3 +189,17 @@ def test_engine_conditions_a_metric_model_on_the_anchor_depth(v3_pipe, tmp_path)
     assert with_depth.metric_quality in ("good", "poor") and with_depth.lift.scale.tolist() == [1.0, 1.0, 1.0]
     assert not np.array_equal(with_depth.xyz01, without.xyz01)
     np.testing.assert_allclose(with_depth.xyz, RAY.decode(with_depth.xyz01), equal_nan=True)
+
+
+def test_a_view_the_code_cannot_hold_is_reported_by_field():
+    xyz = _scene(fx=20.0)  # a wide view: |x / z| up to 1.2, beyond ray_x 0.65
+    xyz[:, :2] = [0.0, 0.0, 0.5]  # nearer than near_m
+    msgs = []
+    frac = RAY.warn_if_clipped(xyz, msgs.append)
+    assert frac["ray_x"] > 0.4 and frac["near_m"] > 0.01 and frac["far_m"] == 0.0
+    assert any("widen pointmap_encoding.ray_x" in m for m in msgs) and any("near_m" in m for m in msgs)
+    assert not any("far_m" in m for m in msgs)
+    msgs.clear()
+    assert RAY.warn_if_clipped(_scene(), msgs.append) == {"ray_x": 0.0, "ray_y": 0.0, "near_m": 0.0, "far_m": 0.0}
+    assert msgs == []
+    assert PointmapEncoding().clipped(xyz) == {}

@@ -254,6 +254,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     metrics["train_episodes"] = len(clips)
     metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
     say(f"train: {len(clips)} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}")
+    metrics["pointmap_clipped"] = ds.pointmap_encoding.warn_if_clipped(
+        np.stack([c["world_xyz"] for c in clips[:: max(1, len(clips) // 64)]]), say)
 
     if cfg.mode == "full" and not continued:
         if vae is None:
@@ -463,6 +465,7 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
     clips = load_clips(ds, cfg.load_workers)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     say(f"train-vae: {len(clips)} clips read in {time.perf_counter() - t_load:.0f} s from {data}")
+    ds.pointmap_encoding.warn_if_clipped(np.stack([c["world_xyz"] for c in clips[:: max(1, len(clips) // 64)]]), say)
     _, metrics = train_vae(clips, cfg.vae, out, mixed_precision=_resolve_precision(cfg), seed=cfg.seed,
                            progress=progress, log=say, resume=resume)
     return metrics
