@@ -133,7 +133,7 @@ class K4DPipelineOutput(BaseOutput):
         robot_mask: `(T, H, W)` bool, robot pixels of the conditioning pointmap.
         robot_xyz_lo, robot_xyz_hi: `(3,)` float64, metres, camera frame: the bounds that mapped the robot
             pointmap to [0, 1] for conditioning.
-        latents: `[1, 16, F, h, 2w]` float32 denoised latents (RGB | normalised XYZ), on CPU.
+        latents: `[1, C, F, h, 2w]` float32 denoised latents (RGB | normalised XYZ), on CPU.
         timings: seconds per stage (``encode_s``, ``denoise_s``, ``decode_s``, ``total_s``) and ``steps``.
     """
 
@@ -217,7 +217,8 @@ class K4DPipeline(DiffusionPipeline):
     r"""Kinema4D-compatible 4D world model: first RGB frame + robot pointmap sequence -> future RGB + world pointmaps.
 
     Components:
-        vae ([`AutoencoderKLWan`]): Wan2.1 video VAE (spatial x8, temporal x4, 16 latent channels).
+        vae ([`AutoencoderKLWan`]): Wan2.1 video VAE (spatial x8, temporal x4, 16 latent channels; k4d's
+            small ones: x4 spatial, ``z_dim`` 16 or 32). Below, C is its ``z_dim``.
         transformer ([`K4DTransformer3DModel`]): the 4D DiT; its config fixes frames and resolution.
         scheduler ([`UniPCMultistepScheduler`] with ``use_flow_sigmas``/``prediction_type="flow_prediction"``,
             ``flow_shift=3.0`` as in Wan2.1-I2V-480P, or [`FlowMatchEulerDiscreteScheduler`]).
@@ -394,7 +395,7 @@ class K4DPipeline(DiffusionPipeline):
         return torch.autocast(torch.device(device).type, dtype=dtype)
 
     def encode_video(self, video01: torch.Tensor) -> torch.Tensor:
-        """VAE-encode `[B, 3, T, H, W]` videos with values in [0, 1] -> normalised latents `[B, 16, F, h, w]` float32.
+        """VAE-encode `[B, 3, T, H, W]` videos with values in [0, 1] -> normalised latents `[B, C, F, h, w]` float32.
 
         Uses the posterior mode (the release samples at training-data preparation and takes the mode for the
         condition video); normalised with the VAE ``latents_mean``/``latents_std``.
@@ -407,7 +408,7 @@ class K4DPipeline(DiffusionPipeline):
         return (z - mean) * inv_std
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised RGB|XYZ latents `[1, 16, F, h, 2w]` -> video `[1, 3, T, H, 2W]` float32 in [0, 1]."""
+        """Normalised RGB|XYZ latents `[1, C, F, h, 2w]` -> video `[1, 3, T, H, 2W]` float32 in [0, 1]."""
         half = latents.shape[-1] // 2
         z = torch.cat([latents[..., :half], latents[..., half:] * POINTMAP_LATENT_STD + POINTMAP_LATENT_MEAN], -1)
         mean, inv_std = self._latent_stats(z.device)
@@ -438,7 +439,7 @@ class K4DPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------- conditioning
     def prepare_condition(self, image01: torch.Tensor, first_xyz: np.ndarray | None = None) -> torch.Tensor:
-        """Mask + condition latent `[B, 4 + 16, F, h, 2w]` float32 from first frames `[3, H, W]` (B = 1) or
+        """Mask + condition latent `[B, 4 + C, F, h, 2w]` float32 from first frames `[3, H, W]` (B = 1) or
         `[B, 3, H, W]` in [0, 1].
 
         Condition video: frame 0 = RGB frame | uniform dummy pointmap, frames 1.. = 0 (i.e. -1 after scaling);
@@ -458,7 +459,7 @@ class K4DPipeline(DiffusionPipeline):
         first = torch.cat([image01, pm], dim=-1)[:, :, None]  # B, 3, 1, H, 2W
         # zeros in [-1, 1] space, as in the release (video_condition is padded after scaling to [-1, 1])
         video = torch.cat([first, torch.full((b, 3, t - 1, h, 2 * w), 0.5)], dim=2)
-        latent = self.encode_video(video)  # B, 16, F, h, 2w
+        latent = self.encode_video(video)  # B, C, F, h, 2w
         mask = torch.zeros(b, self.transformer.config.mask_channels, *latent.shape[2:], device=latent.device)
         mask[:, :, 0, :, : latent.shape[-1] // 2] = 1.0
         mask[:, :, 0, :, latent.shape[-1] // 2 :] = 0.5 if first_xyz is None else 1.0
@@ -480,7 +481,7 @@ class K4DPipeline(DiffusionPipeline):
     def prepare_robot_condition(
         self, xyz01: np.ndarray, mask: np.ndarray, robot_rgb: np.ndarray | None, robot_joints: np.ndarray | None = None
     ) -> torch.Tensor:
-        """Robot condition `[B, 4 + 16, F, h, w_cond]` float32 (mask channels first, then robot latents) from
+        """Robot condition `[B, 4 + C, F, h, w_cond]` float32 (mask channels first, then robot latents) from
         `(T, H, W, 3)` / `(T, H, W)` arrays (B = 1) or the same with a leading batch dimension.
 
         "full": latents = VAE(robot RGB) | (VAE(robot pointmap) - (-0.17)) / 1.36 along width, mask tiled x2.
@@ -599,7 +600,7 @@ class K4DPipeline(DiffusionPipeline):
                 released code, whose in-place forward makes the unconditional pass keep the robot tokens and add the
                 robot latent twice (equal to the release up to bf16 rounding of the double addition).
             batch_cfg: override the pipeline's ``batch_cfg`` config (one batch-2 forward for cond + uncond).
-            latents: optional initial noise `[1, 16, F, h, 2w]`.
+            latents: optional initial noise `[1, C, F, h, 2w]`.
             callback: ``callback(step, total, elapsed_s)`` after every denoising step (step counts completed steps,
                 1..total; elapsed_s since denoising began). Return ``False`` (exactly) or raise [`K4DCancelled`] to
                 stop; ``__call__`` then raises [`K4DCancelled`] before the next step. Any other exception propagates.

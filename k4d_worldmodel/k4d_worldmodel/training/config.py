@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..pointmap_encoding import PointmapEncoding
 from .vae import VAEConfig
 
 MODES = ("full", "lora")
@@ -184,8 +185,6 @@ class TrainConfig:
             setattr(self, name, v)
         if self.flow_shift <= 0:
             raise ValueError(f"flow_shift must be > 0, got {self.flow_shift!r}")
-        from ..pointmap_encoding import PointmapEncoding
-
         encoding = PointmapEncoding.from_config(self.pointmap_encoding)
         self.pointmap_encoding = encoding.to_dict() if encoding.metric else encoding.kind
         if not isinstance(self.first_xyz_condition, bool):

@@ -70,8 +70,9 @@ def check_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> None:
 def encode_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Frozen-encoder inputs of one clip (tensors on CPU, float32, no batch dimension).
 
-    Returns ``x0 [16, F, h, 2w]`` (normalised RGB | XYZ latents), ``condition [4 + 16, F, h, 2w]`` (first-frame mask
-    + condition latent), ``robot_condition [4 + 16, F, h, w_cond]`` and ``image_tokens [N_img, image_dim]``.
+    Returns ``x0 [C, F, h, 2w]`` (normalised RGB | XYZ latents; C = the VAE's z_dim), ``condition [4 + C, F, h,
+    2w]`` (first-frame mask + condition latent), ``robot_condition [4 + C, F, h, w_cond]`` and ``image_tokens
+    [N_img, image_dim]`` (a ``first_xyz_condition`` model adds ``condition_dummy``, see the module docstring).
     Raises ValueError if the clip has no robot pixel (the pipeline cannot condition on an absent robot).
     """
     encoded, skipped = encode_clips(pipe, [clip])
@@ -147,7 +148,7 @@ def encode_clips(pipe: K4DPipeline, clips: list[dict[str, Any]], batch_size: int
 
 @torch.no_grad()
 def target_latents(pipe: K4DPipeline, rgb: list[np.ndarray], world01: list[np.ndarray]) -> torch.Tensor:
-    """The latents a rollout denoises to, `[B, 16, F, h, 2w]`: VAE(RGB) | (VAE(world pointmap) - (-0.17)) / 1.36
+    """The latents a rollout denoises to, `[B, C, F, h, 2w]`: VAE(RGB) | (VAE(world pointmap) - (-0.17)) / 1.36
     along the width, from `(T, H, W, 3)` uint8 RGB videos and [0, 1] pointmap videos (training targets; decoded
     as they are, they give ``k4d eval``'s ``vae_recon`` ceiling)."""
     rgb_latent = pipe.encode_video(torch.cat([_video01(r) for r in rgb]))
@@ -165,7 +166,7 @@ def soft_mask(robot_condition: torch.Tensor, mask_channels: int, fraction: float
               generator: torch.Generator | None = None) -> torch.Tensor:
     """Training soft mask: a random ``fraction`` of the robot mask's ones -> 0.5 (out of place).
 
-    ``robot_condition`` `[B, mask_channels + 16, F, h, w_cond]`; the same positions change in every mask channel
+    ``robot_condition`` `[B, mask_channels + C, F, h, w_cond]`; the same positions change in every mask channel
     and (``variant == "full"``) in both width halves. "jointemb" has no mask: returned unchanged.
     """
     if fraction <= 0 or variant == "jointemb":
