@@ -29,23 +29,22 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
+from k4d_kinematics.sequence import normalize_minmax
 
 KINDS = ("minmax", "ray_depth")
 
 
 def _minmax(xyz: np.ndarray, sel: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pts = xyz[sel].astype(np.float64)
-    if bounds is not None:
-        lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in bounds)
-    elif len(pts):
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
+    """The release's min-max (``k4d_kinematics.sequence.normalize_minmax``, or ``bounds``) of the ``sel`` pixels,
+    clipped to [0, 1], 0 elsewhere."""
+    masked = np.where(np.asarray(sel, bool)[..., None], np.asarray(xyz, np.float64), np.nan)
+    if bounds is None:
+        code, lo, hi = normalize_minmax(masked)
     else:
-        lo, hi = np.zeros(3), np.ones(3)
-    span = np.where(hi > lo, hi - lo, 1e-6)
-    out = np.zeros(xyz.shape, dtype=np.float32)
-    out[sel] = np.clip((pts - lo) / span, 0.0, 1.0).astype(np.float32)
-    return out, lo, hi
+        lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in bounds)
+        code = (masked - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return np.nan_to_num(np.clip(code, 0.0, 1.0), nan=0.0).astype(np.float32), lo, hi
 
 
 @dataclass(frozen=True)

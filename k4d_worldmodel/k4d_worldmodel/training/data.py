@@ -37,7 +37,7 @@ off-robot; ``robot_mask (T, H, W) bool``; ``robot_link (T, H, W) int16`` (-1 off
 Kinema4D layout); ``robot_rgb (T, H, W, 3) uint8`` (0 off-robot); ``meta`` dict (episode JSON, may be empty);
 optional ``K (3, 3)``, ``T_base_cam (4, 4)``, ``object_pos (T, O, 3)`` metres base frame, ``q (T, J) float32``
 joint positions (k4d episodes; the "jointemb" ablation's condition), ``frame_index (T,)``; ``pointmap_encoding``
-str, the kind ``world01`` is coded in.
+dict, the code ``world01`` is in (``PointmapEncoding.to_dict``).
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def finish_clip(clip: dict[str, Any], num_frames: int, height: int, width: int,
         clip["world01"] = np.ascontiguousarray(resize_nearest(clip["world01"][idx], height, width))
     else:
         clip["world01"], clip["world_lo"], clip["world_hi"] = normalize_world(clip["world_xyz"])
-    clip["pointmap_encoding"] = "minmax" if pointmap_encoding is None else pointmap_encoding.kind
+    clip["pointmap_encoding"] = (pointmap_encoding or PointmapEncoding()).to_dict()
     clip["robot_xyz"] = np.where(clip["robot_mask"][..., None], clip["robot_xyz"], np.nan).astype(np.float32)
     clip["robot_rgb"] = np.where(clip["robot_mask"][..., None], clip["robot_rgb"], 0).astype(np.uint8)
     return clip

@@ -40,6 +40,7 @@ from ..pipelines.pipeline_k4d import (
     K4DPipeline,
     render_robot_rgb,
 )
+from ..pointmap_encoding import PointmapEncoding
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -60,10 +61,11 @@ def check_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> None:
         if tuple(clip[key].shape) != shape:
             raise ValueError(f"clip[{key!r}] must have shape {shape} for this model, got {tuple(clip[key].shape)}; "
                              f"open the dataset with num_frames={t}, height={h}, width={w}")
-    code = clip.get("pointmap_encoding", "minmax")
-    if code != pipe.pointmap_encoding.kind:
-        raise ValueError(f"clip {clip.get('name', '?')!r} codes its world pointmap as {code!r}, this model as "
-                         f"{pipe.pointmap_encoding.kind!r}; open the dataset with the model's pointmap_encoding")
+    code = PointmapEncoding.from_config(clip.get("pointmap_encoding"))
+    if code != pipe.pointmap_encoding:
+        raise ValueError(f"clip {clip.get('name', '?')!r} codes its world pointmap as {code.kind!r} ({code.to_dict()}), "
+                         f"this model as {pipe.pointmap_encoding.kind!r} ({pipe.pointmap_encoding.to_dict()}); open "
+                         "the dataset with the model's pointmap_encoding")
 
 
 @torch.no_grad()

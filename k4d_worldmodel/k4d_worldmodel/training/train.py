@@ -254,8 +254,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     metrics["train_episodes"] = len(clips)
     metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
     say(f"train: {len(clips)} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}")
-    metrics["pointmap_clipped"] = ds.pointmap_encoding.warn_if_clipped(
-        np.stack([c["world_xyz"] for c in clips[:: max(1, len(clips) // 64)]]), say)
+    metrics["pointmap_clipped"] = check_pointmap_code(ds, clips, say)
 
     if cfg.mode == "full" and not continued:
         if vae is None:
@@ -443,6 +442,13 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     return metrics
 
 
+def check_pointmap_code(ds, clips: list[dict], say, sample: int = 64) -> dict[str, float]:
+    """The dataset's pointmap code against up to ``sample`` of its clips (``PointmapEncoding.warn_if_clipped``):
+    logs each field the camera's view does not fit and returns the clipped fractions ({} for ``minmax``)."""
+    picked = clips[:: max(1, len(clips) // sample)]
+    return ds.pointmap_encoding.warn_if_clipped(np.stack([c["world_xyz"] for c in picked]), say)
+
+
 def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out: str | os.PathLike,
                    max_steps: int | None = None, time_budget_s: float | None = None, progress: bool = True,
                    resume: bool = False) -> dict:
@@ -465,7 +471,7 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
     clips = load_clips(ds, cfg.load_workers)
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     say(f"train-vae: {len(clips)} clips read in {time.perf_counter() - t_load:.0f} s from {data}")
-    ds.pointmap_encoding.warn_if_clipped(np.stack([c["world_xyz"] for c in clips[:: max(1, len(clips) // 64)]]), say)
+    check_pointmap_code(ds, clips, say)
     _, metrics = train_vae(clips, cfg.vae, out, mixed_precision=_resolve_precision(cfg), seed=cfg.seed,
                            progress=progress, log=say, resume=resume)
     return metrics
