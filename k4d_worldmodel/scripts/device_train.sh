@@ -16,7 +16,10 @@
 #          | --vae-from DIR (start from the VAE in DIR, e.g. the vae/ a --vae-only call returned, when the machine
 #            of that call is gone: new data is generated, the VAE trains only if --vae-budget-s is given)
 #          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed)
-#          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml).
+#          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml)
+#          | --gpus N (default: every visible GPU; N > 1 trains the VAE and the transformer data-parallel through
+#            `accelerate launch --multi_gpu`, each process on its share of the clips with the config's batch size,
+#            so the global batch is N times the config's).
 # The VAE's budget, like the transformer's, shrinks to fit --total-budget-s (a first v3 call lost its VAE's
 # statistics to the call limit: generation, loading and a fixed VAE budget overran 600 s).
 # The VAE is trained by `k4d train-vae` into $WORK/run/vae, resumably: on --resume, --vae-budget-s S > 0 continues
@@ -43,7 +46,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; BENCH=1; CONFIG=default
+VAE_FROM=""; BENCH=1; CONFIG=default; GPUS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --gen-budget-s) GEN_BUDGET=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
     --config) CONFIG=$2; shift ;;
+    --gpus) GPUS=$2; shift ;;
     --total-budget-s) TOTAL_BUDGET=$2; shift ;;
     *) echo "device_train.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -108,6 +112,17 @@ if ! "$PY" -c "import sys; from k4d_bringup.sim.render import gl_available; ok, 
   echo "falling back to MUJOCO_GL=osmesa"
 fi
 "$PY" -c "import torch, diffusers, mujoco; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'mujoco', mujoco.__version__)"
+# Several GPUs: one process per GPU through accelerate's launcher (torch elastic underneath, NCCL). NVLink
+# multicast stays off, as the lent machines require of every program started with its own environment.
+[ -n "$GPUS" ] || GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if [ "$GPUS" -gt 1 ]; then
+  LAUNCH=("$PY" -m accelerate.commands.launch --multi_gpu --num_processes "$GPUS" --num_machines 1
+          --mixed_precision no --dynamo_backend no)
+  echo "data-parallel training on $GPUS GPUs"
+else
+  LAUNCH=("$PY")
+fi
 
 GEN_S=0
 if [ "$RESUME" = 0 ]; then
@@ -168,7 +183,7 @@ if [ "$VAE_BUDGET" -gt 0 ]; then
   if [ "$VAE_LEFT" -lt "$VAE_BUDGET" ]; then VAE_BUDGET=$(( VAE_LEFT > 10 ? VAE_LEFT : 10 )); fi
   VAE_RESUME=""; [ -f "$WORK/run/vae/config.json" ] && VAE_RESUME=--resume
   echo "== 2a. train the VAE ($CONFIG, ${VAE_BUDGET} s${VAE_RESUME:+, continuing})"
-  "$PY" -m k4d_worldmodel.train_cli train-vae --data "$WORK/train" --config "$CONFIG" --out "$WORK/run/vae" \
+  "${LAUNCH[@]}" -m k4d_worldmodel.train_cli train-vae --data "$WORK/train" --config "$CONFIG" --out "$WORK/run/vae" \
     --time-budget-s "$VAE_BUDGET" --no-progress --load-workers $(( WORKERS > 1 ? WORKERS : 0 )) $VAE_RESUME
   # a transformer trained on the old latents cannot continue on the new ones
   [ -d "$WORK/run/checkpoints" ] && { echo "the VAE moved: the transformer starts afresh"; rm -rf "$WORK/run/checkpoints"; }
@@ -195,7 +210,7 @@ if __name__ == "__main__":
     cfg.load_workers = $WORKERS if $WORKERS > 1 else 0
     train("$WORK/train", cfg, "$WORK/run", resume=bool($TR_RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False)
 PYEOF
-"$PY" "$WORK/train_model.py"
+"${LAUNCH[@]}" "$WORK/train_model.py"
 phase_done train
 
 if [ "$EVAL_EPISODES" -gt 0 ]; then
@@ -214,7 +229,7 @@ vae_file = run / "vae" / "vae_metrics.json"
 out = {"train": json.loads((run / "train_metrics.json").read_text()),
        "vae": json.loads(vae_file.read_text()) if vae_file.is_file() else {},
        "eval": {"header": ev["header"], "summary": ev["summary"], "wall_s": ev["wall_s"]},
-       "options": {"config": "$CONFIG", "episodes": $EPISODES, "heldout": $HELDOUT, "frames": $FRAMES,
+       "options": {"config": "$CONFIG", "gpus": $GPUS, "episodes": $EPISODES, "heldout": $HELDOUT, "frames": $FRAMES,
                    "height": $H, "width": $W, "fy": $FY, "mujoco_gl": "$MUJOCO_GL", "generation_s": $GEN_S}}
 pathlib.Path("$OUT/metrics.json").write_text(json.dumps(out, indent=1))
 PYEOF

@@ -243,6 +243,9 @@ class K4DTransformer3DModel(WanTransformer3DModel):
     _no_split_modules = ["WanTransformerBlock"]
     # robot tokens replace text tokens, so the parent's context-parallel plan (written for 512 text tokens) is not used
     _cp_plan = None
+    # inherited Wan modules that K4D's forward never runs (kept so that Wan and released checkpoints load):
+    # training freezes them, since data-parallel training refuses parameters that get no gradient
+    unused_modules = ("condition_embedder.text_embedder",)
 
     @register_to_config
     def __init__(

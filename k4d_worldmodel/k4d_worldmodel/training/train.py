@@ -119,6 +119,17 @@ def convert_transformer_variant(pipe, variant: str, seed: int = 0) -> int:
 def load_clips(ds, workers: int = 0) -> list[dict[str, Any]]:
     """Every clip of ``ds`` in order; ``workers`` > 0 reads them in that many DataLoader worker processes
     (decompressing thousands of episodes is the slow part of start-up on one core)."""
+    from .vae import _dist_world
+
+    rank, world = _dist_world()
+    if world > 1:
+        # data-parallel: each process reads its own shard (every world-th clip), with its share of the workers
+        from torch.utils.data import Subset
+
+        if len(ds) < world:
+            raise ValueError(f"{len(ds)} training clips cannot be shared by {world} processes")
+        ds = Subset(ds, range(rank, len(ds), world))
+        workers = workers // world
     if workers <= 0 or len(ds) < 2 * workers:
         return [ds[i] for i in range(len(ds))]
     from torch.utils.data import DataLoader
@@ -175,7 +186,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     from .data import open_dataset
     from .lora import add_lora, lora_module_names, merge_lora, save_released_lora, set_trainable
     from .objective import encode_clips, flow_matching_step, stack_encoded
-    from .vae import train_vae
+    from .vae import any_rank, replica_spread, train_vae
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
     if max_steps is not None:
@@ -251,22 +262,18 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     t_load = time.perf_counter()
     clips = load_clips(ds, cfg.load_workers)
     metrics["load_s"] = time.perf_counter() - t_load
-    metrics["train_episodes"] = len(clips)
+    metrics["train_episodes"] = int(acc.reduce(torch.tensor(len(clips), device=acc.device), "sum"))
     metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
-    say(f"train: {len(clips)} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}")
+    say(f"train: {metrics['train_episodes']} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}"
+        + (f" ({len(clips)} in process 0 of {acc.num_processes})" if acc.num_processes > 1 else ""))
     metrics["pointmap_clipped"] = check_pointmap_code(ds, clips, say)
 
     if cfg.mode == "full" and not continued:
         if vae is None:
-            if cfg.vae.train:
-                if acc.is_main_process:
-                    _, vae_metrics = train_vae(clips, cfg.vae, vae_dir, device=acc.device, mixed_precision=precision,
-                                               seed=cfg.seed, progress=progress, log=say)
-                    metrics["vae"] = {k: v for k, v in vae_metrics.items() if k not in ("latents_mean", "latents_std")}
-                acc.wait_for_everyone()
-                from diffusers import AutoencoderKLWan
-
-                vae = AutoencoderKLWan.from_pretrained(str(vae_dir), use_safetensors=True, local_files_only=True)
+            if cfg.vae.train:  # data-parallel like the transformer: every process trains on its shard
+                vae, vae_metrics = train_vae(clips, cfg.vae, vae_dir, device=acc.device, mixed_precision=precision,
+                                             seed=cfg.seed, progress=progress, log=say)
+                metrics["vae"] = {k: v for k, v in vae_metrics.items() if k not in ("latents_mean", "latents_std")}
             else:
                 from .vae import build_vae
 
@@ -288,6 +295,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         metrics["lora_modules"] = len(lora_module_names(transformer))
     else:
         transformer.requires_grad_(True)
+    for name in getattr(transformer, "unused_modules", ()):
+        transformer.get_submodule(name).requires_grad_(False)
 
     n_train = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     metrics["params_total"] = sum(p.numel() for p in transformer.parameters())
@@ -303,8 +312,9 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     for name, why in skipped:  # a clip without a visible robot cannot be conditioned on
         say(f"train: skipping clip {name}: {why}")
     del clips
-    if not cache:
-        raise ValueError(f"no usable training clip in {data}")
+    if any_rank([not cache], acc.device)[0]:
+        raise ValueError(f"no usable training clip in {data}"
+                         + (" for one of the processes" if acc.num_processes > 1 else ""))
     metrics["encode_s"] = time.perf_counter() - t_enc
     fixed = stack_encoded(cache[: min(4, len(cache))], acc.device)
 
@@ -369,8 +379,17 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
                disable=not (progress and acc.is_main_process))
     window: list[float] = []
     stopped = "max_steps"
+    loss_v = None
     while step < cfg.max_steps:
-        if cfg.time_budget_s and time.perf_counter() - t_loop > cfg.time_budget_s:
+        # one decision for all processes (rank 0's clock; any rank's bad loss), or the others would wait forever
+        # in the next gradient all-reduce
+        time_up, bad = any_rank([acc.is_main_process and bool(cfg.time_budget_s)
+                                 and time.perf_counter() - t_loop > cfg.time_budget_s,
+                                 loss_v is not None and not math.isfinite(loss_v)], acc.device)
+        if bad:
+            raise FloatingPointError(f"training loss is {loss_v} at step {step}"
+                                     f"{' on some process' if acc.num_processes > 1 else ''}; lower lr ({cfg.lr})")
+        if time_up:
             stopped = "time_budget"
             break
         for micro in range(cfg.grad_accum):
@@ -389,7 +408,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
                 opt.zero_grad(set_to_none=True)
         loss_v = float(loss.detach())
         if not math.isfinite(loss_v):
-            raise FloatingPointError(f"training loss is {loss_v} at step {step}; lower lr ({cfg.lr})")
+            continue  # raised, on every process, at the top of the loop
         step += 1
         window.append(loss_v)
         bar.set_postfix(loss=f"{loss_v:.4f}")
@@ -404,6 +423,10 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop})
     train_s = time.perf_counter() - t_loop
     save_checkpoint(step)
+    metrics["replica_spread"] = replica_spread(acc.unwrap_model(transformer), acc.device)
+    if metrics["replica_spread"] > 0.0:
+        raise RuntimeError(f"train: the {acc.num_processes} processes' transformers differ by "
+                           f"{metrics['replica_spread']:g} after step {step}: the gradients were not synchronised")
 
     # 6. Final weights
     core = acc.unwrap_model(transformer)
@@ -455,11 +478,17 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
     """``k4d train-vae``: train only the config's VAE and save it to ``OUT`` (use as ``vae.pretrained``).
 
     ``resume`` continues the VAE and optimiser saved in ``OUT`` (``max_steps`` counts all runs' steps, the time
-    budget this run's)."""
+    budget this run's). Under ``accelerate launch`` with several processes the VAE trains data-parallel, each
+    process on its shard of the clips (``train_vae``)."""
+    from accelerate import Accelerator
+
     from .data import open_dataset
     from .vae import train_vae
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
+    # the Accelerator sets up the process group and the device (the VAE loop does its own autocast; the
+    # precision is given only so that a later `train` in the same process finds the same accelerate state)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_resolve_precision(cfg))
     if max_steps is not None:
         cfg.vae.steps = int(max_steps)
     if time_budget_s is not None:
@@ -469,11 +498,15 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
                       pointmap_encoding=cfg.pointmap_encoding)
     t_load = time.perf_counter()
     clips = load_clips(ds, cfg.load_workers)
-    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    say(f"train-vae: {len(clips)} clips read in {time.perf_counter() - t_load:.0f} s from {data}")
-    check_pointmap_code(ds, clips, say)
-    _, metrics = train_vae(clips, cfg.vae, out, mixed_precision=_resolve_precision(cfg), seed=cfg.seed,
-                           progress=progress, log=say, resume=resume)
+    say = lambda m: acc.print(m, file=sys.stderr)  # noqa: E731
+    say(f"train-vae: {len(clips)} clips read in {time.perf_counter() - t_load:.0f} s from {data}"
+        + (f" by process 0 of {acc.num_processes} (each process reads its own share of the clips)"
+           if acc.num_processes > 1 else ""))
+    if acc.is_main_process:
+        check_pointmap_code(ds, clips, say)
+    _, metrics = train_vae(clips, cfg.vae, out, device=acc.device, mixed_precision=_resolve_precision(cfg),
+                           seed=cfg.seed, progress=progress, log=say, resume=resume)
+    acc.wait_for_everyone()
     return metrics
 
 

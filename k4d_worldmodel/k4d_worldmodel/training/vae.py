@@ -188,22 +188,84 @@ def reconstruction_metrics(vae: torch.nn.Module, videos: torch.Tensor, device: t
     return {"psnr_db": float(np.mean(db)), "l1": float(np.mean(l1)), "videos": len(db)}
 
 
+class _VAELoss(torch.nn.Module):
+    """``vae_loss`` as a module, so that ``DistributedDataParallel`` sees the forward pass it synchronises
+    (the loss calls ``encode`` and ``decode``, never the VAE's own ``forward``)."""
+
+    def __init__(self, vae: torch.nn.Module, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        return vae_loss(self.vae, x, self.kl_weight, generator)
+
+
+def _dist_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag OR-ed over every process (a no-op in one process): loops that stop on a clock or on a bad loss
+    must stop at the same step on every rank, or the others wait forever in the next gradient all-reduce."""
+    import torch.distributed as dist
+
+    if _dist_world()[1] == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+@torch.no_grad()
+def replica_spread(module: torch.nn.Module, device: torch.device) -> float:
+    """Largest difference between the processes' copies of ``module``'s parameters (0.0 in one process): each
+    parameter's sum and sum of squares are gathered from every rank. Data-parallel replicas must agree exactly."""
+    import torch.distributed as dist
+
+    if _dist_world()[1] == 1:
+        return 0.0
+    v = torch.stack([torch.stack([p.double().sum(), (p.double() ** 2).sum()]) for p in module.parameters()]).to(device)
+    lo, hi = v.clone(), v.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return float((hi - lo).abs().max())
+
+
 def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device: torch.device | str | None = None,
               mixed_precision: str = "no", seed: int = 0, progress: bool = True, log=print, resume: bool = False
               ) -> tuple["AutoencoderKLWan", dict]:  # noqa: F821
     """Train a small VAE on ``dataset`` clips (see module docstring); returns ``(vae (eval, fp32, CPU), metrics)``.
 
-    Runs in one process on ``device`` (default: cuda if available) with bf16/fp16 autocast when ``mixed_precision``
-    says so; under multi-process training the trainer runs it on the main process and the others load the result.
-    The clips are held on the device (fp16 on a GPU), so a step costs no host-to-device copy. The VAE is saved to
-    ``out_dir`` (``save_pretrained``, safetensors) when given, together with the optimiser state
-    (``vae_train_state.pt``, read back with ``weights_only=True``) every ``cfg.save_every_s`` and at the end;
-    ``resume`` continues from them (same architecture, else ValueError; weights without that file continue with a
-    fresh optimiser). Stops after ``cfg.steps`` (counted over all runs) or ``cfg.time_budget_s`` (of this run).
+    Runs on ``device`` (default: cuda if available) with bf16/fp16 autocast when ``mixed_precision`` says so.
+    The clips are held on the device (fp16 on a GPU), so a step costs no host-to-device copy.
+
+    Several processes (``accelerate launch`` / ``torchrun``: an initialised ``torch.distributed`` group): the
+    VAE is data-parallel (``DistributedDataParallel``). Each rank passes its own shard of the clips and draws
+    ``cfg.batch_size`` of them per step (the global batch is ``world_size`` times that). The frame window is drawn
+    alike on every rank, and the time budget is decided jointly. Rank 0 saves, computes the latent statistics and
+    writes the metrics; every rank returns the same weights, checked at the end (``replica_spread``).
+
+    The VAE is saved to ``out_dir`` (``save_pretrained``, safetensors) when given, together with the optimiser
+    state (``vae_train_state.pt``, read back with ``weights_only=True``), every ``cfg.save_every_s`` and at the
+    end. ``resume`` continues from them (same architecture, else ValueError; weights without that file continue
+    with a fresh optimiser). Stops after ``cfg.steps`` (counted over all runs) or ``cfg.time_budget_s`` (of this
+    run).
     """
+    import torch.distributed as dist
     from tqdm.auto import tqdm
 
+    rank, world = _dist_world()
+    main = rank == 0
+    if world > 1 and device is None and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not main:
+        log = lambda *a, **k: None  # noqa: E731
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     out_dir = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(seed)
@@ -219,9 +281,19 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
     else:
         vae = build_vae(cfg)
     vae = vae.to(device).train()
+    if len(dataset) == 0:
+        raise ValueError(f"vae: process {rank} of {world} got no clip to train on (fewer clips than processes?)")
     store = torch.float16 if device.type == "cuda" else torch.float32
     videos = torch.stack([v.to(store) for i in range(len(dataset)) for v in clip_videos(dataset[i])]).to(device)
+    if world > 1:
+        # every rank starts from rank 0's weights (DDP broadcasts them) and all-reduces the gradients
+        model = torch.nn.parallel.DistributedDataParallel(
+            _VAELoss(vae, cfg.kl_weight), device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        model = _VAELoss(vae, cfg.kl_weight)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # g: the window (short or long clip, its start), alike on every rank so that all ranks run the same shapes;
+    # g_rank: which clips and the posterior noise (one generator in one process, as before multi-process runs)
     g = torch.Generator().manual_seed(seed + 1)
     step, history, l1_first = 0, [], None
     if state is not None:
@@ -231,40 +303,56 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
         history = [float(v) for v in state.get("l1_tail", [])]
         l1_first = state.get("l1_first")
         log(f"vae: resumed at step {step} from {out_dir}")
+    g_rank = g if world == 1 else torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+    if world > 1:
+        log(f"vae: data-parallel over {world} processes, {cfg.batch_size} clips each per step "
+            f"({cfg.batch_size * world} in all)")
     start_step = step
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest conv3d
 
     def save() -> None:
-        if out_dir is None:
+        if out_dir is None or not main:
             return
         vae.save_pretrained(str(out_dir), safe_serialization=True)
         torch.save({"optimizer": opt.state_dict(), "generator": g.get_state(), "step": step,
                     "l1_tail": history[-50:], "l1_first": l1_first}, out_dir / STATE_FILE)
 
     t0 = last_save = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="vae", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc="vae", disable=not (progress and main))
+    bad_loss = None
     try:
         while step < cfg.steps:
             now = time.perf_counter()
-            if cfg.time_budget_s and now - t0 > cfg.time_budget_s:
+            if (cfg.time_budget_s and world == 1) and now - t0 > cfg.time_budget_s:
                 break
             if cfg.save_every_s and now - last_save > cfg.save_every_s:
                 save()
                 last_save = now
             short = cfg.short_fraction > 0 and float(torch.rand((), generator=g)) < cfg.short_fraction
             frames = cfg.short_frames if short else cfg.train_frames
-            idx = torch.randint(videos.shape[0], (cfg.batch_size,), generator=g)
+            idx = torch.randint(videos.shape[0], (cfg.batch_size,), generator=g_rank)
             x = videos[idx.to(device)]
             if 0 < frames < x.shape[2]:
                 s0 = int(torch.randint(x.shape[2] - frames + 1, (1,), generator=g))
                 x = x[:, :, s0 : s0 + frames]
             x = x.float()
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, parts = vae_loss(vae, x, cfg.kl_weight, g)
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"vae: the loss is {float(loss)} at step {step}; lower vae.lr")
+                loss, parts = model(x, g_rank)
+            bad = not math.isfinite(float(loss.detach()))
+            if world > 1:  # one joint decision: the time budget (rank 0's clock counts for all) or a bad loss
+                time_up, bad_any = any_rank([main and bool(cfg.time_budget_s) and now - t0 > cfg.time_budget_s,
+                                             bad], device)
+                if bad_any:
+                    bad_loss = float(loss.detach()) if bad else float("nan")
+                    break
+                if time_up:
+                    break
+            elif bad:
+                bad_loss = float(loss.detach())
+                break
             scaler.scale(loss).backward()
             if cfg.grad_clip:
                 scaler.unscale_(opt)
@@ -280,22 +368,40 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
     finally:
         torch.backends.cudnn.benchmark = benchmark
         bar.close()
+    if bad_loss is not None:
+        save()  # the weights and optimiser of the last finite step (a bad step is never applied) for --resume
+        raise FloatingPointError(f"vae: the loss is {bad_loss} at step {step}"
+                                 f"{'' if world == 1 else ' on some process'}; lower vae.lr ({cfg.lr}), or look "
+                                 "for NaN in the clips")
     wall = time.perf_counter() - t0
+    spread = replica_spread(vae, device)
+    if spread > 0.0:
+        raise RuntimeError(f"vae: the {world} processes' weights differ by {spread:g} after step {step}: the "
+                           "gradients were not synchronised")
     vae = vae.float().eval()
-    n_stats = min(videos.shape[0], 2 * cfg.stats_clips)
-    stats_videos = [videos[i].float() for i in range(n_stats)]
-    mean, std = latent_stats(vae, stats_videos, device)
-    recon = {name: reconstruction_metrics(vae, videos[k:n_stats:2].float(), device)
-             for k, name in ((0, "rgb"), (1, "pointmap"))}
+    mean = std = recon = None
+    if main:
+        n_stats = min(videos.shape[0], 2 * cfg.stats_clips)
+        stats_videos = [videos[i].float() for i in range(n_stats)]
+        mean, std = latent_stats(vae, stats_videos, device)
+        recon = {name: reconstruction_metrics(vae, videos[k:n_stats:2].float(), device)
+                 for k, name in ((0, "rgb"), (1, "pointmap"))}
+    if world > 1:  # every rank returns the same VAE, normalisation included
+        box = [(mean, std)]
+        dist.broadcast_object_list(box, src=0)
+        mean, std = box[0]
     vae.register_to_config(latents_mean=mean, latents_std=std)
     save()
     vae = vae.cpu()
     metrics = {"steps": step, "steps_this_run": step - start_step, "wall_s": wall,
                "steps_per_s": (step - start_step) / max(wall, 1e-9),
+               "num_processes": world, "global_batch": cfg.batch_size * world, "replica_spread": spread,
                "l1_first": l1_first,
                "l1_last": float(np.mean(history[-10:])) if history else None, "recon_train": recon,
                "latents_mean": mean, "latents_std": std, "params": sum(p.numel() for p in vae.parameters()),
                "config": asdict(cfg)}
+    if not main:
+        return vae, metrics
     log(f"vae: {step} steps ({step - start_step} in this run, {metrics['steps_per_s']:.2f}/s), L1 "
         f"{metrics['l1_first']} -> {metrics['l1_last']}, reconstruction PSNR rgb {recon['rgb']['psnr_db']:.2f} dB, "
         f"pointmap {recon['pointmap']['psnr_db']:.2f} dB")
