@@ -40,12 +40,22 @@ def main() -> None:
     p.add_argument("--data", required=True, help="held-out k4d episodes (17 x 64 x 96)")
     p.add_argument("--episodes", type=int, default=24)
     p.add_argument("--json", default="")
+    p.add_argument("--damages", default="1:0.005,1:0.01,2:0.005",
+                   help="comma list of BLUR_PX:NOISE (default 1:0.005,1:0.01,2:0.005); e.g. 2:0,4:0 asks what "
+                        "spatial detail alone costs (an autoencoder's 4 x 4 latent cells)")
+    p.add_argument("--codes", default="", help="comma list of code names to keep (default: all)")
     args = p.parse_args()
     codes = {"minmax": PointmapEncoding(),
              "ray_depth knee 0.8@1.6 m": PointmapEncoding(kind="ray_depth"),
              "ray_depth knee 0.6@1.8 m": PointmapEncoding(kind="ray_depth", knee_code=0.6, knee_m=1.8),
              "ray_depth knee 0.5@2.0 m": PointmapEncoding(kind="ray_depth", knee_code=0.5, knee_m=2.0)}
-    damages = [(1, 0.005), (1, 0.01), (2, 0.005)]
+    if args.codes:
+        keep = [c.strip() for c in args.codes.split(",") if c.strip()]
+        unknown = [c for c in keep if c not in codes]
+        if unknown:
+            raise SystemExit(f"--codes: unknown {unknown}; known: {list(codes)}")
+        codes = {k: v for k, v in codes.items() if k in keep}
+    damages = [(int(k), float(sg)) for k, sg in (d.split(":") for d in args.damages.split(",") if d.strip())]
     ds = open_dataset(args.data, 17, 64, 96, split="all")
     idx = np.linspace(0, len(ds) - 1, min(args.episodes, len(ds))).round().astype(int)
     rows: dict[str, list] = {}

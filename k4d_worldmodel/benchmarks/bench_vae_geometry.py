@@ -1,0 +1,102 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""What a model's own VAE does to the geometry the success predicate reads, in millimetres.
+
+    .venv/bin/python k4d_worldmodel/benchmarks/bench_vae_geometry.py --checkpoint default --checkpoint RUN/pipeline \\
+        --data DIR --json out.json
+
+``k4d eval --methods vae_recon`` gives the ceiling a model's VAE sets (the ground truth through the VAE, lifted
+as a rollout is). This script says why the ceiling is where it is. For every held-out clip and checkpoint it
+passes the truth through the VAE (``evaluate.autoencode``) and measures, in the robot base frame:
+- ``depth_err_mm``: median |depth error| over every valid pixel;
+- ``table_bias_mm``: median height error of the table (ground-truth points within 3 mm of the table top and
+  off the robot), i.e. how far the VAE lifts or sinks a flat surface;
+- ``raised_err_mm``: median height error of the points 15 mm or more above the table (objects, zone rims):
+  what the zone predicate must see;
+- the zone predicate's point counts (first and last frame) on the truth and on the reconstruction, and whether
+  the predicate's answer agrees.
+Not collected by pytest; needs held-out episodes with their metadata (``k4d dataset generate``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import numpy as np
+
+
+def _heights(xyz: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
+    return (xyz @ T_base_cam[:3, :3].T + T_base_cam[:3, 3])[..., 2]
+
+
+def clip_geometry(pipe, clip: dict, seed: int = 42) -> dict | None:
+    """The measures of the module docstring for one clip, or None without object metadata."""
+    from k4d_worldmodel import evaluate as E
+    from k4d_worldmodel.config import WorldModelConfig
+
+    info = E.object_info(clip)
+    if info is None:
+        return None
+    wm = WorldModelConfig(seed=seed)
+    _, xyz, _ = E.autoencode(pipe, clip, seed, wm.metric_lift_config(), wm.anchor_lift_config())
+    gt = clip["world_xyz"]
+    T = info["T_base_cam"]
+    off_robot = ~clip["robot_mask"]
+    valid = np.isfinite(gt).all(-1) & np.isfinite(xyz).all(-1)
+    z_gt, z_vae = _heights(gt, T), _heights(xyz, T)
+    table = valid & off_robot & (np.abs(z_gt) < 0.003)
+    raised = valid & off_robot & (z_gt > 0.015) & (z_gt < 0.3)
+    hmax = 2.0 * info["half_height"] + 0.015
+    occ_gt = E.zone_occupancy(gt[[0, -1]], clip["robot_mask"][[0, -1]], T, info["goal"], info["radius"], hmax)
+    occ_vae = E.zone_occupancy(xyz[[0, -1]], clip["robot_mask"][[0, -1]], T, info["goal"], info["radius"], hmax)
+    ok_gt, ok_vae = bool(occ_gt[1] - occ_gt[0] >= 3), bool(occ_vae[1] - occ_vae[0] >= 3)
+
+    def med(a: np.ndarray) -> float:
+        return float(np.median(a) * 1000.0) if a.size else float("nan")
+
+    return {"name": clip["name"], "depth_err_mm": med(np.abs(xyz[..., 2] - gt[..., 2])[valid]),
+            "table_bias_mm": med((z_vae - z_gt)[table]), "table_abs_mm": med(np.abs(z_vae - z_gt)[table]),
+            "raised_err_mm": med((z_vae - z_gt)[raised]), "raised_abs_mm": med(np.abs(z_vae - z_gt)[raised]),
+            "zone_gt": occ_gt.tolist(), "zone_vae": occ_vae.tolist(), "success_gt": ok_gt, "success_vae": ok_vae}
+
+
+def main() -> None:
+    from k4d_worldmodel.loading import load_saved
+    from k4d_worldmodel.training.data import open_dataset
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", action="append", required=True, help="K4DPipeline folder or 'default' (repeat)")
+    p.add_argument("--data", required=True, help="held-out k4d episodes at the models' geometry")
+    p.add_argument("--episodes", type=int, default=None, help="at most N clips")
+    p.add_argument("--json", default=None, help="write the per-clip rows and the summary here")
+    args = p.parse_args()
+    result = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}", "data": args.data,
+              "checkpoints": {}}
+    for ck in args.checkpoint:
+        if ck == "default":
+            from k4d_worldmodel.config import default_checkpoint_dir
+
+            ck = str(default_checkpoint_dir())
+        pipe = load_saved(ck)
+        ds = open_dataset(args.data, pipe.num_frames, pipe.height, pipe.width, split="all",
+                          pointmap_encoding=pipe.pointmap_encoding)
+        n = len(ds) if args.episodes is None else min(len(ds), args.episodes)
+        rows = [r for r in (clip_geometry(pipe, ds[i]) for i in range(n)) if r is not None]
+        keys = ("depth_err_mm", "table_bias_mm", "table_abs_mm", "raised_err_mm", "raised_abs_mm")
+        summary = {k: float(np.nanmedian([r[k] for r in rows])) for k in keys}
+        summary["agreement"] = float(np.mean([r["success_gt"] == r["success_vae"] for r in rows]))
+        summary["success_gt"] = float(np.mean([r["success_gt"] for r in rows]))
+        summary["success_vae"] = float(np.mean([r["success_vae"] for r in rows]))
+        summary["first_frame_zone_points_gt"] = float(np.mean([r["zone_gt"][0] for r in rows]))
+        summary["first_frame_zone_points_vae"] = float(np.mean([r["zone_vae"][0] for r in rows]))
+        summary["clips"] = len(rows)
+        summary["pointmap_encoding"] = pipe.pointmap_encoding.kind
+        result["checkpoints"][ck] = {"summary": summary, "rows": rows}
+        print(ck, json.dumps(summary), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
