@@ -23,6 +23,12 @@ conditioning code, soft mask, robot-condition dropout), AdamW, linear warm-up, g
 (bf16 on GPU), optional gradient checkpointing, resumable ``accelerate`` checkpoints in ``OUT/checkpoints/``
 (``--resume`` continues from the newest; only trainable parameters are written, so a 14B LoRA state stays small),
 a tqdm bar with the loss, and ``OUT/train_metrics.json`` (loss history, loss on a fixed batch before/after, timing).
+
+Several processes: each reads its own share of the clips (``load_clips``) and draws ``batch_size`` of them per
+step, so the global batch is ``num_processes x batch_size``. The time budget and a non-finite loss are decided
+jointly (one rank stopping alone would leave the others in the next all-reduce), and the replicas are checked
+identical at the end (``replica_spread`` in the metrics). The transformer is wrapped as the accelerate config
+says (DDP, FSDP or DeepSpeed); the VAE, a few million parameters, always trains under plain DDP.
 """
 from __future__ import annotations
 
@@ -119,9 +125,9 @@ def convert_transformer_variant(pipe, variant: str, seed: int = 0) -> int:
 def load_clips(ds, workers: int = 0) -> list[dict[str, Any]]:
     """Every clip of ``ds`` in order; ``workers`` > 0 reads them in that many DataLoader worker processes
     (decompressing thousands of episodes is the slow part of start-up on one core)."""
-    from .vae import _dist_world
+    from .vae import dist_world
 
-    rank, world = _dist_world()
+    rank, world = dist_world()
     if world > 1:
         # data-parallel: each process reads its own shard (every world-th clip), with its share of the workers
         from torch.utils.data import Subset
@@ -423,8 +429,12 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop})
     train_s = time.perf_counter() - t_loop
     save_checkpoint(step)
-    metrics["replica_spread"] = replica_spread(acc.unwrap_model(transformer), acc.device)
-    if metrics["replica_spread"] > 0.0:
+    from accelerate.utils import DistributedType
+
+    replicated = acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+    # FSDP / DeepSpeed shard the parameters: there are no whole replicas to compare
+    metrics["replica_spread"] = replica_spread(acc.unwrap_model(transformer), acc.device) if replicated else None
+    if metrics["replica_spread"]:
         raise RuntimeError(f"train: the {acc.num_processes} processes' transformers differ by "
                            f"{metrics['replica_spread']:g} after step {step}: the gradients were not synchronised")
 

@@ -200,7 +200,7 @@ class _VAELoss(torch.nn.Module):
         return vae_loss(self.vae, x, self.kl_weight, generator)
 
 
-def _dist_world() -> tuple[int, int]:
+def dist_world() -> tuple[int, int]:
     """``(rank, world size)`` of the initialised ``torch.distributed`` group, else ``(0, 1)``."""
     import torch.distributed as dist
 
@@ -214,7 +214,7 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     must stop at the same step on every rank, or the others wait forever in the next gradient all-reduce."""
     import torch.distributed as dist
 
-    if _dist_world()[1] == 1:
+    if dist_world()[1] == 1:
         return [bool(f) for f in flags]
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -227,7 +227,7 @@ def replica_spread(module: torch.nn.Module, device: torch.device) -> float:
     parameter's sum and sum of squares are gathered from every rank. Data-parallel replicas must agree exactly."""
     import torch.distributed as dist
 
-    if _dist_world()[1] == 1:
+    if dist_world()[1] == 1:
         return 0.0
     v = torch.stack([torch.stack([p.double().sum(), (p.double() ** 2).sum()]) for p in module.parameters()]).to(device)
     lo, hi = v.clone(), v.clone()
@@ -259,7 +259,7 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
-    rank, world = _dist_world()
+    rank, world = dist_world()
     main = rank == 0
     if world > 1 and device is None and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
