@@ -37,7 +37,10 @@ def main() -> None:
     from k4d_worldmodel.training.data import open_dataset
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="held-out k4d episodes (17 x 64 x 96)")
+    p.add_argument("--data", required=True, help="held-out k4d episodes")
+    p.add_argument("--frames", type=int, default=17, help="clip geometry (default 17 x 64 x 96, the models')")
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=96)
     p.add_argument("--episodes", type=int, default=24)
     p.add_argument("--json", default="")
     p.add_argument("--damages", default="1:0.005,1:0.01,2:0.005",
@@ -56,7 +59,7 @@ def main() -> None:
             raise SystemExit(f"--codes: unknown {unknown}; known: {list(codes)}")
         codes = {k: v for k, v in codes.items() if k in keep}
     damages = [(int(k), float(sg)) for k, sg in (d.split(":") for d in args.damages.split(",") if d.strip())]
-    ds = open_dataset(args.data, 17, 64, 96, split="all")
+    ds = open_dataset(args.data, args.frames, args.height, args.width, split="all")
     idx = np.linspace(0, len(ds) - 1, min(args.episodes, len(ds))).round().astype(int)
     rows: dict[str, list] = {}
     for i in idx:
@@ -65,6 +68,9 @@ def main() -> None:
         truth = clip["world_xyz"]
         gt_track, _ = E.track_object(truth, clip["robot_mask"], info["T_base_cam"], info["init"], info["half_height"])
         gt_success = E.success_zone_4d(truth, clip["robot_mask"], info)
+        meta = clip.get("meta") or {}
+        if "success" in meta:  # the predicate on the truth against the simulator's label, at this resolution
+            rows.setdefault("truth vs simulator", []).append(dict(agree=gt_success == bool(meta["success"])))
         for name, enc in codes.items():
             code, lo, hi = enc.encode_world(truth)
             for k, sigma in damages:
@@ -78,14 +84,16 @@ def main() -> None:
                     agree=E.success_zone_4d(xyz, clip["robot_mask"], info) == gt_success,
                     object_err_m=float(np.linalg.norm(track - gt_track, axis=1)[1:].mean()), **g))
     summary = {key: {m: float(np.nanmean([r[m] for r in v])) for m in ("agree", "object_err_m", "chamfer_l1",
-                                                                       "fscore")} for key, v in rows.items()}
+                                                                       "fscore") if m in v[0]}
+               for key, v in rows.items()}
     for key, s in summary.items():
-        print(f"{key:45s} predicate agrees {s['agree']:.3f}  object {s['object_err_m']:.4f} m  "
-              f"CD-L1 {s['chamfer_l1']:.4f} m  F@1cm {s['fscore']:.3f}")
+        print(f"{key:45s} predicate agrees {s['agree']:.3f}" + (
+            f"  object {s['object_err_m']:.4f} m  CD-L1 {s['chamfer_l1']:.4f} m  F@1cm {s['fscore']:.3f}"
+            if "fscore" in s else ""))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"episodes": len(idx), "data": args.data, "machine": platform.processor() or platform.machine(),
-                       "summary": summary}, f, indent=1)
+            json.dump({"episodes": len(idx), "data": args.data, "geometry": [args.frames, args.height, args.width],
+                       "machine": platform.processor() or platform.machine(), "summary": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

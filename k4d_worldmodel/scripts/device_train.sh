@@ -17,6 +17,8 @@
 #            of that call is gone: new data is generated, the VAE trains only if --vae-budget-s is given)
 #          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed)
 #          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml)
+#          | --width W --height H --fy F (episode geometry; default 96 64 80, the models'; configs/metric_hr.yaml
+#            wants 192 128 160)
 #          | --gpus N (default: every visible GPU; N > 1 trains the VAE and the transformer data-parallel through
 #            `accelerate launch --multi_gpu`, each process on its share of the clips with the config's batch size,
 #            so the global batch is N times the config's).
@@ -46,7 +48,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; BENCH=1; CONFIG=default; GPUS=""
+VAE_FROM=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -64,12 +66,15 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=$2; shift ;;
     --config) CONFIG=$2; shift ;;
     --gpus) GPUS=$2; shift ;;
+    --width) W=$2; shift ;;
+    --height) H=$2; shift ;;
+    --fy) FY=$2; shift ;;
     --total-budget-s) TOTAL_BUDGET=$2; shift ;;
     *) echo "device_train.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
-W=96; H=64; FY=80.0; FRAMES=17; WORKERS=$(nproc)
+FRAMES=17; WORKERS=$(nproc)
 if [ "$SMOKE" = 1 ]; then
   CONFIG=smoke; W=48; H=32; FY=40.0; FRAMES=5; EPISODES=3; HELDOUT=2; VAE_BUDGET=5; TRAIN_BUDGET=10; EVAL_STEPS=2
   SCENARIOS=easy,hard; GEN_BUDGET=60; EVAL_EPISODES=2

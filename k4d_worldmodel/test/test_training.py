@@ -282,3 +282,24 @@ def test_vae_window_options_are_validated():
         VAEConfig(short_frames=5, short_fraction=1.5)
     with pytest.raises(ValueError, match="short_frames"):
         VAEConfig(short_fraction=0.5)
+
+
+def test_builtin_full_configs_tile_their_latent_grid():
+    """Every built-in from-scratch config (default, metric, metric_hr, smoke): its frames divide into VAE cells,
+    and its latent grid into transformer patches and robot-token patches, so `k4d train --config NAME` builds."""
+    from k4d_worldmodel.training.config import CONFIG_DIR, TrainConfig
+
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert {"default", "metric", "metric_hr", "smoke"} <= set(names)
+    for name in names:
+        cfg = TrainConfig.from_yaml(name)
+        if cfg.mode != "full":
+            continue
+        f = cfg.vae.spatial_factor
+        assert cfg.height % f == 0 and cfg.width % f == 0, name
+        kw = cfg.transformer_kwargs()
+        lat = (kw["num_latent_frames"], kw["latent_height"], kw["latent_width"])
+        for key in ("patch_size", "arm_patch_size"):
+            assert all(n % p == 0 for n, p in zip(lat, kw[key])), (name, key, lat, kw[key])
+    hr = TrainConfig.from_yaml("metric_hr")
+    assert (hr.height, hr.width) == (128, 192) and hr.pointmap_encoding == TrainConfig.from_yaml("metric").pointmap_encoding
