@@ -1,4 +1,5 @@
-"""Data-parallel training: `k4d train-vae` and `k4d train` in two processes (torch.distributed, gloo on the CPU).
+"""Data-parallel training: `k4d train-vae`, `k4d train` and LoRA fine-tuning in two processes (torch.distributed,
+gloo on the CPU).
 
 `accelerate launch --multi_gpu` starts the same torch elastic launcher on GPUs; on CPUs accelerate has no
 multi-process launcher without MPI, so these tests start `torch.distributed.run` themselves. They check what a
@@ -71,6 +72,15 @@ def test_vae_and_transformer_train_data_parallel(synth, tmp_path):
              "--resume", "--max-steps", str(m["steps"] + 3), "--no-progress"], cwd=tmp_path)
     m2 = json.loads((run / "train_metrics.json").read_text())
     assert m2["start_step"] == m["steps"] and m2["steps"] == m["steps"] + 3 and m2["replica_spread"] == 0.0
+
+    # 4. LoRA fine-tuning (peft) of the result in two processes: only the adapters and added modules train
+    _launch(["-m", "k4d_worldmodel.training.train", "--data", str(synth), "--config", "lora", "--base-checkpoint",
+             str(run / "pipeline"), "--out", str(tmp_path / "lora"), "--max-steps", "3", "--no-progress"],
+            cwd=tmp_path)
+    ml = json.loads((tmp_path / "lora" / "train_metrics.json").read_text())
+    assert ml["num_processes"] == 2 and ml["steps"] == 3 and ml["replica_spread"] == 0.0
+    assert 0 < ml["params_trainable"] < ml["params_total"] and ml["lora_modules"] > 0
+    assert (tmp_path / "lora" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_unused_modules_are_frozen_for_data_parallel_training():
