@@ -21,7 +21,9 @@ sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps``
   (which the first frame shows), each frame takes the component nearest to the previous position (a frame without
   one keeps it). The centre is the median x, y and the 90th-percentile height minus the object's half height
   (the camera sees the top). ``object_err_m``: mean over frames of the distance between the imagined and the ground
-  truth track; ``object_final_err_m``: the same at the last frame.
+  truth track; ``object_final_err_m``: the same at the last frame. ``raised_height_err_m``: the median height
+  error where the ground truth stands 1.5 to 30 cm above the table off the robot (``raised_height_error``); a
+  large negative value says the output flattens the objects, and the zone predicate then cannot see them.
 * 4D success predicate (``success_4d``): ``success_zone_4d`` asks the pointmaps whether an object came to rest
   in the goal zone (scene points, robot excluded, inside the zone and below object height + 1.5 cm: at least 3
   more in the last frame than in the first), so the identical rule decides success on the imagined and on the
@@ -151,6 +153,20 @@ def success_4d(task: str, track: np.ndarray, goal_xy: Iterable[float], zone_radi
                          float(rest_z), max_lift).success)
 
 
+def raised_height_error(xyz: np.ndarray, gt_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.ndarray,
+                        min_height_m: float = 0.015, max_height_m: float = 0.3) -> float:
+    """Median height error (m, imagined minus truth, robot base frame) over the pixels where the ground truth
+    stands ``min_height_m`` to ``max_height_m`` above the table off the robot: the objects the success predicate
+    must see. Negative = flattened towards the table (what a VAE with coarse latent cells does to 2-5 px
+    objects). Frames 1.. of `(T, H, W, 3)` pointmaps; NaN when no such pixel has a value on both sides."""
+    def heights(a: np.ndarray) -> np.ndarray:  # base-frame z of camera-frame points
+        return a.astype(np.float64) @ T_base_cam[2, :3] + T_base_cam[2, 3]
+
+    z_gt, z = heights(gt_xyz[1:]), heights(xyz[1:])
+    sel = (np.isfinite(z_gt) & np.isfinite(z) & ~robot_mask[1:] & (z_gt >= min_height_m) & (z_gt <= max_height_m))
+    return float(np.median(z[sel] - z_gt[sel])) if sel.any() else float("nan")
+
+
 def object_info(clip: dict[str, Any]) -> dict | None:
     """Target object / zone / camera facts of a k4d clip, or None (Kinema4D layout, or missing metadata)."""
     meta = clip.get("meta") or {}
@@ -204,6 +220,8 @@ def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], gt_tr
         err = np.linalg.norm(track - gt_track, axis=1)
         row.update({"object_err_m": float(err[1:].mean()), "object_final_err_m": float(err[-1]),
                     "object_seen_frac": float(seen.mean()),
+                    "raised_height_err_m": raised_height_error(xyz_m, clip["world_xyz"], clip["robot_mask"],
+                                                               info["T_base_cam"]),
                     "success_4d": success_zone_4d(xyz_m, clip["robot_mask"], info),
                     "success_track_4d": success_4d(info["task"], track, info["goal"], info["radius"],
                                                    info["half_height"])})
@@ -308,7 +326,8 @@ def _fmt(v: Any) -> str:
 
 def summarize(rows: list[dict], methods: Iterable[str]) -> dict:
     """Means per method and the success-rate comparison (see module docstring)."""
-    keys = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m")
+    keys = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
+            "raised_height_err_m")
     summary: dict[str, Any] = {"episodes": len(rows), "methods": {}}
     for m in methods:
         vals = {}
@@ -373,7 +392,7 @@ def _md_to_html(lines: list[str]) -> str:
 def write_report(out: Path, summary: dict, rows: list[dict], header: dict, videos: list[str]) -> str:
     """``report.md`` and ``report.html``; returns the Markdown."""
     cols = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
-            "lift_anchored", "lift_failed")
+            "raised_height_err_m", "lift_anchored", "lift_failed")
     md = ["# k4d world-model evaluation", "",
           "| " + " | ".join(f"{k}: {_fmt(v)}" for k, v in header.items()) + " |", "|" + "---|" * len(header), "",
           "## Video and geometry (frames 1..T-1; PSNR/SSIM higher is better, Chamfer lower, F-score@0.01 higher)",

@@ -30,6 +30,22 @@ def test_tracker_and_success_predicate_on_ground_truth(synth):
         assert success_4d(info["task"], track, info["goal"], info["radius"], info["half_height"]) == c["meta"]["success"]
 
 
+def test_raised_height_error_sees_objects_sink(synth):
+    """The objects' height error: 0 on the truth, -2 cm when the scene is lowered 2 cm along the base z axis,
+    and NaN-free only where the truth has raised points."""
+    from k4d_worldmodel.evaluate import object_info, raised_height_error
+    from k4d_worldmodel.training.data import open_dataset
+
+    c = open_dataset(synth, 9, 32, 48, split="all")[0]
+    T = object_info(c)["T_base_cam"]
+    gt, mask = c["world_xyz"], c["robot_mask"]
+    assert raised_height_error(gt, gt, mask, T) == 0.0
+    lowered = (gt - 0.02 * T[2, :3]).astype(np.float32)  # base z row of the rotation: down 2 cm in the base frame
+    assert abs(raised_height_error(lowered, gt, mask, T) + 0.02) < 1e-4
+    holes = np.full_like(gt, np.nan)
+    assert np.isnan(raised_height_error(holes, gt, mask, T))
+
+
 def test_robot_condition_removed_is_the_unconditional_path(pmcond_pipe):
     from k4d_worldmodel.evaluate import robot_condition_removed
     from k4d_worldmodel.tiny import tiny_inputs
@@ -60,7 +76,7 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
     assert "pearson_r" in s["success"]["k4d"] and "mmrv" in s["success"]["k4d"]
     assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["episodes"] == 2
     md = (tmp_path / "report.md").read_text()
-    assert "| k4d |" in md and "copy_first" in md and "Pearson" in md
+    assert "| k4d |" in md and "copy_first" in md and "Pearson" in md and "raised_height_err_m" in md
     assert "<table>" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "videos" / "000000.mp4").stat().st_size > 0
     print_summary(r)
