@@ -163,7 +163,8 @@ def raised_height_error(xyz: np.ndarray, gt_xyz: np.ndarray, robot_mask: np.ndar
         return a.astype(np.float64) @ T_base_cam[2, :3] + T_base_cam[2, 3]
 
     z_gt, z = heights(gt_xyz[1:]), heights(xyz[1:])
-    sel = (np.isfinite(z_gt) & np.isfinite(z) & ~robot_mask[1:] & (z_gt >= min_height_m) & (z_gt <= max_height_m))
+    off_robot = ~np.asarray(robot_mask[1:], dtype=bool)  # also for a 0/1 integer mask
+    sel = np.isfinite(z_gt) & np.isfinite(z) & off_robot & (z_gt >= min_height_m) & (z_gt <= max_height_m)
     return float(np.median(z[sel] - z_gt[sel])) if sel.any() else float("nan")
 
 

@@ -44,6 +44,8 @@ def test_raised_height_error_sees_objects_sink(synth):
     assert abs(raised_height_error(lowered, gt, mask, T) + 0.02) < 1e-4
     holes = np.full_like(gt, np.nan)
     assert np.isnan(raised_height_error(holes, gt, mask, T))
+    # the robot's pixels do not count (a 0/1 integer mask too): a mask over everything leaves nothing
+    assert np.isnan(raised_height_error(gt, gt, np.ones(mask.shape, np.uint8), T))
 
 
 def test_robot_condition_removed_is_the_unconditional_path(pmcond_pipe):
