@@ -69,7 +69,8 @@ DEFAULT_METHODS = ("k4d", "k4d_static", "no_robot", "copy_first")
 
 
 # --------------------------------------------------------------------------------------------- object track
-def _to_base(xyz_cam: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
+def to_base_frame(xyz_cam: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
+    """Camera-frame points `(..., 3)` in the robot base frame (z up from the table)."""
     return xyz_cam @ T_base_cam[:3, :3].T + T_base_cam[:3, 3]
 
 
@@ -97,7 +98,7 @@ def track_object(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.n
     seen = np.zeros(T, dtype=bool)
     prev = np.asarray(init_pos_base, dtype=np.float64).copy()
     for t in range(T):
-        p = _to_base(world_xyz[t].astype(np.float64), T_base_cam)
+        p = to_base_frame(world_xyz[t].astype(np.float64), T_base_cam)
         robot = ndimage.binary_dilation(robot_mask[t], iterations=1)
         cand = (np.isfinite(p).all(-1) & ~robot & (p[..., 2] > min_height_m) & (p[..., 2] < max_height_m)
                 & (p[..., 0] > table_x[0]) & (p[..., 0] < table_x[1]) & (p[..., 1] > table_y[0])
@@ -159,10 +160,8 @@ def raised_height_error(xyz: np.ndarray, gt_xyz: np.ndarray, robot_mask: np.ndar
     stands ``min_height_m`` to ``max_height_m`` above the table off the robot: the objects the success predicate
     must see. Negative = flattened towards the table (what a VAE with coarse latent cells does to 2-5 px
     objects). Frames 1.. of `(T, H, W, 3)` pointmaps; NaN when no such pixel has a value on both sides."""
-    def heights(a: np.ndarray) -> np.ndarray:  # base-frame z of camera-frame points
-        return a.astype(np.float64) @ T_base_cam[2, :3] + T_base_cam[2, 3]
-
-    z_gt, z = heights(gt_xyz[1:]), heights(xyz[1:])
+    z_gt = to_base_frame(gt_xyz[1:].astype(np.float64), T_base_cam)[..., 2]
+    z = to_base_frame(xyz[1:].astype(np.float64), T_base_cam)[..., 2]
     off_robot = ~np.asarray(robot_mask[1:], dtype=bool)  # also for a 0/1 integer mask
     sel = np.isfinite(z_gt) & np.isfinite(z) & off_robot & (z_gt >= min_height_m) & (z_gt <= max_height_m)
     return float(np.median(z[sel] - z_gt[sel])) if sel.any() else float("nan")

@@ -125,7 +125,7 @@ def convert_transformer_variant(pipe, variant: str, seed: int = 0) -> int:
 def load_clips(ds, workers: int = 0) -> list[dict[str, Any]]:
     """Every clip of ``ds`` in order; ``workers`` > 0 reads them in that many DataLoader worker processes
     (decompressing thousands of episodes is the slow part of start-up on one core)."""
-    from .vae import dist_world
+    from .distributed import dist_world
 
     rank, world = dist_world()
     if world > 1:
@@ -192,7 +192,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     from .data import open_dataset
     from .lora import add_lora, lora_module_names, merge_lora, save_released_lora, set_trainable
     from .objective import encode_clips, flow_matching_step, stack_encoded
-    from .vae import any_rank, replica_spread, train_vae
+    from .distributed import any_rank, check_replicas
+    from .vae import train_vae
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
     if max_steps is not None:
@@ -433,10 +434,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     replicated = acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
     # FSDP / DeepSpeed shard the parameters: there are no whole replicas to compare
-    metrics["replica_spread"] = replica_spread(acc.unwrap_model(transformer), acc.device) if replicated else None
-    if metrics["replica_spread"]:
-        raise RuntimeError(f"train: the {acc.num_processes} processes' transformers differ by "
-                           f"{metrics['replica_spread']:g} after step {step}: the gradients were not synchronised")
+    metrics["replica_spread"] = (check_replicas(acc.unwrap_model(transformer), acc.device, "train", step)
+                                 if replicated else None)
 
     # 6. Final weights
     core = acc.unwrap_model(transformer)

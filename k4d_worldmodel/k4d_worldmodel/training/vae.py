@@ -200,42 +200,6 @@ class _VAELoss(torch.nn.Module):
         return vae_loss(self.vae, x, self.kl_weight, generator)
 
 
-def dist_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised ``torch.distributed`` group, else ``(0, 1)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag OR-ed over every process (a no-op in one process): loops that stop on a clock or on a bad loss
-    must stop at the same step on every rank, or the others wait forever in the next gradient all-reduce."""
-    import torch.distributed as dist
-
-    if dist_world()[1] == 1:
-        return [bool(f) for f in flags]
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
-
-
-@torch.no_grad()
-def replica_spread(module: torch.nn.Module, device: torch.device) -> float:
-    """Largest difference between the processes' copies of ``module``'s parameters (0.0 in one process): each
-    parameter's sum and sum of squares are gathered from every rank. Data-parallel replicas must agree exactly."""
-    import torch.distributed as dist
-
-    if dist_world()[1] == 1:
-        return 0.0
-    v = torch.stack([torch.stack([p.double().sum(), (p.double() ** 2).sum()]) for p in module.parameters()]).to(device)
-    lo, hi = v.clone(), v.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    return float((hi - lo).abs().max())
-
-
 def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device: torch.device | str | None = None,
               mixed_precision: str = "no", seed: int = 0, progress: bool = True, log=print, resume: bool = False
               ) -> tuple["AutoencoderKLWan", dict]:  # noqa: F821
@@ -258,6 +222,8 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
     """
     import torch.distributed as dist
     from tqdm.auto import tqdm
+
+    from .distributed import any_rank, check_replicas, dist_world
 
     rank, world = dist_world()
     main = rank == 0
@@ -374,10 +340,7 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
                                  f"{'' if world == 1 else ' on some process'}; lower vae.lr ({cfg.lr}), or look "
                                  "for NaN in the clips")
     wall = time.perf_counter() - t0
-    spread = replica_spread(vae, device)
-    if spread > 0.0:
-        raise RuntimeError(f"vae: the {world} processes' weights differ by {spread:g} after step {step}: the "
-                           "gradients were not synchronised")
+    spread = check_replicas(vae, device, "vae", step)
     vae = vae.float().eval()
     mean = std = recon = None
     if main:
