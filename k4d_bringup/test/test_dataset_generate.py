@@ -105,3 +105,13 @@ def test_time_budget_stops_starting_episodes(tmp_path):
     metas = generate(3, 7, tmp_path, workers=1, time_budget_s=0.0, **SMALL)
     info = json.loads((tmp_path / "dataset.json").read_text())
     assert metas == [] and info["episodes"] == 0 and info["requested"] == 3 and info["stopped"] == "time_budget"
+
+
+def test_egl_devices_round_robin():
+    from k4d_bringup.dataset.generate import egl_device_for_worker
+
+    assert [egl_device_for_worker("0,1,2,3", n) for n in range(1, 10)] == list("012301230")
+    assert egl_device_for_worker(" 2 , 5 ", 2) == "5"
+    assert egl_device_for_worker("", 3) is None
+    with pytest.raises(ValueError, match="K4D_EGL_DEVICES"):
+        egl_device_for_worker("cuda:0", 1)

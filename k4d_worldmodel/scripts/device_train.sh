@@ -121,6 +121,19 @@ fi
 # multicast stays off, as the lent machines require of every program started with its own environment.
 [ -n "$GPUS" ] || GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# generation: the workers' EGL contexts round-robin over every GPU (k4d_bringup.dataset.generate._worker_init)
+# (only the devices on which a context can really be made: a wrong MUJOCO_EGL_DEVICE_ID fails every worker)
+if [ "$MUJOCO_GL" = egl ] && [ "$GPUS" -gt 1 ] && [ "$RESUME" = 0 ]; then
+  EGL_OK=()
+  for d in $(seq 0 $((GPUS - 1))); do
+    MUJOCO_EGL_DEVICE_ID=$d "$PY" -c "import sys; from k4d_bringup.sim.render import gl_available; sys.exit(0 if gl_available()[0] else 1)" \
+      2>/dev/null && EGL_OK+=("$d")
+  done
+  if [ "${#EGL_OK[@]}" -gt 0 ]; then
+    export K4D_EGL_DEVICES=$(IFS=,; echo "${EGL_OK[*]}")
+  fi
+  echo "generation renders on EGL devices ${K4D_EGL_DEVICES:-(the default one)}"
+fi
 if [ "$GPUS" -gt 1 ]; then
   LAUNCH=("$PY" -m accelerate.commands.launch --multi_gpu --num_processes "$GPUS" --num_machines 1
           --mixed_precision no --dynamo_backend no)

@@ -6,7 +6,8 @@
 Episode i is a pure function of (seed, i) and the options: its scene seed is drawn from
 ``SeedSequence([seed, i])``, its noise level is ``sigmas[i % len(sigmas)]`` and its task is
 ``tasks[(i // len(sigmas)) % len(tasks)]``, so the output does not depend on the worker count or order.
-Workers are ``multiprocessing`` processes started with "spawn" (each has its own OpenGL context).
+Workers are ``multiprocessing`` processes started with "spawn" (each has its own OpenGL context). With
+``MUJOCO_GL=egl``, ``K4D_EGL_DEVICES=0,1,2,3`` spreads the workers' contexts over those GPUs, round-robin.
 
 Per episode: the scripted policy runs with graded failure injection (``sim.policies``); the full state is
 recorded at every camera tick (``camera.rate_hz``); then ``num_frames`` ticks evenly spread over the episode
@@ -189,8 +190,29 @@ def generate_episode(index: int, seed: int, out_dir: str | Path, opts: GenerateO
     return meta
 
 
+def egl_device_for_worker(devices: str, worker_number: int) -> str | None:
+    """The EGL device (``MUJOCO_EGL_DEVICE_ID``) for pool worker ``worker_number`` (1-based, as
+    ``multiprocessing`` numbers them): round-robin over ``devices``, a comma-separated list such as "0,1,2,3".
+    None when the list is empty. Spreading the workers' GL contexts over several GPUs is what lets generation
+    use a multi-GPU machine: with every context on one GPU, 64 workers were no faster than 16."""
+    ids = [d.strip() for d in devices.split(",") if d.strip()]
+    if not ids:
+        return None
+    for d in ids:
+        if not d.isdigit():
+            raise ValueError(f"K4D_EGL_DEVICES must be comma-separated GPU indices, got {devices!r}")
+    return ids[(max(1, worker_number) - 1) % len(ids)]
+
+
 def _worker_init():
     os.environ.setdefault("MUJOCO_GL", "osmesa")
+    if os.environ["MUJOCO_GL"] == "egl" and "MUJOCO_EGL_DEVICE_ID" not in os.environ:
+        import multiprocessing as mp
+
+        ident = mp.current_process()._identity
+        dev = egl_device_for_worker(os.environ.get("K4D_EGL_DEVICES", ""), ident[0] if ident else 1)
+        if dev is not None:
+            os.environ["MUJOCO_EGL_DEVICE_ID"] = dev  # read when the worker makes its first GL context
 
 
 def _worker(args):
