@@ -75,6 +75,25 @@ def test_zone_predicate_on_ground_truth_and_on_a_still_world(tmp_path):
     occ = zone_occupancy(ds[0]["world_xyz"], ds[0]["robot_mask"], info["T_base_cam"], info["goal"], info["radius"],
                          0.2)
     assert occ[0] == 0 and occ[-1] > 3
+    # the threshold: exactly the gain in zone points passes, one more does not
+    c = ds[0]
+    info = object_info(c)
+    gain = int(np.diff(zone_occupancy(c["world_xyz"][[0, -1]], c["robot_mask"][[0, -1]], info["T_base_cam"],
+                                      info["goal"], info["radius"], 2.0 * info["half_height"] + 0.015))[0])
+    assert gain > 0
+    assert success_zone_4d(c["world_xyz"], c["robot_mask"], info, min_points=gain)
+    assert not success_zone_4d(c["world_xyz"], c["robot_mask"], info, min_points=gain + 1)
+
+
+def test_point_thresholds_scale_with_the_image_area():
+    from k4d_bringup.shadow.predicate import min_points_for
+
+    assert min_points_for(64, 96) == 3          # the resolution the threshold was calibrated at
+    assert min_points_for(128, 192) == 12       # four times the pixels per object
+    assert min_points_for(32, 48) == 1          # never below one point
+    assert min_points_for(128, 192, at_reference=20) == 80
+    with pytest.raises(ValueError, match="positive"):
+        min_points_for(0, 96)
 
 
 def test_default_checkpoint_name_resolves_and_loads():

@@ -20,6 +20,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+REFERENCE_PIXELS = 96 * 64
+
+
+def min_points_for(height: int, width: int, at_reference: int = 3) -> int:
+    """A point-count threshold for ``height`` x ``width`` pointmaps that was set for 96 x 64 ones.
+
+    A count of pixels scales with the image area: an object that covers 5-20 pixels at 96 x 64 covers 20-80 at
+    192 x 128, while a smear of a few pixels (VAE blur at an object's edge) stays a few pixels. Returns
+    ``round(at_reference * height * width / (96 * 64))``, at least 1."""
+    if int(height) <= 0 or int(width) <= 0:
+        raise ValueError(f"height and width must be positive, got {height} x {width}")
+    return max(1, int(round(at_reference * int(height) * int(width) / REFERENCE_PIXELS)))
+
+
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     """4-neighbour dilation of a (..., H, W) bool mask by ``px`` pixels."""
     out = np.asarray(mask, bool).copy()

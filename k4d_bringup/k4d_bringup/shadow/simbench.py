@@ -16,7 +16,8 @@ is the node's format, so ``k4d shadow report`` writes Table 3, Pearson r and MMR
 
 Success region: the zone is a disc of radius r around its centre; the box is the inscribed square
 (centre +- r / sqrt 2) from 6 mm above the table to the object's height + 1.5 cm, so an object carried above the
-zone does not count. ``success_min_points`` (3 at 96 x 64 pixels) and the window come from the ShadowConfig.
+zone does not count. ``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area by default:
+``predicate.min_points_for``) and the window come from the ShadowConfig.
 Throughput: the returned summary has ``chunks_per_min`` (imagination + scoring wall time only; episodes were
 simulated beforehand).
 """
@@ -156,7 +157,8 @@ def add_arguments(p) -> None:
                    help="replay the transformer as a CUDA graph on a GPU (WorldModelConfig.cuda_graphs; default on)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
     p.add_argument("--max-episodes", type=int, default=None)
-    p.add_argument("--min-points", type=int, default=3, help="success_min_points (default 3, for 96 x 64 images)")
+    p.add_argument("--min-points", type=int, default=None,
+                   help="success_min_points (default: 3 at 96 x 64 pixels, scaled with the model's image area)")
     p.add_argument("--json", metavar="PATH", help="also write the summary (counts, throughput, Table 3) here")
     p.add_argument("--report", metavar="DIR", help="also write the HTML report here")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -167,11 +169,14 @@ def run_bench(args) -> int:
     from .aggregate import ranking, table3
     from .imaginers import EngineImaginer
     from .log import read_log
+    from .predicate import min_points_for
 
     imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0,
                           cuda_graphs=args.cuda_graphs == "on")
-    cfg = ShadowConfig(num_frames=imag.engine.pipe.num_frames, success_predicate="region", **NOMINAL_REGION,
-                       success_min_points=args.min_points, success_window_frames=1, save_frames=bool(args.report))
+    pipe = imag.engine.pipe
+    min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
+    cfg = ShadowConfig(num_frames=pipe.num_frames, success_predicate="region", **NOMINAL_REGION,
+                       success_min_points=min_points, success_window_frames=1, save_frames=bool(args.report))
     out = bench(args.data, imag, args.log, cfg, args.max_episodes, print if args.verbose else None)
     recs = read_log(args.log)
     out["device"] = str(imag.engine.pipe.device)
