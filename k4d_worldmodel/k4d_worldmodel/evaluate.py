@@ -132,6 +132,13 @@ def zone_occupancy(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np
     return np.array([pred.count(world_xyz[t], robot_mask[t]) for t in range(len(world_xyz))], dtype=int)
 
 
+def zone_min_points(height: int, width: int) -> int:
+    """``success_zone_4d``'s default threshold at ``height`` x ``width`` (``predicate.min_points_for``)."""
+    from k4d_bringup.shadow.predicate import min_points_for
+
+    return min_points_for(height, width)
+
+
 def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, min_points: int | None = None) -> bool:
     """The task's success asked of a metric 4D pointmap sequence: did an object come to rest in the goal zone?
 
@@ -142,9 +149,7 @@ def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, m
     split). None (the default) scales those 3 with the pointmaps' area (``predicate.min_points_for``: 12 at
     192 x 128, where on a 24-episode calibration set of train seeds it agrees in 20 episodes and 3 in 19)."""
     if min_points is None:
-        from k4d_bringup.shadow.predicate import min_points_for
-
-        min_points = min_points_for(*np.shape(world_xyz)[1:3])
+        min_points = zone_min_points(*np.shape(world_xyz)[1:3])
     occ = zone_occupancy(world_xyz[[0, -1]], robot_mask[[0, -1]], info["T_base_cam"], info["goal"], info["radius"],
                          2.0 * info["half_height"] + 0.015)
     return bool(occ[1] - occ[0] >= min_points)
@@ -560,7 +565,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "steps": steps, "guidance": guidance, "seed": seed, "device": str(pipe.device),
               "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
               "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
-              "commit": _commit()}
+              "zone_min_points": zone_min_points(pipe.height, pipe.width), "commit": _commit()}
     if "emb" in methods:
         header["emb_checkpoint"] = str(emb_checkpoint or "(given pipeline)")
     result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}

@@ -76,7 +76,10 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
     for m in s["methods"].values():
         assert np.isfinite(m["psnr"]) and np.isfinite(m["chamfer_l1"])
     assert "pearson_r" in s["success"]["k4d"] and "mmrv" in s["success"]["k4d"]
-    assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["episodes"] == 2
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["summary"]["episodes"] == 2
+    h, w = pmcond_pipe.height, pmcond_pipe.width
+    assert saved["header"]["zone_min_points"] == max(1, round(3 * h * w / (96 * 64)))  # the threshold it used
     md = (tmp_path / "report.md").read_text()
     assert "| k4d |" in md and "copy_first" in md and "Pearson" in md and "raised_height_err_m" in md
     assert "<table>" in (tmp_path / "report.html").read_text()

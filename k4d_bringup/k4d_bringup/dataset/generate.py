@@ -209,7 +209,7 @@ def _worker_init():
     if os.environ["MUJOCO_GL"] == "egl" and "MUJOCO_EGL_DEVICE_ID" not in os.environ:
         import multiprocessing as mp
 
-        ident = mp.current_process()._identity
+        ident = mp.current_process()._identity  # (n,) for pool worker n, counting on for replaced workers
         dev = egl_device_for_worker(os.environ.get("K4D_EGL_DEVICES", ""), ident[0] if ident else 1)
         if dev is not None:
             os.environ["MUJOCO_EGL_DEVICE_ID"] = dev  # read when the worker makes its first GL context
