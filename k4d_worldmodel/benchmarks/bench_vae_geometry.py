@@ -44,7 +44,8 @@ def clip_geometry(pipe, clip: dict, seed: int = 42) -> dict | None:
     hmax = 2.0 * info["half_height"] + 0.015
     occ_gt = E.zone_occupancy(gt[[0, -1]], clip["robot_mask"][[0, -1]], T, info["goal"], info["radius"], hmax)
     occ_vae = E.zone_occupancy(xyz[[0, -1]], clip["robot_mask"][[0, -1]], T, info["goal"], info["radius"], hmax)
-    ok_gt, ok_vae = bool(occ_gt[1] - occ_gt[0] >= 3), bool(occ_vae[1] - occ_vae[0] >= 3)
+    need = E.zone_min_points(*gt.shape[1:3])  # success_zone_4d's threshold at this resolution
+    ok_gt, ok_vae = bool(occ_gt[1] - occ_gt[0] >= need), bool(occ_vae[1] - occ_vae[0] >= need)
 
     def med(a: np.ndarray) -> float:
         return float(np.median(a) * 1000.0) if a.size else float("nan")
