@@ -41,11 +41,9 @@ def clip_geometry(pipe, clip: dict, seed: int = 42) -> dict | None:
     valid = np.isfinite(gt).all(-1) & np.isfinite(xyz).all(-1)
     z_gt, z_vae = E.to_base_frame(gt.astype(np.float64), T)[..., 2], E.to_base_frame(xyz.astype(np.float64), T)[..., 2]
     table = valid & off_robot & (np.abs(z_gt) < 0.003)
-    hmax = 2.0 * info["half_height"] + 0.015
-    occ_gt = E.zone_occupancy(gt[[0, -1]], clip["robot_mask"][[0, -1]], T, info["goal"], info["radius"], hmax)
-    occ_vae = E.zone_occupancy(xyz[[0, -1]], clip["robot_mask"][[0, -1]], T, info["goal"], info["radius"], hmax)
-    need = E.zone_min_points(*gt.shape[1:3])  # success_zone_4d's threshold at this resolution
-    ok_gt, ok_vae = bool(occ_gt[1] - occ_gt[0] >= need), bool(occ_vae[1] - occ_vae[0] >= need)
+    occ_gt, occ_vae = E.zone_counts(gt, clip["robot_mask"], info), E.zone_counts(xyz, clip["robot_mask"], info)
+    ok_gt = E.success_zone_4d(gt, clip["robot_mask"], info)
+    ok_vae = E.success_zone_4d(xyz, clip["robot_mask"], info)
 
     def med(a: np.ndarray) -> float:
         return float(np.median(a) * 1000.0) if a.size else float("nan")

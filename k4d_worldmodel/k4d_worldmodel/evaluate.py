@@ -139,6 +139,13 @@ def zone_min_points(height: int, width: int) -> int:
     return min_points_for(height, width)
 
 
+def zone_counts(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict) -> np.ndarray:
+    """`(2,)` goal-zone points of the first and the last frame, as ``success_zone_4d`` counts them
+    (``zone_occupancy`` up to the object's height + 1.5 cm)."""
+    return zone_occupancy(world_xyz[[0, -1]], robot_mask[[0, -1]], info["T_base_cam"], info["goal"], info["radius"],
+                          2.0 * info["half_height"] + 0.015)
+
+
 def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, min_points: int | None = None) -> bool:
     """The task's success asked of a metric 4D pointmap sequence: did an object come to rest in the goal zone?
 
@@ -150,8 +157,7 @@ def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, m
     192 x 128, where on a 24-episode calibration set of train seeds it agrees in 20 episodes and 3 in 19)."""
     if min_points is None:
         min_points = zone_min_points(*np.shape(world_xyz)[1:3])
-    occ = zone_occupancy(world_xyz[[0, -1]], robot_mask[[0, -1]], info["T_base_cam"], info["goal"], info["radius"],
-                         2.0 * info["half_height"] + 0.015)
+    occ = zone_counts(world_xyz, robot_mask, info)
     return bool(occ[1] - occ[0] >= min_points)
 
 

@@ -60,7 +60,7 @@ def test_vae_with_spatial_factor_4_sets_the_latent_grid():
 
 
 def test_zone_predicate_on_ground_truth_and_on_a_still_world(tmp_path):
-    from k4d_worldmodel.evaluate import object_info, success_zone_4d, zone_occupancy
+    from k4d_worldmodel.evaluate import object_info, success_zone_4d, zone_counts, zone_occupancy
     from k4d_worldmodel.training.data import open_dataset
     from k4d_worldmodel.training.synthetic import write_synthetic_episodes
 
@@ -78,8 +78,7 @@ def test_zone_predicate_on_ground_truth_and_on_a_still_world(tmp_path):
     # the threshold: exactly the gain in zone points passes, one more does not
     c = ds[0]
     info = object_info(c)
-    gain = int(np.diff(zone_occupancy(c["world_xyz"][[0, -1]], c["robot_mask"][[0, -1]], info["T_base_cam"],
-                                      info["goal"], info["radius"], 2.0 * info["half_height"] + 0.015))[0])
+    gain = int(np.diff(zone_counts(c["world_xyz"], c["robot_mask"], info))[0])
     assert gain > 0
     assert success_zone_4d(c["world_xyz"], c["robot_mask"], info, min_points=gain)
     assert not success_zone_4d(c["world_xyz"], c["robot_mask"], info, min_points=gain + 1)
