@@ -39,6 +39,17 @@ fi
 REQ_HASH=$(cat requirements.txt requirements-ros.txt | sha256sum | cut -c1-16)
 STAMP="$VENV/.k4d-requirements-$REQ_HASH"
 if [ $FORCE = 1 ] || [ ! -f "$STAMP" ]; then
+  # The wheels unpack to about 2.4 GiB in .venv (torch alone is 1 GiB) and pip stages them in $TMPDIR first.
+  # Say so before pip dies half-way with "[Errno 28] No space left on device". K4D_MIN_FREE_GIB=0 skips it.
+  MIN_GIB="${K4D_MIN_FREE_GIB:-3}"
+  for d in "$VENV" "${TMPDIR:-/tmp}"; do
+    free_kib=$(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4}')
+    if [ -n "$free_kib" ] && [ "$free_kib" -lt $(( MIN_GIB * 1024 * 1024 )) ]; then
+      log "not enough disk space: $(( free_kib / 1024 )) MiB free under $d, the install needs about ${MIN_GIB} GiB"
+      log "free some space (old clones, .venv copies, out/ folders) or set K4D_MIN_FREE_GIB to override"
+      exit 1
+    fi
+  done
   log "installing pinned wheels (ROS 2 Kilted + Python deps)"
   "$VENV/bin/python" -m pip install -q --upgrade pip==24.3.1 >/dev/null
   "$VENV/bin/python" -m pip install -q -r requirements-ros.txt -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
