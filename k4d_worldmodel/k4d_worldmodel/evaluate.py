@@ -44,7 +44,8 @@ model run). Optional: ``emb`` (the paper's "emb." ablation: a second checkpoint 
 ``vae_recon`` (not a method but a ceiling: the ground truth RGB and world pointmap passed through the model's own
 VAE and lifted like the model's output; no transformer can score better than what its autoencoder keeps). Output: ``metrics.json``, ``report.md``,
 ``report.html`` and side-by-side MP4s ``videos/<name>.mp4`` (top: GT | k4d | copy-first RGB; bottom: their depth,
-same colour scale).
+same colour scale); ``episodes.jsonl``, each episode's row as soon as it is scored (``k4d eval --resume`` goes on
+from it after a crash); with ``--save-rollouts``, every method's outputs in ``rollouts/<name>.npz``.
 """
 from __future__ import annotations
 
@@ -457,12 +458,21 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
              seed: int = 42, max_episodes: int | None = None, methods: Iterable[str] = DEFAULT_METHODS,
              videos: int = 4, base_model_dir: str = "", variant: str | None = None, device: str = "auto",
              tau: float = 0.01, max_points: int = 4096, progress: bool = True, pipe=None,
-             emb_checkpoint: str | Path | None = None, emb_pipe=None) -> dict:
+             emb_checkpoint: str | Path | None = None, emb_pipe=None, resume: bool = False,
+             save_rollouts: bool = False) -> dict:
     """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
 
     ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
     conditional pass only (fast); the released sampler used 5.0. ``emb_checkpoint`` / ``emb_pipe``: the
     ``jointemb`` model of method ``emb`` (added to ``methods`` when given); it must have the main model's geometry.
+
+    Every evaluated episode is appended to ``out/episodes.jsonl`` as soon as it is scored (fsync'd,
+    ``k4d_bringup.shadow.log.ShadowLog``), so a crash or a kill loses at most the episode in progress.
+    ``resume``: keep the episodes that log already holds and evaluate only the others; the log's run must be this
+    run (same checkpoint, data, split, steps, guidance, seed, methods, geometry...), else ValueError naming what
+    differs. Without ``resume`` an existing log is started afresh. ``save_rollouts``: also write each episode's
+    outputs to ``out/rollouts/<episode>.npz`` (``<method>_rgb`` uint8 and ``<method>_xyz`` float32 metres, `(T, H,
+    W, 3)`, for every method but ``copy_first``), before its log line, for analyses this report does not make.
     """
     from tqdm.auto import tqdm
 
@@ -509,10 +519,22 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                       heldout_fraction=heldout_fraction, split_seed=split_seed,
                       pointmap_encoding=pipe.pointmap_encoding)
     n = len(ds) if max_episodes is None else min(len(ds), int(max_episodes))
-    rows: list[dict] = []
-    video_names: list[str] = []
+    run = {"checkpoint": str(checkpoint), "data": str(Path(data).resolve()), "split": split,
+           "heldout_fraction": heldout_fraction, "split_seed": split_seed, "steps": steps, "guidance": guidance,
+           "seed": seed, "methods": list(methods), "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
+           "pointmap_encoding": pipe.pointmap_encoding.kind, "tau": tau, "max_points": max_points,
+           "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None}
+    rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
+    done = {r["name"] for r in rows}
+    video_names = [r["video"] for r in rows if r.get("video")]
+    if save_rollouts:
+        (out / "rollouts").mkdir(exist_ok=True)
+    if rows:
+        print(f"eval: resuming {out}: {len(rows)} episodes already evaluated", file=sys.stderr)
     for i in tqdm(range(n), desc="eval", disable=not progress):
         clip = ds[i]
+        if clip["name"] in done:
+            continue
         meta = clip.get("meta") or {}
         row: dict[str, Any] = {"name": clip["name"], "task": meta.get("task", ""), "sigma": meta.get("sigma", 0.0)}
         if "success" in meta:
@@ -551,7 +573,6 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
         for m in methods:
             rgb_m, xyz_mm, extra_m = outputs[m]
             row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, gt_track, info, tau, max_points), **extra_m}
-        rows.append(row)
         if len(video_names) < videos:
             name = f"{clip['name'].replace('/', '_')}.mp4"
             panels = [(clip["rgb"], clip["world_xyz"]), outputs["k4d"][:2]]
@@ -560,10 +581,18 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
             try:
                 write_side_by_side(out / "videos" / name, panels)
                 video_names.append(name)
+                row["video"] = name
             except (TypeError, ValueError, RuntimeError, OSError, ImportError) as exc:  # no ffmpeg plugin
                 print(f"eval: no video written ({type(exc).__name__}: {exc}); install imageio-ffmpeg",
                       file=sys.stderr)
                 videos = 0
+        if save_rollouts:
+            arrays = {f"{m}_{k}": a for m, (rgb_m, xyz_mm, _) in outputs.items() if m != "copy_first"
+                      for k, a in (("rgb", rgb_m), ("xyz", np.asarray(xyz_mm, np.float32)))}
+            np.savez_compressed(out / "rollouts" / f"{clip['name'].replace('/', '_')}.npz", **arrays)
+        log.append({"kind": "episode", "row": row})
+        rows.append(row)
+    log.close()
     if not rows:
         raise ValueError(f"no episode of {data} (split {split!r}) could be evaluated")
     summary = summarize(rows, methods)
@@ -578,6 +607,40 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
     write_report(out, summary, rows, header, video_names)
     return result
+
+
+def _nan_for_none(row: dict) -> dict:
+    """A logged row with the log's ``null`` (a NaN or inf metric, written as strict JSON) back as NaN."""
+    return {k: (_nan_for_none(v) if isinstance(v, dict) else float("nan") if v is None else v)
+            for k, v in row.items()}
+
+
+def _open_episode_log(path: Path, run: dict, resume: bool):
+    """``(rows already evaluated, open ShadowLog)`` of ``k4d eval``'s durable per-episode log (see ``evaluate``)."""
+    from k4d_bringup.shadow.log import ShadowLog, read_log
+
+    rows: list[dict] = []
+    if path.exists() and resume:
+        stats: dict = {}
+        records = read_log(path, stats)
+        header = next((r for r in records if r.get("kind") == "run"), None)
+        if header is None:
+            raise ValueError(f"{path} has no run record: not a k4d eval log; choose another --out")
+        old = header["run"]
+        diff = {k: (old.get(k), v) for k, v in run.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"cannot resume {path}: it was written by another run; differs in "
+                             + ", ".join(f"{k} (log {a!r}, now {b!r})" for k, (a, b) in diff.items()))
+        rows = [_nan_for_none(r["row"]) for r in records if r.get("kind") == "episode"]
+        if stats.get("skipped_torn"):
+            print(f"eval: {path}: skipped a torn last line (the episode in progress when it stopped)",
+                  file=sys.stderr)
+        return rows, ShadowLog(path)
+    if path.exists():
+        path.unlink()  # a fresh run: the old log would mix two runs
+    log = ShadowLog(path)
+    log.append({"kind": "run", "run": run})
+    return rows, log
 
 
 def _load_emb(checkpoint: str | Path | None, device: str):

@@ -35,7 +35,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                       split_seed=args.split_seed, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       max_episodes=args.max_episodes, methods=methods, videos=args.videos,
                       base_model_dir=args.base_model, variant=args.variant, device=args.device,
-                      progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint)
+                      progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint, resume=args.resume,
+                      save_rollouts=args.save_rollouts)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -78,6 +79,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", type=int, default=4, help="side-by-side MP4s to write (default 4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from --out/episodes.jsonl: keep the episodes it holds, evaluate the rest (the log must "
+                        "be of this same run)")
+    p.add_argument("--save-rollouts", action="store_true",
+                   help="also keep each episode's outputs (every method but copy_first) in --out/rollouts/*.npz")
     p.set_defaults(func=_run_eval)
 
 

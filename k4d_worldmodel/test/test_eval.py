@@ -98,3 +98,47 @@ def test_eval_cli(synth, tmp_path, capsys):
                "--no-progress", "--device", "cpu"])
     assert rc == 0 and "success rate" in capsys.readouterr().out
     assert (tmp_path / "ev" / "report.html").is_file()
+
+
+def test_eval_log_survives_a_crash_and_resumes(synth, pmcond_pipe, tmp_path):
+    from k4d_bringup.shadow.log import read_log
+    from k4d_worldmodel.evaluate import clip_metrics, evaluate, object_info, track_object
+    from k4d_worldmodel.training.data import open_dataset
+
+    kw = dict(split="all", steps=2, pipe=pmcond_pipe, videos=1, progress=False, methods=("k4d", "copy_first"))
+    full = evaluate("tiny-random", synth, tmp_path, save_rollouts=True, **kw)
+    log = tmp_path / "episodes.jsonl"
+    records = read_log(log)
+    assert [r["kind"] for r in records] == ["run", "episode", "episode"]
+    assert records[0]["run"]["steps"] == 2 and records[0]["run"]["methods"] == ["k4d", "copy_first"]
+
+    # the saved rollout is the scored one: its metrics recomputed from the file equal the row's
+    ds = open_dataset(synth, pmcond_pipe.num_frames, pmcond_pipe.height, pmcond_pipe.width, split="all")
+    clip = ds[0]
+    saved = np.load(tmp_path / "rollouts" / f"{clip['name'].replace('/', '_')}.npz")
+    assert set(saved.files) == {"k4d_rgb", "k4d_xyz"}  # copy_first is the first frame: not stored
+    info = object_info(clip)
+    track, _ = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
+                            info["half_height"])
+    again = clip_metrics(saved["k4d_rgb"], saved["k4d_xyz"], clip, track, info, 0.01, 4096)
+    row0 = full["episodes"][0]["k4d"]
+    assert again["psnr"] == pytest.approx(row0["psnr"]) and again["chamfer_l1"] == pytest.approx(row0["chamfer_l1"])
+
+    # a crash while the second episode was being written: the run record, episode 1, half a line
+    lines = log.read_bytes().split(b"\n")
+    first = json.loads(lines[1])
+    first["row"]["k4d"]["psnr"] = 99.0  # a marker: a resumed run must keep this row, not recompute it
+    log.write_bytes(lines[0] + b"\n" + json.dumps(first).encode() + b"\n" + lines[2][: len(lines[2]) // 2])
+    resumed = evaluate("tiny-random", synth, tmp_path, resume=True, **kw)
+    assert resumed["summary"]["episodes"] == 2
+    assert resumed["episodes"][0]["k4d"]["psnr"] == 99.0  # kept from the log
+    assert resumed["episodes"][1]["k4d"]["psnr"] == pytest.approx(full["episodes"][1]["k4d"]["psnr"])  # re-run
+    assert resumed["episodes"][1]["k4d"]["chamfer_l1"] == pytest.approx(full["episodes"][1]["k4d"]["chamfer_l1"])
+    assert len([r for r in read_log(log) if r["kind"] == "episode"]) == 2
+
+    # another run's log is not silently mixed in
+    with pytest.raises(ValueError, match=r"steps \(log 2, now 3\)"):
+        evaluate("tiny-random", synth, tmp_path, resume=True, **{**kw, "steps": 3})
+    # without --resume the log starts afresh
+    evaluate("tiny-random", synth, tmp_path, **{**kw, "max_episodes": 1})
+    assert [r["kind"] for r in read_log(log)] == ["run", "episode"]
