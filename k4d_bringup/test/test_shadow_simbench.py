@@ -156,3 +156,57 @@ def test_bench_lifts_a_normalised_imagination_with_the_first_frames_depth(tmp_pa
     bench(tmp_path / "data", lambda a, b, c: normalised(a, b, c, scramble=True), tmp_path / "b.jsonl", cfg)
     chunks = [r for r in read_log(tmp_path / "b.jsonl") if r["kind"] == "chunk"]
     assert all(not c["metric"] and not c["predicate"]["imagined"]["valid"] for c in chunks)
+
+
+@pytest.mark.ros
+@pytest.mark.skipif(not _ok, reason=_why)
+def test_bench_served_over_dds_scores_like_the_model_in_process(tmp_path, capsys):
+    """``k4d shadow bench --served``: the chunks go to the real imagine_node (own process, tiny model, CPU) as
+    Imagine goals over DDS; every chunk's scores equal those of the same model run in this process, so the
+    message path loses nothing. Without --min-points, or without a server, it stops with a message."""
+    import argparse
+    import sys
+
+    pytest.importorskip("rclpy")
+    from k4d_bringup.dataset.generate import generate
+    from k4d_bringup.shadow.log import read_log
+    from k4d_bringup.shadow.simbench import add_arguments, run_bench
+    from k4d_bringup.testing import start_process, stop_process
+    from k4d_worldmodel.tiny import build_tiny_pipeline
+
+    generate(2, 13, tmp_path / "data" / "easy", workers=1, sigmas=(0.0, 1.2), tasks=("pick_place",),
+             num_frames=9, width=48, height=32, fy=40.0, progress=False)
+    model = tmp_path / "tiny_model"
+    build_tiny_pipeline("pmcond", seed=0).save_pretrained(model)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = [str(tmp_path / "data"), "--steps", "2", "--device", "cpu"]
+    served = common + ["--served", "--frames", "9", "--min-points", "1", "--imagine-action", "/k4d_test/imagine"]
+
+    with pytest.raises(SystemExit, match="give --min-points"):
+        run_bench(parser.parse_args(common + ["--served", "--log", str(tmp_path / "x.jsonl")]))
+    with pytest.raises(SystemExit, match="no Imagine action server on /k4d_test/imagine"):
+        run_bench(parser.parse_args(served + ["--log", str(tmp_path / "x.jsonl"), "--wait-server-s", "0.5"]))
+
+    node = start_process([sys.executable, "-m", "k4d_worldmodel.ros.imagine_node", "--ros-args",
+                          "-r", "__node:=k4d_imagine_benchtest", "-p", f"checkpoint_dir:={model}",
+                          "-p", "device:=cpu", "-p", "autostart:=true", "-p", "preview:=false",
+                          "-p", "guidance_scale:=1.0", "-p", "action_name:=/k4d_test/imagine"],
+                         env={"PYTHONUNBUFFERED": "1"}, cwd=str(tmp_path))
+    try:
+        assert run_bench(parser.parse_args(served + ["--log", str(tmp_path / "served.jsonl"),
+                                                     "--wait-server-s", "120"])) == 0
+    finally:
+        node_out = stop_process(node)
+    assert run_bench(parser.parse_args(common + ["--checkpoint", str(model), "--min-points", "1",
+                                                 "--log", str(tmp_path / "local.jsonl")])) == 0
+    chunks = {}
+    for name in ("served", "local"):
+        chunks[name] = [r for r in read_log(tmp_path / f"{name}.jsonl") if r["kind"] == "chunk"]
+    assert len(chunks["served"]) == 2 and all(c["status"] == "ok" for c in chunks["served"]), node_out[-2000:]
+    assert all(c["generation_time_s"] > 0 for c in chunks["served"])  # the server's own timing came back
+    for a, b in zip(chunks["served"], chunks["local"]):
+        assert a["episode_id"] == b["episode_id"]
+        for key in ("psnr_db", "ssim", "depth_mae_m", "imagined_success", "metric", "metric_quality"):
+            assert a[key] == b[key], (key, a[key], b[key])
+    assert "served on /k4d_test/imagine" in capsys.readouterr().out

@@ -20,6 +20,11 @@ zone does not count. ``success_min_points`` (3 at 96 x 64 pixels, scaled with th
 ``predicate.min_points_for``) and the window come from the ShadowConfig.
 Throughput: the returned summary has ``chunks_per_min`` (imagination + scoring wall time only; episodes were
 simulated beforehand).
+
+``--served`` sends every chunk instead to a running imagine node through its ``/k4d/imagine`` action, over DDS
+(``ActionImaginer``, the client ``k4d shadow replay`` uses): the deployment where the world model sits on a GPU
+workstation. The client does not know the model, so ``--frames`` must be the model's frame count and
+``--min-points`` its threshold. ``benchmarks/bench_shadow_dds.py`` runs both ways on the same episodes.
 """
 from __future__ import annotations
 
@@ -149,8 +154,16 @@ def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optio
 def add_arguments(p) -> None:
     """The options of ``k4d shadow bench`` (also ``python -m k4d_bringup.shadow.simbench``, no ROS needed)."""
     p.add_argument("data", metavar="EPISODES_DIR", help="episode folder, or a folder of scenario sub-folders")
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="world model run in this process "
-                                                                      "('default' = the shipped model)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--checkpoint", metavar="DIR", help="world model run in this process "
+                                                           "('default' = the shipped model)")
+    where.add_argument("--served", action="store_true",
+                       help="send each chunk to a running imagine node instead (Imagine action over DDS; needs "
+                            "--min-points)")
+    p.add_argument("--imagine-action", default="/k4d/imagine", help="--served: the action name")
+    p.add_argument("--frames", type=int, default=17, help="--served: the model's frame count (default 17)")
+    p.add_argument("--wait-server-s", type=float, default=10.0,
+                   help="--served: how long to wait for the action server (default 10 s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
@@ -167,19 +180,37 @@ def add_arguments(p) -> None:
 def run_bench(args) -> int:
     """``k4d shadow bench``: run, then print Table 3 and Pearson r / MMRV per scenario."""
     from .aggregate import ranking, table3
-    from .imaginers import EngineImaginer
+    from .imaginers import ActionImaginer, EngineImaginer
     from .log import read_log
     from .predicate import min_points_for
 
-    imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0,
-                          cuda_graphs=args.cuda_graphs == "on")
-    pipe = imag.engine.pipe
-    min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
-    cfg = ShadowConfig(num_frames=pipe.num_frames, success_predicate="region", **NOMINAL_REGION,
-                       success_min_points=min_points, success_window_frames=1, save_frames=bool(args.report))
-    out = bench(args.data, imag, args.log, cfg, args.max_episodes, print if args.verbose else None)
+    common = dict(success_predicate="region", **NOMINAL_REGION, success_window_frames=1,
+                  save_frames=bool(args.report))
+    if args.served:
+        if args.min_points is None:
+            raise SystemExit("k4d shadow bench --served: give --min-points, the served model's zone threshold "
+                             "(3 at 96 x 64 pixels, 12 at 192 x 128): the client cannot see the model")
+        cfg = ShadowConfig(num_frames=args.frames, success_min_points=args.min_points, imagine_action=args.imagine_action,
+                           num_inference_steps=args.steps, guidance_scale=1.0, **common)
+        try:
+            imag = ActionImaginer(cfg, wait_server_s=args.wait_server_s)
+        except RuntimeError as exc:
+            raise SystemExit(f"k4d shadow bench --served: {exc}") from None
+        device = f"served on {args.imagine_action}"
+    else:
+        imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0,
+                              cuda_graphs=args.cuda_graphs == "on")
+        pipe = imag.engine.pipe
+        min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
+        cfg = ShadowConfig(num_frames=pipe.num_frames, success_min_points=min_points, **common)
+        device = str(pipe.device)
+    try:
+        out = bench(args.data, imag, args.log, cfg, args.max_episodes, print if args.verbose else None)
+    finally:
+        if args.served:
+            imag.close()
     recs = read_log(args.log)
-    out["device"] = str(imag.engine.pipe.device)
+    out["device"] = device
     out["cuda_graphs"] = args.cuda_graphs
     out["table3"], out["ranking"] = table3(recs), ranking(recs)
     print(f"k4d shadow bench: {out['episodes_in']} episodes, {out['chunks']} chunks ({out['ok']} ok, "

@@ -1,0 +1,134 @@
+# Copyright 2026 k4d developers. Apache-2.0.
+"""Shadow evaluation with the world model served over DDS against the same model in process, on the same episodes.
+
+    .venv/bin/python k4d_bringup/benchmarks/bench_shadow_dds.py EPISODES_DIR --checkpoint default \\
+        --max-episodes 12 --json k4d_worldmodel/benchmarks/results/shadow_dds_cpu_v2.json
+
+The deployment this measures: the shadow node beside the robot, the imagine node on another machine (a GPU
+workstation), the Imagine action between them over DDS. Here both run on one host, so the figure is the cost
+of the action path itself (goal and result serialisation, DDS transport over loopback, the node's queue and
+threads), not of a network.
+
+1. ``served``: the real ``imagine_node`` is started as its own process (``checkpoint_dir``, ``device``, the
+   sampling of the in-process run: 20 steps, no CFG, seed 42), on a ROS domain of its own (``ROS_DOMAIN_ID``
+   random in 101-200 unless set, localhost discovery). ``k4d shadow bench --served`` then sends each
+   episode's chunk as an Imagine goal (pointmap condition plus the chunk-start depth as 32FC1) and scores the
+   result. The node is stopped afterwards, so it does not share the CPU with step 2.
+2. ``in_process``: ``k4d shadow bench --checkpoint`` on the same episodes: the node's engine in this process.
+
+Reported per mode: wall time, chunks per minute, the mean time per imagination as the client sees it; for
+``served`` also the server's own generation time (``generation_s`` in each result), so that the client time
+minus it is the action path's overhead. Both modes must give the same scores: the script compares every chunk's
+PSNR, depth error and imagined success between them and reports the largest difference (the seed and inputs
+are the same, so any difference is a fault of the message path). Not collected by pytest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _chunks(log: Path) -> dict[str, dict]:
+    from k4d_bringup.shadow.log import read_log
+
+    return {f"{r['episode_id']}/{r['chunk_index']}": r for r in read_log(log) if r.get("kind") == "chunk"}
+
+
+def _bench(args, extra: list[str], log: Path, env: dict) -> dict:
+    """One ``k4d shadow bench`` run in a fresh interpreter; its --json summary."""
+    summary = log.with_suffix(".json")
+    cmd = [sys.executable, "-m", "k4d_bringup.shadow.simbench", str(args.episodes), "--log", str(log), "--json",
+           str(summary), "--steps", str(args.steps), "--max-episodes", str(args.max_episodes), *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, cwd=tempfile.gettempdir())
+    out = json.loads(summary.read_text())
+    out["process_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("episodes", help="k4d dataset folder at the model's resolution (or scenario sub-folders)")
+    p.add_argument("--checkpoint", default="default", help="model folder ('default' = the shipped model)")
+    p.add_argument("--device", default="cpu", help="device of both runs (default cpu)")
+    p.add_argument("--max-episodes", type=int, default=12)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--server-wait-s", type=float, default=180.0, help="how long to wait for the node to serve")
+    args = p.parse_args(argv)
+
+    from k4d_bringup.shadow.predicate import min_points_for
+    from k4d_bringup.testing import start_process, stop_process
+    from k4d_worldmodel.config import DEFAULT_CHECKPOINT, default_checkpoint_dir
+
+    from k4d_worldmodel.config import WorldModelConfig
+    from k4d_worldmodel.loading import load_pipeline
+
+    ckpt = str(default_checkpoint_dir()) if args.checkpoint == DEFAULT_CHECKPOINT else args.checkpoint
+    pipe = load_pipeline(WorldModelConfig(checkpoint_dir=ckpt, device="cpu"))  # only for its geometry
+    frames, height, width = pipe.num_frames, pipe.height, pipe.width
+    del pipe
+    min_points = min_points_for(height, width)
+
+    env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID") or str(random.randint(101, 200)),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1"}
+    work = Path(tempfile.mkdtemp(prefix="k4d_shadow_dds_"))
+    results = {"checkpoint": ckpt, "episodes": str(args.episodes), "max_episodes": args.max_episodes,
+               "steps": args.steps, "device": args.device, "model": f"{frames} x {height} x {width}",
+               "min_points": min_points, "ros_domain_id": int(env["ROS_DOMAIN_ID"]), "machine": platform.node(),
+               "cpu_count": os.cpu_count()}
+
+    node_cmd = [sys.executable, "-m", "k4d_worldmodel.ros.imagine_node", "--ros-args",
+                "-r", "__node:=k4d_imagine_bench", "-p", f"checkpoint_dir:={ckpt}", "-p", f"device:={args.device}",
+                "-p", "autostart:=true", "-p", "preview:=false", "-p", f"num_inference_steps:={args.steps}",
+                "-p", "guidance_scale:=1.0", "-p", "seed:=42", "-p", "action_name:=/k4d/imagine"]
+    t0 = time.perf_counter()
+    node = start_process(node_cmd, env=env, cwd=str(work))
+    try:
+        served = _bench(args, ["--served", "--frames", str(frames), "--min-points", str(min_points),
+                               "--wait-server-s", str(args.server_wait_s)], work / "served.jsonl", env)
+    finally:
+        node_out = stop_process(node)
+    results["node_process_s"] = time.perf_counter() - t0
+    local = _bench(args, ["--checkpoint", ckpt, "--device", args.device], work / "in_process.jsonl", env)
+
+    a, b = _chunks(work / "served.jsonl"), _chunks(work / "in_process.jsonl")
+    both = sorted(set(a) & set(b))
+    diffs = {"psnr_db": 0.0, "ssim": 0.0, "depth_mae_m": 0.0, "success_mismatch": 0}
+    for k in both:
+        for key in ("psnr_db", "ssim", "depth_mae_m"):
+            x, y = a[k].get(key), b[k].get(key)
+            if x is not None and y is not None:
+                diffs[key] = max(diffs[key], abs(float(x) - float(y)))
+        diffs["success_mismatch"] += int(a[k].get("imagined_success") != b[k].get("imagined_success"))
+    gen = [float(r["generation_time_s"]) for r in a.values() if r.get("generation_time_s") is not None]
+    for name, out, recs in (("served", served, a), ("in_process", local, b)):
+        n = max(out["chunks"], 1)
+        results[name] = {"chunks": out["chunks"], "ok": out["ok"], "failed": out["failed"], "wall_s": out["wall_s"],
+                         "chunks_per_min": out["chunks_per_min"], "imagine_s_per_chunk": out["imagine_s"] / n}
+    results["served"]["server_generation_s_per_chunk"] = float(np.mean(gen)) if gen else None
+    if gen:
+        results["served"]["action_path_overhead_s_per_chunk"] = (results["served"]["imagine_s_per_chunk"]
+                                                                 - float(np.mean(gen)))
+    results["same_scores"] = {"chunks_compared": len(both), "max_abs_diff": diffs}
+    print(json.dumps(results, indent=1))
+    if results["served"]["ok"] == 0:
+        print(f"---- imagine node ----\n{node_out[-3000:]}", file=sys.stderr)
+        return 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
