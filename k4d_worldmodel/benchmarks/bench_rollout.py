@@ -70,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of WorldModelConfig.cuda_graphs settings (off/on) to time; every combination "
                         "with --vae-autocast runs, the first combination is the baseline (no effect on CPU, where "
                         "only the first setting runs)")
+    p.add_argument("--vae-norm", default="fast",
+                   help="comma list of stock/fast: the VAE's RMS norm as diffusers has it, or k4d's FastWanRMSNorm "
+                        "(models/vae_norm.py, what load_pipeline uses on a CPU); 'stock,fast' times both (default fast)")
     args = p.parse_args(argv)
 
     import torch
 
     from k4d_worldmodel.config import WorldModelConfig
     from k4d_worldmodel.loading import load_pipeline
+    from k4d_worldmodel.models.vae_norm import use_fast_vae_norm
 
     pipe = load_pipeline(WorldModelConfig(checkpoint_dir=args.checkpoint, device=args.device))
     pipe.set_progress_bar_config(disable=True)
@@ -90,16 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--cuda-graphs: a comma list of off/on, got {args.cuda_graphs!r}")
     if pipe.device.type != "cuda":
         graph_settings = graph_settings[:1]
-    variants = [(v.strip(), g) for v in args.vae_autocast.split(",") if v.strip() for g in graph_settings]
+    norms = [n.strip() for n in args.vae_norm.split(",") if n.strip()]
+    if not norms or any(n not in ("stock", "fast") for n in norms):
+        raise SystemExit(f"--vae-norm: a comma list of stock/fast, got {args.vae_norm!r}")
+    variants = [(v.strip(), g, n) for v in args.vae_autocast.split(",") if v.strip() for g in graph_settings
+                for n in norms]
     for frames in (int(f) for f in args.frames.split(",")):
         if (frames - 1) % 4:
             raise SystemExit(f"--frames: {frames} is not 1 + 4k")
         set_latent_frames(pipe.transformer, (frames - 1) // 4 + 1)
         rgb, xyz, link = robot_inputs(pipe.height, pipe.width, frames)
         baseline = None
-        for variant, graphs in variants:
+        for variant, graphs, norm in variants:
             pipe.vae_autocast = WorldModelConfig(device=args.device, vae_autocast=variant).resolved_vae_autocast()
             pipe.cuda_graphs = graphs == "on"
+            use_fast_vae_norm(pipe.vae, norm == "fast")
             times, splits = [], []
             for k in range(args.repeats + 1):
                 sync()
@@ -115,17 +124,18 @@ def main(argv: list[str] | None = None) -> int:
             med = statistics.median(times)
             split = {key: statistics.median(s[key] for s in splits) for key in ("encode_s", "denoise_s", "decode_s")}
             run = {"median_s": med, "all_s": times, **split, "vae_autocast": variant,
-                   "vae_autocast_dtype": str(pipe.vae_autocast), "cuda_graphs": graphs}
+                   "vae_autocast_dtype": str(pipe.vae_autocast), "cuda_graphs": graphs, "vae_norm": norm}
             if baseline is None:
                 baseline = last
             else:  # same seed, same inputs: how far the outputs move from the baseline's
                 run["rgb_mean_abs_diff_u8"] = float(np.abs(last.rgb.astype(np.float32) - baseline.rgb).mean())
                 run["xyz01_mean_abs_diff"] = float(np.abs(last.xyz - baseline.xyz).mean())
-            key = str(frames) if len(variants) == 1 else f"{frames}/vae_{variant}/graphs_{graphs}"
+            key = str(frames) if len(variants) == 1 else f"{frames}/vae_{variant}/graphs_{graphs}" + (
+                f"/norm_{norm}" if len(norms) > 1 else "")
             results["runs"][key] = run
             print(f"{frames} frames x {pipe.height}x{pipe.width}, {args.steps} steps on {results['device']} "
                   f"({results['torch_threads']} threads, vae_autocast {variant} -> {pipe.vae_autocast}, cuda graphs "
-                  f"{graphs}): median "
+                  f"{graphs}, vae norm {norm}): median "
                   f"{med:.3f} s  (encode {split['encode_s']:.3f}, denoise {split['denoise_s']:.3f}, decode "
                   f"{split['decode_s']:.3f})" + (f", vs baseline: rgb {run['rgb_mean_abs_diff_u8']:.2f}/255, xyz01 "
                                                  f"{run['xyz01_mean_abs_diff']:.4f}" if "xyz01_mean_abs_diff" in run

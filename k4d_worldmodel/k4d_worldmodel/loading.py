@@ -321,6 +321,17 @@ def load_released(
 
 
 # ------------------------------------------------------------------------------------------------ entry point
+def _finish(pipe: K4DPipeline, config: WorldModelConfig, device) -> None:
+    """Runtime settings of a loaded pipeline: VAE autocast, CUDA graphs, and on a CPU the fast VAE norm
+    (``models.vae_norm``: same function, 10-15 % off a CPU rollout)."""
+    from .models.vae_norm import use_fast_vae_norm
+
+    pipe.vae_autocast = config.resolved_vae_autocast()
+    pipe.cuda_graphs = config.cuda_graphs
+    if torch.device(device).type == "cpu":
+        use_fast_vae_norm(pipe.vae)
+
+
 def load_pipeline(config: WorldModelConfig, **k4d_config: Any) -> K4DPipeline:
     """Load the pipeline described by ``config`` from local files, detecting the layout of ``checkpoint_dir``.
 
@@ -341,16 +352,14 @@ def load_pipeline(config: WorldModelConfig, **k4d_config: Any) -> K4DPipeline:
             key = "flow_shift" if "flow_shift" in pipe.scheduler.config else "shift"
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **{key: config.flow_shift})
         pipe.register_to_config(batch_cfg=config.batch_cfg)
-        pipe.vae_autocast = config.resolved_vae_autocast()
-        pipe.cuda_graphs = config.cuda_graphs
+        _finish(pipe, config, device)
         return pipe
     if (ckpt / ADDED_WEIGHTS_FILE).exists():
         base = Path(config.base_model_dir) if config.base_model_dir else ckpt
         pipe = load_released(base, ckpt, config.variant, device, dtype, vae_dtype, config.lora_mode,
                              config.lora_rank, config.lora_alpha, config.scheduler, config.flow_shift,
                              config.batch_cfg, **k4d_config)
-        pipe.vae_autocast = config.resolved_vae_autocast()
-        pipe.cuda_graphs = config.cuda_graphs
+        _finish(pipe, config, device)
         return pipe
     raise FileNotFoundError(
         f"checkpoint_dir {ckpt} is neither a K4DPipeline.save_pretrained folder (model_index.json with "

@@ -51,6 +51,10 @@ def test_save_pretrained_round_trip(tmp_path, pmcond_pipe):
     pipe = load_pipeline(WorldModelConfig(checkpoint_dir=str(tmp_path / "k4d"), variant="pmcond", device="cpu",
                                           vae_autocast="off"))
     assert type(pipe.transformer).__name__ == "K4DTransformer3DModel" and pipe.vae_autocast is None
+    from k4d_worldmodel.models.vae_norm import use_fast_vae_norm
+
+    torch.testing.assert_close(_latents(pipe), _latents(pmcond_pipe), rtol=1e-4, atol=1e-5)  # fast VAE norm on CPU
+    use_fast_vae_norm(pipe.vae, enable=False)  # the fixture's stock norm: bit-exact
     torch.testing.assert_close(_latents(pipe), _latents(pmcond_pipe), rtol=0, atol=0)
     with pytest.raises(ValueError, match="variant is 'full' but the checkpoint .* is 'pmcond'"):
         load_pipeline(WorldModelConfig(checkpoint_dir=str(tmp_path / "k4d"), variant="full", device="cpu"))
@@ -107,3 +111,48 @@ def test_missing_lora_and_base_keys_are_named(released, tmp_path):
                     lambda sd: sd.pop("proj_out.weight"))
     with pytest.raises(CheckpointError, match="missing key 'proj_out.weight'"):
         _load(broken2)
+
+
+@pytest.mark.parametrize("channel_first,images,bias", [(True, False, False), (True, True, True), (False, True, False)])
+def test_fast_vae_norm_is_the_stock_norm(channel_first, images, bias):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    from k4d_worldmodel.models.vae_norm import FastWanRMSNorm
+
+    stock = WanRMS_norm(16, channel_first=channel_first, images=images, bias=bias)
+    with torch.no_grad():
+        stock.gamma.normal_()
+        if bias:
+            stock.bias.normal_()
+    fast = copy.deepcopy(stock)
+    fast.__class__ = FastWanRMSNorm
+    g = torch.Generator().manual_seed(0)
+    shape = ((2, 16, 3, 5, 7) if not images else (2, 16, 5, 7)) if channel_first else (2, 3, 5, 16)
+    x = torch.randn(shape, generator=g) * 3.0
+    if channel_first:  # one all-zero vector among the others: divided by eps, not by zero
+        x[0, :, 0] = 0.0
+    else:
+        x[0, 0, 0, :] = 0.0
+    torch.testing.assert_close(fast(x), stock(x), rtol=1e-5, atol=1e-6)
+    xb = x.bfloat16()
+    assert fast(xb).dtype == stock(xb).dtype
+    torch.testing.assert_close(fast(xb).float(), stock(xb).float(), rtol=2e-2, atol=2e-2)
+    z = torch.zeros(shape)
+    assert torch.isfinite(fast(z)).all() and torch.equal(fast(z), stock(z))
+
+
+def test_cpu_pipeline_uses_the_fast_vae_norm_with_the_same_weights(tmp_path, pmcond_pipe):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    from k4d_worldmodel.models.vae_norm import FastWanRMSNorm, use_fast_vae_norm
+
+    pmcond_pipe.save_pretrained(tmp_path / "k4d")
+    pipe = load_pipeline(WorldModelConfig(checkpoint_dir=str(tmp_path / "k4d"), device="cpu", vae_autocast="off"))
+    norms = [m for m in pipe.vae.modules() if isinstance(m, WanRMS_norm)]
+    assert norms and all(type(m) is FastWanRMSNorm for m in norms)
+    assert pipe.vae.state_dict().keys() == pmcond_pipe.vae.state_dict().keys()  # saved files stay stock
+    video = torch.rand(1, 3, 5, pipe.height, 2 * pipe.width, generator=torch.Generator().manual_seed(1))
+    fast = pipe.encode_video(video)
+    assert use_fast_vae_norm(pipe.vae, enable=False) == len(norms)
+    assert all(type(m) is WanRMS_norm for m in norms)
+    torch.testing.assert_close(fast, pipe.encode_video(video), rtol=1e-4, atol=1e-5)
