@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from k4d_bringup.shadow.predicate import min_points_for
-    from k4d_bringup.testing import start_process, stop_process
     from k4d_worldmodel.config import DEFAULT_CHECKPOINT, default_checkpoint_dir
 
     from k4d_worldmodel.config import WorldModelConfig
@@ -93,12 +93,20 @@ def main(argv: list[str] | None = None) -> int:
                 "-p", "autostart:=true", "-p", "preview:=false", "-p", f"num_inference_steps:={args.steps}",
                 "-p", "guidance_scale:=1.0", "-p", "seed:=42", "-p", "action_name:=/k4d/imagine"]
     t0 = time.perf_counter()
-    node = start_process(node_cmd, env=env, cwd=str(work))
-    try:
-        served = _bench(args, ["--served", "--frames", str(frames), "--min-points", str(min_points),
-                               "--wait-server-s", str(args.server_wait_s)], work / "served.jsonl", env)
-    finally:
-        node_out = stop_process(node)
+    node_log = work / "imagine_node.log"  # a file, not a pipe: a long run's log would fill a pipe and stall the node
+    with open(node_log, "w") as fh:
+        node = subprocess.Popen(node_cmd, env=env, cwd=str(work), stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            served = _bench(args, ["--served", "--frames", str(frames), "--min-points", str(min_points),
+                                   "--wait-server-s", str(args.server_wait_s)], work / "served.jsonl", env)
+        finally:
+            node.send_signal(signal.SIGINT)
+            try:
+                node.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+    node_out = node_log.read_text()
     results["node_process_s"] = time.perf_counter() - t0
     local = _bench(args, ["--checkpoint", ckpt, "--device", args.device], work / "in_process.jsonl", env)
 

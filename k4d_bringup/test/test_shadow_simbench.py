@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -210,3 +211,52 @@ def test_bench_served_over_dds_scores_like_the_model_in_process(tmp_path, capsys
         for key in ("psnr_db", "ssim", "depth_mae_m", "imagined_success", "metric", "metric_quality"):
             assert a[key] == b[key], (key, a[key], b[key])
     assert "served on /k4d_test/imagine" in capsys.readouterr().out
+
+    # The imagine node stops while it imagines the first chunk: that chunk fails at once with the reason, the
+    # next one fails because no server is there, and the bench finishes (no wait for the 30-minute goal timeout).
+    marker = tmp_path / "imagining"
+    slow = [sys.executable, "-c", SLOW_IMAGINE_CODE, str(marker), "--ros-args", "-r", "__node:=k4d_imagine_slow",
+            "-p", f"checkpoint_dir:={model}", "-p", "device:=cpu", "-p", "autostart:=true", "-p", "preview:=false",
+            "-p", "guidance_scale:=1.0", "-p", "action_name:=/k4d_test/imagine"]
+    node = start_process(slow, env={"PYTHONUNBUFFERED": "1"}, cwd=str(tmp_path))
+    outs = []
+
+    def stop_when_imagining():
+        deadline = time.monotonic() + 150
+        while not marker.exists() and time.monotonic() < deadline and node.poll() is None:
+            time.sleep(0.05)
+        outs.append(stop_process(node))
+
+    import threading
+
+    stopper = threading.Thread(target=stop_when_imagining, daemon=True)
+    stopper.start()
+    t0 = time.monotonic()
+    try:
+        assert run_bench(parser.parse_args(served + ["--log", str(tmp_path / "crash.jsonl"),
+                                                     "--wait-server-s", "120"])) == 0
+    finally:
+        stopper.join(timeout=30)
+        if node.poll() is None:
+            stop_process(node)
+    assert time.monotonic() - t0 < 120
+    crashed = [r for r in read_log(tmp_path / "crash.jsonl") if r["kind"] == "chunk"]
+    assert [c["status"] for c in crashed] == ["failed_to_evaluate"] * 2, (crashed, outs)
+    assert "left the graph while imagining" in crashed[0]["status_message"]
+    assert "no Imagine action server on /k4d_test/imagine" in crashed[1]["status_message"]
+
+
+# The imagine node with a transformer forward that marks the file named by argv[1] and then takes 3 s.
+SLOW_IMAGINE_CODE = """
+import pathlib, sys, time
+marker = pathlib.Path(sys.argv.pop(1))
+from k4d_worldmodel.models.transformer_k4d import K4DTransformer3DModel
+_forward = K4DTransformer3DModel.forward
+def _slow_forward(self, *args, **kwargs):
+    marker.touch()
+    time.sleep(3.0)
+    return _forward(self, *args, **kwargs)
+K4DTransformer3DModel.forward = _slow_forward
+from k4d_worldmodel.ros import imagine_node
+sys.exit(imagine_node.main(sys.argv))
+"""

@@ -92,7 +92,12 @@ class EngineImaginer:
 
 
 class ActionImaginer:
-    """Blocking client of a running Imagine action server (creates its own rclpy node)."""
+    """Blocking client of a running Imagine action server (creates its own rclpy node).
+
+    ``wait_server_s``: how long the first goals may wait for the server to appear and become active (a node
+    started with it loads its model first). Later a missing or inactive server fails a chunk after
+    ``cfg.server_wait_s``, and a server that leaves the graph mid-goal fails it at once: each raises RuntimeError
+    naming the reason, and the next chunk tries again."""
 
     def __init__(self, cfg, timeout_s: Optional[float] = None, wait_server_s: float = 10.0):
         import rclpy
@@ -107,29 +112,59 @@ class ActionImaginer:
         self.client = ActionClient(self.node, Imagine, cfg.imagine_action)
         self.timeout_s = timeout_s or cfg.imagine_timeout_s
         self.depth_gate = DepthGate(cfg.send_initial_depth, self.node.get_logger().warning)
+        self._startup_deadline = time.monotonic() + float(wait_server_s)
         if not self.client.wait_for_server(timeout_sec=wait_server_s):
             self.close()
-            raise RuntimeError(f"no Imagine action server on {cfg.imagine_action} (start the imagine node, or pass "
-                               f"--checkpoint to run the world model in this process)")
+            raise RuntimeError(self._no_server())
+
+    def _no_server(self) -> str:
+        return (f"no Imagine action server on {self.cfg.imagine_action} (start the imagine node, or pass "
+                f"--checkpoint to run the world model in this process)")
 
     def __call__(self, initial_rgb, seq, rec=None) -> RolloutData:
-        import rclpy
-
         from k4d_bringup.ros.shadow_node import build_goal, rollout_from_result
+
+        from k4d_msgs.action import Imagine
 
         depth = self.depth_gate(initial_rgb, start_depth(rec))
         goal = build_goal(self.cfg, initial_rgb, seq, rec.traj if rec is not None else None, depth)
+        # A node that is still loading its model (or was deactivated) answers ERROR_NOT_ACTIVE: the goal is sent
+        # again until the start-up wait or, later, ``server_wait_s`` is over.
+        deadline = max(self._startup_deadline, time.monotonic() + self.cfg.server_wait_s)
+        while True:
+            result = self._send(goal)
+            if result.error_code != Imagine.Result.ERROR_NOT_ACTIVE or time.monotonic() >= deadline:
+                return rollout_from_result(result, depth is not None)
+            time.sleep(0.5)
+
+    def _send(self, goal):
+        """One goal to the server and its result message (RuntimeError when no result comes)."""
+        import rclpy
+
+        # A server that left the graph (crashed, stopped) fails this chunk after ``server_wait_s`` (as a queued
+        # chunk of the node does), not after the goal timeout; one that is back by then is used again.
+        if not self.client.server_is_ready() and not self.client.wait_for_server(
+                timeout_sec=self.cfg.server_wait_s):
+            raise RuntimeError(self._no_server())
         fut = self.client.send_goal_async(goal)
         rclpy.spin_until_future_complete(self.node, fut, timeout_sec=30.0)
+        if not fut.done():
+            raise RuntimeError(f"the Imagine action server on {self.cfg.imagine_action} did not answer the goal "
+                               f"within 30 s")
         handle = fut.result()
         if handle is None or not handle.accepted:
             raise RuntimeError("Imagine goal rejected")
         res_fut = handle.get_result_async()
-        rclpy.spin_until_future_complete(self.node, res_fut, timeout_sec=self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        while not res_fut.done() and time.monotonic() < deadline:
+            rclpy.spin_until_future_complete(self.node, res_fut, timeout_sec=min(0.5, self.timeout_s))
+            if not res_fut.done() and not self.client.server_is_ready():  # the server left the graph mid-goal
+                raise RuntimeError(f"the Imagine action server on {self.cfg.imagine_action} left the graph while "
+                                   f"imagining (the imagine node stopped or crashed)")
         if not res_fut.done():
             handle.cancel_goal_async()
             raise RuntimeError(f"Imagine goal did not finish within {self.timeout_s} s")
-        return rollout_from_result(res_fut.result().result, depth is not None)
+        return res_fut.result().result
 
     def close(self) -> None:
         self.node.destroy_node()
