@@ -531,68 +531,70 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
         (out / "rollouts").mkdir(exist_ok=True)
     if rows:
         print(f"eval: resuming {out}: {len(rows)} episodes already evaluated", file=sys.stderr)
-    for i in tqdm(range(n), desc="eval", disable=not progress):
-        clip = ds[i]
-        if clip["name"] in done:
-            continue
-        meta = clip.get("meta") or {}
-        row: dict[str, Any] = {"name": clip["name"], "task": meta.get("task", ""), "sigma": meta.get("sigma", 0.0)}
-        if "success" in meta:
-            row["sim_success"] = bool(meta["success"])
-        info = object_info(clip)
-        gt_track = None
-        if info is not None:
-            gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
-                                          info["half_height"])
-            row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info)
-            true_pos = clip["object_pos"][:, 0]
-            row["gt_track_err_m"] = float(np.linalg.norm(gt_track - true_pos, axis=1).mean())
-        outputs = {}
-        try:
-            rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
-        except ValueError as exc:  # e.g. no robot pixel in the clip
-            print(f"eval: skipping {clip['name']}: {exc}", file=sys.stderr)
-            continue
-        outputs["k4d"] = (rgb, xyz_m, extra)
-        if "no_robot" in methods:
-            with robot_condition_removed(pipe):
-                outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
-        if "emb" in methods:
-            outputs["emb"] = imagine(emb_pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
-        if "vae_recon" in methods:
-            outputs["vae_recon"] = autoencode(pipe, clip, seed, lift_cfg, anchor_cfg)
-        if "k4d_static" in methods:
-            robot_mask = np.isfinite(clip["robot_xyz"]).all(-1)
-            rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], robot_mask, xyz_m, clip["world_xyz"][0],
-                                            clip["robot_xyz"])
-            outputs["k4d_static"] = (rgb_s, xyz_s, {**extra, "composited": True})
-        if "copy_first" in methods:
-            T = clip["rgb"].shape[0]
-            outputs["copy_first"] = (np.repeat(clip["rgb"][:1], T, 0), np.repeat(clip["world_xyz"][:1], T, 0),
-                                     {"lift": "gt_first_frame"})
-        for m in methods:
-            rgb_m, xyz_mm, extra_m = outputs[m]
-            row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, gt_track, info, tau, max_points), **extra_m}
-        if len(video_names) < videos:
-            name = f"{clip['name'].replace('/', '_')}.mp4"
-            panels = [(clip["rgb"], clip["world_xyz"]), outputs["k4d"][:2]]
-            if "copy_first" in outputs:
-                panels.append(outputs["copy_first"][:2])
+    try:
+        for i in tqdm(range(n), desc="eval", disable=not progress):
+            clip = ds[i]
+            if clip["name"] in done:
+                continue
+            meta = clip.get("meta") or {}
+            row: dict[str, Any] = {"name": clip["name"], "task": meta.get("task", ""), "sigma": meta.get("sigma", 0.0)}
+            if "success" in meta:
+                row["sim_success"] = bool(meta["success"])
+            info = object_info(clip)
+            gt_track = None
+            if info is not None:
+                gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
+                                              info["half_height"])
+                row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info)
+                true_pos = clip["object_pos"][:, 0]
+                row["gt_track_err_m"] = float(np.linalg.norm(gt_track - true_pos, axis=1).mean())
+            outputs = {}
             try:
-                write_side_by_side(out / "videos" / name, panels)
-                video_names.append(name)
-                row["video"] = name
-            except (TypeError, ValueError, RuntimeError, OSError, ImportError) as exc:  # no ffmpeg plugin
-                print(f"eval: no video written ({type(exc).__name__}: {exc}); install imageio-ffmpeg",
-                      file=sys.stderr)
-                videos = 0
-        if save_rollouts:
-            arrays = {f"{m}_{k}": a for m, (rgb_m, xyz_mm, _) in outputs.items() if m != "copy_first"
-                      for k, a in (("rgb", rgb_m), ("xyz", np.asarray(xyz_mm, np.float32)))}
-            np.savez_compressed(out / "rollouts" / f"{clip['name'].replace('/', '_')}.npz", **arrays)
-        log.append({"kind": "episode", "row": row})
-        rows.append(row)
-    log.close()
+                rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+            except ValueError as exc:  # e.g. no robot pixel in the clip
+                print(f"eval: skipping {clip['name']}: {exc}", file=sys.stderr)
+                continue
+            outputs["k4d"] = (rgb, xyz_m, extra)
+            if "no_robot" in methods:
+                with robot_condition_removed(pipe):
+                    outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+            if "emb" in methods:
+                outputs["emb"] = imagine(emb_pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+            if "vae_recon" in methods:
+                outputs["vae_recon"] = autoencode(pipe, clip, seed, lift_cfg, anchor_cfg)
+            if "k4d_static" in methods:
+                robot_mask = np.isfinite(clip["robot_xyz"]).all(-1)
+                rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], robot_mask, xyz_m, clip["world_xyz"][0],
+                                                clip["robot_xyz"])
+                outputs["k4d_static"] = (rgb_s, xyz_s, {**extra, "composited": True})
+            if "copy_first" in methods:
+                T = clip["rgb"].shape[0]
+                outputs["copy_first"] = (np.repeat(clip["rgb"][:1], T, 0), np.repeat(clip["world_xyz"][:1], T, 0),
+                                         {"lift": "gt_first_frame"})
+            for m in methods:
+                rgb_m, xyz_mm, extra_m = outputs[m]
+                row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, gt_track, info, tau, max_points), **extra_m}
+            if len(video_names) < videos:
+                name = f"{clip['name'].replace('/', '_')}.mp4"
+                panels = [(clip["rgb"], clip["world_xyz"]), outputs["k4d"][:2]]
+                if "copy_first" in outputs:
+                    panels.append(outputs["copy_first"][:2])
+                try:
+                    write_side_by_side(out / "videos" / name, panels)
+                    video_names.append(name)
+                    row["video"] = name
+                except (TypeError, ValueError, RuntimeError, OSError, ImportError) as exc:  # no ffmpeg plugin
+                    print(f"eval: no video written ({type(exc).__name__}: {exc}); install imageio-ffmpeg",
+                          file=sys.stderr)
+                    videos = 0
+            if save_rollouts:
+                arrays = {f"{m}_{k}": a for m, (rgb_m, xyz_mm, _) in outputs.items() if m != "copy_first"
+                          for k, a in (("rgb", rgb_m), ("xyz", np.asarray(xyz_mm, np.float32)))}
+                np.savez_compressed(out / "rollouts" / f"{clip['name'].replace('/', '_')}.npz", **arrays)
+            log.append({"kind": "episode", "row": row})
+            rows.append(row)
+    finally:
+        log.close()
     if not rows:
         raise ValueError(f"no episode of {data} (split {split!r}) could be evaluated")
     summary = summarize(rows, methods)

@@ -155,10 +155,14 @@ class ActionImaginer:
         if handle is None or not handle.accepted:
             raise RuntimeError("Imagine goal rejected")
         res_fut = handle.get_result_async()
-        deadline = time.monotonic() + self.timeout_s
+        deadline, lost = time.monotonic() + self.timeout_s, None
         while not res_fut.done() and time.monotonic() < deadline:
-            rclpy.spin_until_future_complete(self.node, res_fut, timeout_sec=min(0.5, self.timeout_s))
-            if not res_fut.done() and not self.client.server_is_ready():  # the server left the graph mid-goal
+            rclpy.spin_until_future_complete(self.node, res_fut, timeout_sec=min(0.25, self.timeout_s))
+            if res_fut.done() or self.client.server_is_ready():
+                lost = None
+                continue
+            lost = lost or time.monotonic()
+            if time.monotonic() - lost > 1.0:  # gone for a second, as the shadow node judges it: left the graph
                 raise RuntimeError(f"the Imagine action server on {self.cfg.imagine_action} left the graph while "
                                    f"imagining (the imagine node stopped or crashed)")
         if not res_fut.done():

@@ -163,7 +163,8 @@ def add_arguments(p) -> None:
     p.add_argument("--imagine-action", default="/k4d/imagine", help="--served: the action name")
     p.add_argument("--frames", type=int, default=17, help="--served: the model's frame count (default 17)")
     p.add_argument("--wait-server-s", type=float, default=10.0,
-                   help="--served: how long to wait for the action server (default 10 s)")
+                   help="--served: how long the first chunks wait for the action server to appear and become "
+                        "active (default 10 s; a node that loads a large model needs more)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
@@ -190,8 +191,9 @@ def run_bench(args) -> int:
         if args.min_points is None:
             raise SystemExit("k4d shadow bench --served: give --min-points, the served model's zone threshold "
                              "(3 at 96 x 64 pixels, 12 at 192 x 128): the client cannot see the model")
-        cfg = ShadowConfig(num_frames=args.frames, success_min_points=args.min_points, imagine_action=args.imagine_action,
-                           num_inference_steps=args.steps, guidance_scale=1.0, **common)
+        cfg = ShadowConfig(num_frames=args.frames, success_min_points=args.min_points,
+                           imagine_action=args.imagine_action, num_inference_steps=args.steps, guidance_scale=1.0,
+                           **common)
         try:
             imag = ActionImaginer(cfg, wait_server_s=args.wait_server_s)
         except RuntimeError as exc:
