@@ -68,10 +68,12 @@ def cmd_replay(args) -> int:
     cfg = _shadow_config(args.params, {**_parse_set(args.set), "log_path": str(log)})
     imaginer = make_imaginer(cfg, args.checkpoint or "", args.device)
     t0 = time.time()
-    out = replay_recording(path, cfg, imaginer, log, progress=(lambda s: print(f"k4d shadow replay: {s}"))
-                           if args.verbose else None)
-    if hasattr(imaginer, "close"):
-        imaginer.close()
+    try:
+        out = replay_recording(path, cfg, imaginer, log, progress=(lambda s: print(f"k4d shadow replay: {s}"))
+                               if args.verbose else None)
+    finally:
+        if hasattr(imaginer, "close"):
+            imaginer.close()
     print(f"k4d shadow replay: {out['chunks']} chunks ({out['ok']} ok, {out['failed']} failed), {out['episodes']} "
           f"episodes in {time.time() - t0:.1f} s -> {out['log']}")
     if args.report:

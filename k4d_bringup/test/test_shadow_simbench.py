@@ -244,6 +244,9 @@ def test_bench_served_over_dds_scores_like_the_model_in_process(tmp_path, capsys
     assert [c["status"] for c in crashed] == ["failed_to_evaluate"] * 2, (crashed, outs)
     assert "left the graph while imagining" in crashed[0]["status_message"]
     assert "no Imagine action server on /k4d_test/imagine" in crashed[1]["status_message"]
+    import rclpy
+
+    assert not rclpy.ok()  # the client shut down the context it created: later tests can init their own
 
 
 # The imagine node with a transformer forward that marks the file named by argv[1] and then takes 3 s.

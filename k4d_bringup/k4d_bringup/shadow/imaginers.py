@@ -105,7 +105,8 @@ class ActionImaginer:
 
         from k4d_msgs.action import Imagine
 
-        if not rclpy.ok():
+        self._own_context = not rclpy.ok()  # initialised here -> shut down by close()
+        if self._own_context:
             rclpy.init()
         self.cfg = cfg
         self.node = rclpy.create_node("k4d_shadow_replay")
@@ -171,7 +172,11 @@ class ActionImaginer:
         return res_fut.result().result
 
     def close(self) -> None:
+        import rclpy
+
         self.node.destroy_node()
+        if self._own_context:
+            rclpy.try_shutdown()
 
 
 def make_imaginer(cfg, checkpoint: str = "", device: str = "auto"):
