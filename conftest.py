@@ -57,5 +57,16 @@ def pytest_configure(config):
     os.environ.setdefault("MUJOCO_GL", "osmesa")
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the child processes a failed fixture left running (``k4d_bringup.testing.stop_all``)."""
+    import sys
+
+    testing = sys.modules.get("k4d_bringup.testing")
+    if testing is not None:
+        left = testing.stop_all()
+        if left:
+            print(f"\nconftest: stopped {len(left)} child process(es) left running: {left}")
+
+
 def pytest_report_header(config):
     return f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')} (unique to this run)"

@@ -26,12 +26,29 @@ def spin_until(node, predicate: Callable[[], bool], timeout: float = 20.0, execu
     return predicate()
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
 def start_process(args: Sequence[str], env: dict | None = None, **kw) -> subprocess.Popen:
-    """Start a child process in the current ROS domain (inherits ROS_DOMAIN_ID), output to pipes."""
+    """Start a child process in the current ROS domain (inherits ROS_DOMAIN_ID), output to pipes. It is
+    remembered, so that ``stop_all`` can end it if its test's own clean-up never ran."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.Popen(list(args), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    proc = subprocess.Popen(list(args), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kw)
+    _STARTED[:] = [p for p in _STARTED if p.poll() is None] + [proc]
+    return proc
+
+
+def stop_all(timeout: float = 5.0) -> list[str]:
+    """Stop every child ``start_process`` started that still runs (the test run's safety net: a fixture that
+    failed half-way through its set-up must not leave nodes publishing on the machine); returns their commands."""
+    left = [p for p in _STARTED if p.poll() is None]
+    for p in left:
+        stop_process(p, timeout)
+    _STARTED.clear()
+    return [" ".join(map(str, p.args[:3])) for p in left]
 
 
 def python_process(code: str, **kw) -> subprocess.Popen:

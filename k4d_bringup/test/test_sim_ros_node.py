@@ -84,10 +84,11 @@ def sim(tmp_path_factory):
                           "-p", "camera_rate_hz:=15.0", "-p", "object_state_rate_hz:=5.0",
                           "-p", f"extrinsics_out:={tmp / 'ext.yaml'}", "-p", f"camera_info_out:={tmp / 'cam.yaml'}"],
                          cwd=str(tmp))
-    rclpy.init()
-    node = rclpy.create_node("k4d_test_sim_peer")
-    peer = Peer(node)
+    node = None
     try:
+        rclpy.init()
+        node = rclpy.create_node("k4d_test_sim_peer")
+        peer = Peer(node)
         ok = peer.spin_until(lambda: len(peer.msgs["js"]) > 10 and peer.msgs["rgb"] and peer.msgs["depth"]
                              and peer.msgs["objects"], timeout=90.0)
         if not ok:
@@ -96,7 +97,8 @@ def sim(tmp_path_factory):
                         peer.pub_grip.get_subscription_count() > 0, 10.0)
         yield peer, tmp, proc
     finally:
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
         out = stop_process(proc)
         print(out[-3000:])
