@@ -194,6 +194,29 @@ def test_failed_imagination_fails_chunk_and_episode_keeps_earlier(scene):
     assert eps[1]["has_actual"] and not eps[1]["actual_success"]
 
 
+def test_a_chunk_answered_not_active_keeps_its_turn_then_fails_after_inactive_wait(scene):
+    cfg = ShadowConfig(num_frames=9, queue_size=1, save_frames=False, settle_s=0.0, inactive_wait_s=2.0)
+    out = []
+    s = ShadowSession(cfg, Kinematics(scene.model, scene.camera, scene.extrinsics), out.append)
+    q0 = scene.home_q()
+    s.on_episode_event("start one", 0)
+    s.on_frame(0, np.zeros((32, 48, 3), np.uint8), None, q0)
+    s.on_chunk(_chunk(), "live", 1, q0)
+    rec = s.next_dispatch(1, True)
+    later = s.on_chunk(_chunk(), "live", 2, q0)  # waits behind it (the queue holds one)
+    assert s.requeue(rec, 1_000_000_000, "not active") is True  # 1 s after it arrived: sent again, first
+    assert rec.state == "queued" and rec.seq is None and s.queue.items() == [rec, later] and s.in_flight is None
+    assert s.next_dispatch(1_000_000_001, True) is rec and rec.seq is not None  # conditioning built again
+    assert s.requeue(rec, 3_000_000_000, "world model not active for inactive_wait_s=2 s") is False  # waited 3 s
+    assert s.requeue(rec, 3_000_000_001, "twice") is False and s.queue.items() == [later]  # failed, not queued
+    s.tick(10_000_000_000)
+    (failed,) = [r for r in out if r["kind"] == "chunk" and r["chunk_index"] == rec.chunk_index]
+    assert failed["status"] == "failed_to_evaluate"
+    assert failed["status_message"] == "world model not active for inactive_wait_s=2 s"
+    with pytest.raises(ValueError, match="inactive_wait_s"):
+        ShadowConfig(inactive_wait_s=-1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Aggregation: Table 3, Pearson r, MMRV, calibration
 # ---------------------------------------------------------------------------------------------

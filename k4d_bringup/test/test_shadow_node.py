@@ -293,6 +293,39 @@ def test_shadow_node_evaluates_chunks_and_survives_world_model_crash(graph):
     assert sum(r["kind"] == "chunk" and r["status"] == "failed_to_evaluate" for r in recs) == 2
 
 
+def test_shadow_node_holds_a_chunk_while_the_world_model_is_inactive(graph):
+    """A chunk that reaches the imagine node while it is not active (deactivated here through its lifecycle, as
+    while it loads its model) is sent again until the node is active, then evaluated: it does not fail, although
+    it waits longer than server_wait_s (1.5 s here), the wait for an absent server."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    node, robot = graph["node"], graph["robot"]
+    change = node.create_client(ChangeState, f"/{IMAGINE}/change_state")
+    assert change.wait_for_service(timeout_sec=60.0)
+
+    def transition(tid):
+        fut = change.call_async(ChangeState.Request(transition=Transition(id=tid)))
+        assert wait_for(fut.done, 60.0) and fut.result().success
+
+    assert wait_for(lambda: graph["client"].server_is_ready(), 60)
+    with robot.lock:
+        before = len(robot.results)
+    new = lambda: [r for r in robot.results[before:]]  # noqa: E731
+    transition(Transition.TRANSITION_DEACTIVATE)
+    robot.episode("start pick_box")
+    time.sleep(0.3)
+    robot.send_chunk(0.1)
+    time.sleep(3.0)  # the node answered "not active" (more than once): no result yet
+    assert not [r for r in new() if r.chunk_index >= 0], [(r.status, r.status_message) for r in new()]
+    transition(Transition.TRANSITION_ACTIVATE)
+    assert wait_for(lambda: any(r.chunk_index == 0 for r in new()), 90), "the held chunk was not evaluated"
+    r = [r for r in new() if r.chunk_index == 0][0]
+    assert r.status == ShadowEvalResult.STATUS_OK, r.status_message
+    robot.episode("end success")
+    assert wait_for(lambda: any(r.chunk_index == -1 for r in new()), 20)
+
+
 def test_runtime_guard_refuses_actuator_publishers(tmp_path):
     from rclpy.parameter import Parameter
 

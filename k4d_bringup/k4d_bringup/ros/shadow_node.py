@@ -33,7 +33,9 @@ World-model failures: a rejected/aborted goal, a goal running over ``imagine_tim
 vanishing from the graph while a goal runs (the process died; DDS notices when the participant's lease
 expires: Fast DDS default 20 s, shorter with a participant profile) fail that chunk (STATUS_FAILED_TO_EVALUATE)
 and its episode summary; chunks queued while no server is there wait ``server_wait_s``, then fail too. When
-the server is back, the next chunks are evaluated again. Earlier results are never changed.
+the server is back, the next chunks are evaluated again. Earlier results are never changed. A server that is
+there but answers "not active" (its node still loads the model, or was deactivated) gets the chunk again once a
+second, up to ``inactive_wait_s`` after the chunk arrived (``ShadowSession.requeue``).
 """
 from __future__ import annotations
 
@@ -194,6 +196,7 @@ class ShadowNode(Node):
 
         self.client = ActionClient(self, Imagine, cfg.imagine_action)
         self._goal: Optional[dict] = None
+        self._inactive_until = 0.0  # monotonic s: the server answered "not active"; no dispatch before this
         self.depth_gate = DepthGate(cfg.send_initial_depth, self.get_logger().warning)
         # 6. Inputs (an image waits for the depth of its stamp, whichever arrives first: the chunk-start frame's depth
         # goes with the Imagine goal)
@@ -359,7 +362,7 @@ class ShadowNode(Node):
                 if g.get("handle") is not None:
                     g["handle"].cancel_goal_async()
                 self._goal_failed(g, f"imagination took longer than imagine_timeout_s={self.cfg.imagine_timeout_s} s")
-        if self._goal is None:
+        if self._goal is None and time.monotonic() >= self._inactive_until:
             try:
                 rec = self.session.next_dispatch(now, ready)
             except Exception as exc:  # noqa: BLE001
@@ -405,8 +408,17 @@ class ShadowNode(Node):
         if self._goal is not g:
             return  # already failed (timeout / server gone); a late answer is ignored
         self._goal = None
+        from k4d_msgs.action import Imagine
+
+        result = fut.result().result
+        if result.error_code == Imagine.Result.ERROR_NOT_ACTIVE:  # loading or deactivated: try again in 1 s
+            self._inactive_until = time.monotonic() + 1.0
+            self.session.requeue(g["rec"], self._now_ns(),
+                                 f"world model not active for inactive_wait_s={self.cfg.inactive_wait_s:g} s: "
+                                 f"{result.error_message}")
+            return
         try:
-            ro = rollout_from_result(fut.result().result, g["anchor_sent"])
+            ro = rollout_from_result(result, g["anchor_sent"])
             err = ""
         except Exception as exc:  # noqa: BLE001
             ro, err = None, first_line(exc)

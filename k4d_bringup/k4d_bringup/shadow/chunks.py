@@ -48,6 +48,11 @@ class ChunkQueue(Generic[T]):
         self._items.append(item)
         return [dropped]
 
+    def push_front(self, item: T) -> None:
+        """Put back a chunk that was taken for the world model and must wait again (it keeps its turn; the queue
+        may then hold one more than ``capacity`` until it is taken again, as it did while in flight)."""
+        self._items.appendleft(item)
+
     def pop(self) -> Optional[T]:
         return self._items.popleft() if self._items else None
 

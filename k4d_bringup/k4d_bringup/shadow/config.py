@@ -97,6 +97,9 @@ class ShadowConfig(RobotCameraConfig):
         "'drop_newest' (skip the arriving chunk). Skips are reported as STATUS_SKIPPED.", False))
     server_wait_s: float = field(default=5.0, metadata=_doc(
         "A queued chunk waits this long for the Imagine server to appear; then it is FAILED_TO_EVALUATE.", False))
+    inactive_wait_s: float = field(default=120.0, metadata=_doc(
+        "A chunk the world model answers 'not active' (its node still loads the model, or was deactivated) is "
+        "sent again, once a second, for this long after it arrived; then it is FAILED_TO_EVALUATE.", False))
     imagine_timeout_s: float = field(default=1800.0, metadata=_doc(
         "An Imagine goal running longer than this is cancelled and its chunk FAILED_TO_EVALUATE.", False))
     # -- comparison with reality ------------------------------------------------------------------
@@ -169,6 +172,7 @@ class ShadowConfig(RobotCameraConfig):
             raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale!r}")
         _num("idle_gap_s", self.idle_gap_s, 0.0, allow_equal=False)
         _num("server_wait_s", self.server_wait_s)
+        _num("inactive_wait_s", self.inactive_wait_s)
         _num("imagine_timeout_s", self.imagine_timeout_s, 0.0, allow_equal=False)
         _num("settle_s", self.settle_s)
         _num("max_frame_gap_s", self.max_frame_gap_s, 0.0, allow_equal=False)

@@ -438,6 +438,22 @@ class ShadowSession:
                     rec.state, rec.rollout = "imagined", rollout
             self.waiting.append(rec)
 
+    def requeue(self, rec: ChunkRecord, now_ns: int, reason: str) -> bool:
+        """The world model answered ``rec`` with "not active": put it back at the head of the queue to be sent
+        again, or fail it with ``reason`` once it has waited ``inactive_wait_s`` since it arrived. Returns whether
+        it was queued again."""
+        with self.lock:
+            if self.in_flight is rec:
+                self.in_flight = None
+            if rec.state != "imagining":
+                return False
+            if (now_ns - rec.arrival_ns) * 1e-9 > self.cfg.inactive_wait_s:
+                self._fail(rec, reason, now_ns)
+                return False
+            rec.state, rec.seq = "queued", None
+            self.queue.push_front(rec)
+            return True
+
     def _fail(self, rec: ChunkRecord, reason: str, now_ns: int) -> None:
         rec.state, rec.error = "failed", reason
         rec.imagined_ns = int(now_ns)
