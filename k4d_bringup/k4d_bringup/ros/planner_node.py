@@ -25,6 +25,10 @@ Publishes
 - ``k4d/planner_status`` std_msgs/String (RELIABLE_QOS): one JSON object per event,
   ``{"event": "planned"|"executing"|"failed", "goal": "joints"|"pose", "duration_s", "points", "error"}``.
 - ``/diagnostics``: planning time, failures.
+
+A goal that arrives before the first /joint_states (this node started after the one sending goals, or discovery
+was slow) is held, the newest one only, and planned when the first joint state arrives, up to
+``EARLY_GOAL_WAIT_S`` (10 s) later. After that, a stale /joint_states fails a goal at once.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ from k4d_kinematics.ros.node_logic import ThrottledLog, first_line, joint_values
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS
 from k4d_kinematics.config import param_doc
+
+EARLY_GOAL_WAIT_S = 10.0  # how long a goal that came before the first /joint_states is kept
 
 
 _doc = param_doc
@@ -117,6 +123,9 @@ class PlannerNode(Node):
         # 2. State
         self.joints: dict[str, float] = {}
         self.joints_at = -math.inf
+        # a goal that came before the first /joint_states (the planner started after the node sending goals, or
+        # discovery was slow): (handler, msg, arrival) planned when the first joint state arrives
+        self._early_goal = None
         self.plan = None            # JointTrajectoryData of the last plan
         self.plan_goal = None       # ("joints", (6,)) or ("pose", (4, 4)) to re-plan from a new start
         # 3. Diagnostics
@@ -156,6 +165,24 @@ class PlannerNode(Node):
             self.joints_at = time.monotonic()
         except ValueError as exc:
             self._log_error(f"joint_states dropped: {exc}")
+            return
+        early, self._early_goal = self._early_goal, None
+        if early is not None:
+            handler, goal_msg, arrived = early
+            if time.monotonic() - arrived <= EARLY_GOAL_WAIT_S:
+                handler(goal_msg)
+            else:
+                self._fail("joints" if handler == self._on_goal_joints else "pose",
+                           ValueError(f"no /joint_states within {EARLY_GOAL_WAIT_S:g} s of the goal"))
+
+    def _held_for_first_joint_state(self, handler, msg) -> bool:
+        """Keep a goal that arrives before any /joint_states (the newest one) until the first joint state; True
+        when held. Once joint states have arrived, a stale state fails the goal as before (current_q)."""
+        if self.joints_at > -math.inf:
+            return False
+        self._early_goal = (handler, msg, time.monotonic())
+        self.get_logger().info("goal held until the first /joint_states arrives")
+        return True
 
     def current_q(self) -> np.ndarray:
         """(J,) current joints in robot order; ValueError when stale or incomplete."""
@@ -169,6 +196,8 @@ class PlannerNode(Node):
         return np.clip(q, self.robot.lower, self.robot.upper)
 
     def _on_goal_joints(self, msg: JointState) -> None:
+        if self._held_for_first_joint_state(self._on_goal_joints, msg):
+            return
         try:
             goal = joint_values_from_state(msg.name, msg.position, "goal_joints")
             unknown = [n for n in goal if n not in self.robot.joint_names]
@@ -183,6 +212,8 @@ class PlannerNode(Node):
             self._fail("joints", exc)
 
     def _on_goal_pose(self, msg: PoseStamped) -> None:
+        if self._held_for_first_joint_state(self._on_goal_pose, msg):
+            return
         try:
             frame = msg.header.frame_id or self.cfg.base_frame
             if frame != self.cfg.base_frame:
