@@ -410,14 +410,14 @@ class ShadowNode(Node):
         self._goal = None
         from k4d_msgs.action import Imagine
 
-        result = fut.result().result
-        if result.error_code == Imagine.Result.ERROR_NOT_ACTIVE:  # loading or deactivated: try again in 1 s
-            self._inactive_until = time.monotonic() + 1.0
-            self.session.requeue(g["rec"], self._now_ns(),
-                                 f"world model not active for inactive_wait_s={self.cfg.inactive_wait_s:g} s: "
-                                 f"{result.error_message}")
-            return
         try:
+            result = fut.result().result
+            if result.error_code == Imagine.Result.ERROR_NOT_ACTIVE:  # loading or deactivated: again in 1 s
+                self._inactive_until = time.monotonic() + 1.0
+                self.session.requeue(g["rec"], self._now_ns(),
+                                     f"world model not active for inactive_wait_s={self.cfg.inactive_wait_s:g} s: "
+                                     f"{result.error_message}")
+                return
             ro = rollout_from_result(result, g["anchor_sent"])
             err = ""
         except Exception as exc:  # noqa: BLE001
