@@ -531,7 +531,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
         (out / "rollouts").mkdir(exist_ok=True)
     if rows:
         print(f"eval: resuming {out}: {len(rows)} episodes already evaluated", file=sys.stderr)
-    try:
+    with log:  # closed on any exit; every line already written is on disk
         for i in tqdm(range(n), desc="eval", disable=not progress):
             clip = ds[i]
             if clip["name"] in done:
@@ -593,8 +593,6 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 np.savez_compressed(out / "rollouts" / f"{clip['name'].replace('/', '_')}.npz", **arrays)
             log.append({"kind": "episode", "row": row})
             rows.append(row)
-    finally:
-        log.close()
     if not rows:
         raise ValueError(f"no episode of {data} (split {split!r}) could be evaluated")
     summary = summarize(rows, methods)

@@ -51,7 +51,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header, String
 from trajectory_msgs.msg import JointTrajectory
 
-from k4d_bringup.shadow.config import ShadowConfig
+from k4d_bringup.shadow.config import NOT_ACTIVE_RETRY_S, ShadowConfig
 from k4d_bringup.shadow.guard import ActuatorGuard
 from k4d_bringup.shadow.imaginers import DepthGate, start_depth
 from k4d_bringup.shadow.log import ShadowLog
@@ -412,8 +412,8 @@ class ShadowNode(Node):
 
         try:
             result = fut.result().result
-            if result.error_code == Imagine.Result.ERROR_NOT_ACTIVE:  # loading or deactivated: again in 1 s
-                self._inactive_until = time.monotonic() + 1.0
+            if result.error_code == Imagine.Result.ERROR_NOT_ACTIVE:  # loading or deactivated: again soon
+                self._inactive_until = time.monotonic() + NOT_ACTIVE_RETRY_S
                 self.session.requeue(g["rec"], self._now_ns(),
                                      f"world model not active for inactive_wait_s={self.cfg.inactive_wait_s:g} s: "
                                      f"{result.error_message}")

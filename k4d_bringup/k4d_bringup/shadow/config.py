@@ -26,6 +26,10 @@ from k4d_kinematics.config import RobotCameraConfig, param_doc
 from k4d_worldmodel.config import ANCHOR_INLIER_THRESHOLD_M
 
 QUEUE_POLICIES = ("drop_oldest", "drop_newest")
+# A world model that answers "not active" (loading, deactivated) gets the chunk again after this many seconds,
+# until ``ShadowConfig.inactive_wait_s``: the live node (ShadowSession.requeue) and the blocking client
+# (imaginers.ActionImaginer) alike.
+NOT_ACTIVE_RETRY_S = 1.0
 EPISODE_MODES = ("topic", "idle_gap")
 CONDITIONS = ("pointmaps", "trajectory")
 PREDICATES = ("none", "region")

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .config import NOT_ACTIVE_RETRY_S
 from .session import RolloutData
 
 
@@ -94,10 +95,11 @@ class EngineImaginer:
 class ActionImaginer:
     """Blocking client of a running Imagine action server (creates its own rclpy node).
 
-    ``wait_server_s``: how long the first goals may wait for the server to appear and become active (a node
-    started with it loads its model first). Later a missing or inactive server fails a chunk after
-    ``cfg.server_wait_s``, and a server that leaves the graph mid-goal fails it at once: each raises RuntimeError
-    naming the reason, and the next chunk tries again."""
+    ``wait_server_s``: how long the constructor waits for the server to appear. As in the live shadow node, a
+    server that answers "not active" (it still loads its model, or was deactivated) gets the goal again every
+    ``NOT_ACTIVE_RETRY_S`` until ``cfg.inactive_wait_s``; a missing server fails a chunk after ``cfg.server_wait_s``,
+    and one that leaves the graph mid-goal fails it at once: each raises RuntimeError naming the reason, and the
+    next chunk tries again."""
 
     def __init__(self, cfg, timeout_s: Optional[float] = None, wait_server_s: float = 10.0):
         import rclpy
@@ -113,7 +115,6 @@ class ActionImaginer:
         self.client = ActionClient(self.node, Imagine, cfg.imagine_action)
         self.timeout_s = timeout_s or cfg.imagine_timeout_s
         self.depth_gate = DepthGate(cfg.send_initial_depth, self.node.get_logger().warning)
-        self._startup_deadline = time.monotonic() + float(wait_server_s)
         if not self.client.wait_for_server(timeout_sec=wait_server_s):
             self.close()
             raise RuntimeError(self._no_server())
@@ -129,14 +130,12 @@ class ActionImaginer:
 
         depth = self.depth_gate(initial_rgb, start_depth(rec))
         goal = build_goal(self.cfg, initial_rgb, seq, rec.traj if rec is not None else None, depth)
-        # A node that is still loading its model (or was deactivated) answers ERROR_NOT_ACTIVE: the goal is sent
-        # again until the start-up wait or, later, ``server_wait_s`` is over.
-        deadline = max(self._startup_deadline, time.monotonic() + self.cfg.server_wait_s)
+        deadline = time.monotonic() + self.cfg.inactive_wait_s
         while True:
             result = self._send(goal)
             if result.error_code != Imagine.Result.ERROR_NOT_ACTIVE or time.monotonic() >= deadline:
                 return rollout_from_result(result, depth is not None)
-            time.sleep(0.5)
+            time.sleep(NOT_ACTIVE_RETRY_S)
 
     def _send(self, goal):
         """One goal to the server and its result message (RuntimeError when no result comes)."""

@@ -163,8 +163,8 @@ def add_arguments(p) -> None:
     p.add_argument("--imagine-action", default="/k4d/imagine", help="--served: the action name")
     p.add_argument("--frames", type=int, default=17, help="--served: the model's frame count (default 17)")
     p.add_argument("--wait-server-s", type=float, default=10.0,
-                   help="--served: how long the first chunks wait for the action server to appear and become "
-                        "active (default 10 s; a node that loads a large model needs more)")
+                   help="--served: how long to wait for the action server to appear (default 10 s); a server "
+                        "that is there but still loads its model is waited for up to inactive_wait_s (120 s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
