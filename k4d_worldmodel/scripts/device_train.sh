@@ -15,6 +15,11 @@
 #          | --vae-only (generate and train the VAE only; a later --resume call trains the transformer)
 #          | --vae-from DIR (start from the VAE in DIR, e.g. the vae/ a --vae-only call returned, when the machine
 #            of that call is gone: new data is generated, the VAE trains only if --vae-budget-s is given)
+#          | --init-from DIR (the transformer starts from the K4D pipeline in DIR, e.g. the previous model, instead
+#            of from scratch: DIR's transformer and image encoder with this run's VAE, trained as a full
+#            fine-tuning; DIR's geometry, encoding and variant must be the config's. A VAE that moved since DIR
+#            was trained shifts the latents, which the fine-tuning follows)
+#          | --vae-depth-weight W (vae.pointmap_depth_weight: the L1 weight of the pointmap's depth channel)
 #          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed)
 #          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml)
 #          | --width W --height H --fy F (episode geometry; default 96 64 80, the models'; configs/metric_hr.yaml
@@ -48,7 +53,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
+VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -56,6 +61,8 @@ while [ $# -gt 0 ]; do
     --vae-only) VAE_ONLY=1 ;;
     --no-bench) BENCH=0 ;;
     --vae-from) VAE_FROM=$2; shift ;;
+    --init-from) INIT_FROM=$2; shift ;;
+    --vae-depth-weight) DEPTH_WEIGHT=$2; shift ;;
     --eval-episodes) EVAL_EPISODES=$2; shift ;;
     --episodes) EPISODES=$2; shift ;;
     --heldout) HELDOUT=$2; shift ;;
@@ -142,6 +149,21 @@ else
   LAUNCH=("$PY")
 fi
 
+if [ -n "$DEPTH_WEIGHT" ]; then  # the config with this one field changed, saved beside the run
+  "$PY" - <<PYEOF
+import yaml
+from k4d_worldmodel.training.config import TrainConfig
+cfg = TrainConfig.from_yaml("$CONFIG")
+cfg.vae.pointmap_depth_weight = float("$DEPTH_WEIGHT")
+open("$WORK/config.yaml", "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+PYEOF
+  CONFIG="$WORK/config.yaml"
+  echo "config: $CONFIG (vae.pointmap_depth_weight $DEPTH_WEIGHT)"
+fi
+if [ -n "$INIT_FROM" ]; then
+  [ -f "$INIT_FROM/model_index.json" ] || { echo "device_train.sh: --init-from $INIT_FROM holds no K4D pipeline (model_index.json)" >&2; exit 3; }
+fi
+
 GEN_S=0
 if [ "$RESUME" = 0 ]; then
 echo "== 1. generate up to $EPISODES train episodes (scenarios $SCENARIOS, ${GEN_BUDGET} s) + $HELDOUT held-out ($FRAMES x ${H}x${W}, $WORKERS workers)"
@@ -219,6 +241,13 @@ LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - EVAL_EST - LOAD_EST - ENC_EST - BENC
 if [ "$LEFT" -lt "$TRAIN_BUDGET" ]; then TRAIN_BUDGET=$(( LEFT > 10 ? LEFT : 10 )); fi
 echo "== 2b. train the transformer ($CONFIG, VAE frozen): budget ${TRAIN_BUDGET} s"
 TR_RESUME=0; [ -d "$WORK/run/checkpoints" ] && TR_RESUME=1
+if [ -n "$INIT_FROM" ] && [ "$TR_RESUME" = 0 ]; then
+  # the start: INIT_FROM's pipeline with this run's VAE (weights, config and latent statistics) in it
+  rm -rf "$WORK/run/base"; mkdir -p "$WORK/run/base"
+  (cd "$INIT_FROM" && tar -cf - --exclude=./vae .) | tar -C "$WORK/run/base" -xf -
+  mkdir -p "$WORK/run/base/vae"; cp "$WORK/run/vae/config.json" "$WORK/run/vae/"*.safetensors "$WORK/run/base/vae/"
+  echo "the transformer starts from $INIT_FROM, with this run's VAE"
+fi
 # a file with a __main__ guard again: the clips are read by spawned DataLoader workers
 cat > "$WORK/train_model.py" <<PYEOF
 from k4d_worldmodel.training.config import TrainConfig
@@ -229,6 +258,8 @@ if __name__ == "__main__":
     cfg.vae.pretrained = "$WORK/run/vae"
     cfg.vae.train = False
     cfg.load_workers = $WORKERS if $WORKERS > 1 else 0
+    if "$INIT_FROM" and not $TR_RESUME:
+        cfg.base.checkpoint_dir = "$WORK/run/base"
     train("$WORK/train", cfg, "$WORK/run", resume=bool($TR_RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False)
 PYEOF
 "${LAUNCH[@]}" "$WORK/train_model.py"

@@ -273,6 +273,38 @@ def test_vae_training_resumes_and_reports_reconstruction(synth, tmp_path):
         train_vae_only(synth, other, out, max_steps=6, progress=False, resume=True)
 
 
+def test_vae_depth_weight_weighs_only_the_pointmap_depth_channel():
+    """``vae.pointmap_depth_weight``: the L1 term becomes the weighted mean of the per-sample, per-channel errors
+    (weight only on channel 2 of pointmap samples), equal to the plain L1 at weight 1; the reported l1 stays the
+    plain mean, and a negative weight is refused by name."""
+    from k4d_worldmodel.training.vae import VAEConfig, build_vae, channel_weights, vae_loss
+
+    torch.manual_seed(0)
+    vae = build_vae(VAEConfig(base_dim=8, dim_mult=[1, 2, 2], z_dim=4)).eval()
+    x = torch.rand(4, 3, 5, 16, 24) * 2 - 1
+    is_pm = torch.tensor([False, True, False, True])
+    w = channel_weights(is_pm, 5.0)
+    assert w.tolist() == [[1, 1, 1], [1, 1, 5], [1, 1, 1], [1, 1, 5]]
+
+    def run(weights):
+        with torch.no_grad():
+            return vae_loss(vae, x, 0.0, torch.Generator().manual_seed(1), weights)
+
+    plain, parts = run(None)
+    same, _ = run(channel_weights(is_pm, 1.0))
+    weighted, parts_w = run(w)
+    assert torch.allclose(plain, same) and parts_w["l1"] == pytest.approx(parts["l1"])
+    core = vae
+    with torch.no_grad():
+        post = core.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(1))
+        err = (core.decode(z).sample - x).abs().mean(dim=(2, 3, 4))  # [B, 3]
+    assert float(weighted) == pytest.approx(float((err * w).sum() / w.sum()), rel=1e-5)
+    assert float(weighted) != pytest.approx(float(plain), rel=1e-4)
+    with pytest.raises(ValueError, match="pointmap_depth_weight"):
+        VAEConfig(pointmap_depth_weight=-1.0)
+
+
 def test_vae_window_options_are_validated():
     from k4d_worldmodel.training.vae import VAEConfig
 
