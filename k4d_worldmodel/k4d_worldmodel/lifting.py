@@ -249,9 +249,14 @@ def lift_pointmaps_with_anchor(
     both fail, ``xyz`` is the unchanged normalised pointmap and ``fit`` the robot-pixel fit.
 
     With a metric ``encoding`` (the pipeline's ``pointmap_encoding``, e.g. ``ray_depth``) nothing is fitted: the
-    output is decoded to metres and scored against the robot pixels ([`check_decoded`])."""
+    output is decoded to metres and scored against the robot pixels ([`check_decoded`]). With the measured first
+    frame, each pixel's ray comes from it (``pointmap_encoding.pixel_rays``) where it has a point, and only the
+    depth from the model."""
     if encoding is not None and encoding.metric:
-        xyz_m = encoding.decode(xyz01)
+        from .pointmap_encoding import pixel_rays
+
+        rays = None if anchor_xyz_m is None else pixel_rays(anchor_xyz_m)
+        xyz_m = encoding.decode(xyz01, rays)
         return xyz_m, check_decoded(xyz_m, robot_xyz_m, mask, config), False
     xyz, fit = lift_pointmaps(xyz01, robot_xyz_m, mask, config)
     if fit.metric or anchor_xyz_m is None:

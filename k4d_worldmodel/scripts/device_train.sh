@@ -209,9 +209,11 @@ fi
 
 # the transformer gets what is left of the total budget after generation, the VAE, encoding and evaluation
 # reading and encoding the clips are shared by the processes (one GPU: about 75 + 40 s for 2,400 clips; four:
-# 12 + 10 s for 1,081)
+# 12 + 10 s for 1,081, at 96 x 64). Encoding grows with the pixels: 96 s for 1,441 clips of 192 x 128 on two
+# GPUs, where an estimate made for 96 x 64 (27 s) let the ninth session's transformer call overrun 600 s
 NP=$(( GPUS > 1 ? GPUS : 1 ))
-EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 90) : 0 )); ENC_EST=$(( SMOKE == 1 ? 5 : 10 + 35 / NP ))
+EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 90) : 0 ))
+ENC_EST=$(( SMOKE == 1 ? 5 : (10 + 35 / NP) * W * H / 6144 + 10 ))
 BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 20 + 60 / NP ))
 if [ -n "$VAE_FROM" ]; then
   [ -f "$VAE_FROM/config.json" ] || { echo "device_train.sh: --vae-from $VAE_FROM holds no VAE (config.json)" >&2; exit 3; }

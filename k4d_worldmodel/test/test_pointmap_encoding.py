@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from k4d_worldmodel.lifting import check_decoded, lift_pointmaps_with_anchor
-from k4d_worldmodel.pointmap_encoding import PointmapEncoding
+from k4d_worldmodel.pointmap_encoding import PointmapEncoding, pixel_rays
 from k4d_worldmodel.tiny import build_tiny_pipeline, tiny_inputs
 
 RAY = PointmapEncoding(kind="ray_depth")
@@ -143,6 +143,40 @@ def test_metric_output_is_decoded_and_scored_not_fitted():
     assert off.metric and off.quality == "poor" and off.inlier_fraction == 0.0
 
 
+def test_the_measured_first_frame_gives_each_pixel_its_ray():
+    """A fixed camera's pixel always looks along the same ray: with the measured first frame, the decoded x and y
+    are that ray times the decoded depth, wherever frame 0 had a point; elsewhere the model's ray channels count.
+    Corrupted ray channels therefore cost nothing where the measurement knows the ray."""
+    t, h, w = 3, 32, 48
+    truth = np.repeat(_scene(h, w)[None], t, 0)
+    rays = pixel_rays(truth[0])
+    assert rays.shape == (h, w, 2) and np.isnan(rays[0, :3]).all() and np.isfinite(rays[1:]).all()
+    code = RAY.encode_world(truth)[0]
+    noisy = code.copy()
+    noisy[..., :2] = np.clip(noisy[..., :2] + np.random.default_rng(0).normal(0, 0.02, noisy[..., :2].shape), 0, 1)
+    plain = RAY.decode(noisy)
+    with_rays = RAY.decode(noisy, rays)
+    known = np.isfinite(truth).all(-1)
+    err_plain = np.abs(plain - truth)[known][:, :2].mean()
+    err_rays = np.abs(with_rays - truth)[known][:, :2].mean()
+    assert err_plain > 5e-3 and err_rays < 1e-4  # lateral error gone; depth untouched
+    np.testing.assert_array_equal(with_rays[..., 2], plain[..., 2])
+    # a pixel without a measured ray keeps the decoded one
+    holes = rays.copy()
+    holes[5, 5] = np.nan
+    np.testing.assert_array_equal(RAY.decode(noisy, holes)[:, 5, 5], plain[:, 5, 5])
+    # the lift uses the anchor's rays for a metric model
+    robot = np.zeros((t, h, w), bool)
+    robot[:, 10:20, 10:30] = True
+    xyz, fit, _ = lift_pointmaps_with_anchor(noisy, np.where(robot[..., None], truth, np.nan), robot,
+                                            anchor_xyz_m=truth[0], encoding=RAY)
+    np.testing.assert_array_equal(xyz, with_rays)
+    with pytest.raises(ValueError, match="rays must be"):
+        RAY.decode(noisy, rays[:, :-1])
+    with pytest.raises(ValueError, match="pixel_rays"):
+        pixel_rays(truth)
+
+
 def test_training_codes_the_world_in_the_model_encoding(tmp_path, v3_pipe):
     from k4d_worldmodel.training.data import open_dataset
     from k4d_worldmodel.training.objective import encode_clips, flow_matching_step, stack_encoded
@@ -188,7 +222,13 @@ def test_engine_conditions_a_metric_model_on_the_anchor_depth(v3_pipe, tmp_path)
     assert with_depth.metric and without.metric and not with_depth.anchored
     assert with_depth.metric_quality in ("good", "poor") and with_depth.lift.scale.tolist() == [1.0, 1.0, 1.0]
     assert not np.array_equal(with_depth.xyz01, without.xyz01)
-    np.testing.assert_allclose(with_depth.xyz, RAY.decode(with_depth.xyz01), equal_nan=True)
+    np.testing.assert_allclose(without.xyz, RAY.decode(without.xyz01), equal_nan=True)
+    # with depth, the depth is the model's and every pixel keeps the measured frame's ray in every frame
+    np.testing.assert_allclose(with_depth.xyz[..., 2], RAY.decode(with_depth.xyz01)[..., 2], equal_nan=True)
+    rays = with_depth.xyz[..., :2] / with_depth.xyz[..., 2:]
+    seen = np.isfinite(rays).all(-1).all(0) & np.isfinite(depth)  # pixels with a measured ray
+    assert seen.mean() > 0.9
+    np.testing.assert_allclose(rays[:, seen], np.broadcast_to(rays[0, seen], rays[:, seen].shape), atol=1e-6)
 
 
 def test_a_view_the_code_cannot_hold_is_reported_by_field():
