@@ -33,7 +33,8 @@
 # it for S seconds (and then starts the transformer afresh: its latents would have moved), 0 (the default on
 # --resume) keeps it as it is. The transformer then trains with that VAE frozen (vae.pretrained).
 # Environment: OUT (output folder, required unless --smoke), PYTHON (default python3), WORK (scratch,
-# default /tmp/k4d_device), K4D_WHEELS (folder of wheels to install first; default <repo>/.whl if present).
+# default /tmp/k4d_device), K4D_WHEELS (folder of wheels to install first; default <repo>/.whl if present; a
+# --resume call without them reuses what an earlier call installed in /tmp/k4d_site).
 # It does not need the project venv: PYTHONPATH is set to the three repo packages (k4d_kinematics,
 # k4d_bringup, k4d_worldmodel). Python packages the GPU image lacks must be carried as wheels (cp312,
 # manylinux x86_64): diffusers, mujoco, yourdfpy, trimesh, ruckig, imageio-ffmpeg (+ their missing deps);
@@ -113,6 +114,11 @@ if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   else
     echo "device_train.sh: could not install the wheels in $WHEELS (other Python?); using the installed packages"
   fi
+elif [ "$RESUME" = 1 ] && [ -d /tmp/k4d_site ]; then
+  # a later call on the same warm machine: the wheels the first call installed are still there, so the call
+  # need not carry them again (36 MiB of the 64 MiB a call may carry; room for a checkpoint to --init-from)
+  export PYTHONPATH=/tmp/k4d_site${PYTHONPATH:+:$PYTHONPATH}
+  echo "device_train.sh: using the wheels an earlier call installed in /tmp/k4d_site"
 fi
 export PYTHONPATH="$REPO/k4d_kinematics:$REPO/k4d_bringup:$REPO/k4d_worldmodel${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
