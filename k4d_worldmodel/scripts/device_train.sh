@@ -248,8 +248,12 @@ fi
 LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - EVAL_EST - LOAD_EST - ENC_EST - BENCH_EST - 25 ))
 if [ "$LEFT" -lt "$TRAIN_BUDGET" ]; then TRAIN_BUDGET=$(( LEFT > 10 ? LEFT : 10 )); fi
 echo "== 2b. train the transformer ($CONFIG, VAE frozen): budget ${TRAIN_BUDGET} s"
+if [ -n "$INIT_FROM" ] && [ -d "$WORK/run/checkpoints" ]; then
+  # --init-from says where the transformer starts; an earlier call's checkpoint would otherwise win silently
+  echo "--init-from: the transformer checkpoints of an earlier call are dropped"; rm -rf "$WORK/run/checkpoints"
+fi
 TR_RESUME=0; [ -d "$WORK/run/checkpoints" ] && TR_RESUME=1
-if [ -n "$INIT_FROM" ] && [ "$TR_RESUME" = 0 ]; then
+if [ -n "$INIT_FROM" ]; then
   # the start: INIT_FROM's pipeline with this run's VAE (weights, config and latent statistics) in it
   rm -rf "$WORK/run/base"; mkdir -p "$WORK/run/base"
   (cd "$INIT_FROM" && tar -cf - --exclude=./vae .) | tar -C "$WORK/run/base" -xf -
@@ -266,7 +270,7 @@ if __name__ == "__main__":
     cfg.vae.pretrained = "$WORK/run/vae"
     cfg.vae.train = False
     cfg.load_workers = $WORKERS if $WORKERS > 1 else 0
-    if "$INIT_FROM" and not $TR_RESUME:
+    if "$INIT_FROM":
         cfg.base.checkpoint_dir = "$WORK/run/base"
     train("$WORK/train", cfg, "$WORK/run", resume=bool($TR_RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False)
 PYEOF
