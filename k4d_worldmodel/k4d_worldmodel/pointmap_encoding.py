@@ -112,12 +112,9 @@ class PointmapEncoding:
         return np.where(code <= self.knee_code, lin, far)
 
     def _encode_points(self, xyz: np.ndarray) -> np.ndarray:
-        xyz = np.asarray(xyz, dtype=np.float64)
-        z = xyz[..., 2]
-        ok = np.isfinite(xyz).all(-1) & (z > 0)
-        zs = np.where(ok, z, 1.0)
-        out = np.stack([np.clip((xyz[..., 0] / zs / self.ray_x + 1.0) / 2.0, 0.0, 1.0),
-                        np.clip((xyz[..., 1] / zs / self.ray_y + 1.0) / 2.0, 0.0, 1.0),
+        rays, zs, ok = _rays(xyz)
+        out = np.stack([np.clip((rays[..., 0] / self.ray_x + 1.0) / 2.0, 0.0, 1.0),
+                        np.clip((rays[..., 1] / self.ray_y + 1.0) / 2.0, 0.0, 1.0),
                         self._depth_code(zs)], axis=-1)
         out[~ok] = (0.5, 0.5, 1.0)
         return out.astype(np.float32)
@@ -212,16 +209,22 @@ class PointmapEncoding:
         return out.astype(np.float32)
 
 
+def _rays(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rays (..., 2) = (x / z, y / z), z, ok)`` of `(..., 3)` points; where ``ok`` is False (no finite point in
+    front of the camera) z is 1 and the rays are meaningless."""
+    xyz = np.asarray(xyz, dtype=np.float64)
+    z = xyz[..., 2]
+    ok = np.isfinite(xyz).all(-1) & (z > 0)
+    zs = np.where(ok, z, 1.0)
+    return xyz[..., :2] / zs[..., None], zs, ok
+
+
 def pixel_rays(xyz_m: np.ndarray) -> np.ndarray:
     """`(H, W, 2)` rays ``(x / z, y / z)`` of an organised `(H, W, 3)` pointmap in the camera optical frame (e.g. a
     measured first frame), NaN where it has no point in front of the camera."""
-    xyz_m = np.asarray(xyz_m, dtype=np.float64)
-    if xyz_m.ndim != 3 or xyz_m.shape[-1] != 3:
-        raise ValueError(f"pixel_rays needs an (H, W, 3) pointmap, got shape {xyz_m.shape}")
-    z = xyz_m[..., 2]
-    ok = np.isfinite(xyz_m).all(-1) & (z > 0)
-    zs = np.where(ok, z, 1.0)
-    rays = np.stack([xyz_m[..., 0] / zs, xyz_m[..., 1] / zs], axis=-1)
+    if np.ndim(xyz_m) != 3 or np.shape(xyz_m)[-1] != 3:
+        raise ValueError(f"pixel_rays needs an (H, W, 3) pointmap, got shape {np.shape(xyz_m)}")
+    rays, _, ok = _rays(xyz_m)
     rays[~ok] = np.nan
     return rays
 

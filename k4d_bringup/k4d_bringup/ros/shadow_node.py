@@ -51,7 +51,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header, String
 from trajectory_msgs.msg import JointTrajectory
 
-from k4d_bringup.shadow.config import NOT_ACTIVE_RETRY_S, ShadowConfig
+from k4d_bringup.shadow.config import NOT_ACTIVE_RETRY_S, SERVER_LOST_S, ShadowConfig
 from k4d_bringup.shadow.guard import ActuatorGuard
 from k4d_bringup.shadow.imaginers import DepthGate, start_depth
 from k4d_bringup.shadow.log import ShadowLog
@@ -353,7 +353,7 @@ class ShadowNode(Node):
             elapsed = time.monotonic() - g["sent"]
             if not ready:
                 g["lost"] = g["lost"] or time.monotonic()
-                if time.monotonic() - g["lost"] > 1.0:
+                if time.monotonic() - g["lost"] > SERVER_LOST_S:
                     self._goal_failed(g, f"world model action server {self.cfg.imagine_action} disappeared while "
                                          f"imagining (node crashed or stopped)")
             else:

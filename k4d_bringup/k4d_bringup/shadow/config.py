@@ -30,6 +30,9 @@ QUEUE_POLICIES = ("drop_oldest", "drop_newest")
 # until ``ShadowConfig.inactive_wait_s``: the live node (ShadowSession.requeue) and the blocking client
 # (imaginers.ActionImaginer) alike.
 NOT_ACTIVE_RETRY_S = 1.0
+# An Imagine action server missing from the graph for longer than this while a goal runs has left it (crashed,
+# stopped): the goal's chunk fails at once instead of after imagine_timeout_s. Both clients judge it alike.
+SERVER_LOST_S = 1.0
 EPISODE_MODES = ("topic", "idle_gap")
 CONDITIONS = ("pointmaps", "trajectory")
 PREDICATES = ("none", "region")

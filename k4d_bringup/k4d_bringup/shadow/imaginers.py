@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .config import NOT_ACTIVE_RETRY_S
+from .config import NOT_ACTIVE_RETRY_S, SERVER_LOST_S
 from .session import RolloutData
 
 
@@ -162,7 +162,7 @@ class ActionImaginer:
                 lost = None
                 continue
             lost = lost or time.monotonic()
-            if time.monotonic() - lost > 1.0:  # gone for a second, as the shadow node judges it: left the graph
+            if time.monotonic() - lost > SERVER_LOST_S:  # left the graph, judged as the shadow node does
                 raise RuntimeError(f"the Imagine action server on {self.cfg.imagine_action} left the graph while "
                                    f"imagining (the imagine node stopped or crashed)")
         if not res_fut.done():
