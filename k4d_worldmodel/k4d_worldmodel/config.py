@@ -140,6 +140,11 @@ class WorldModelConfig:
         metric_*: [`MetricLiftConfig`] fields; ``metric_anchor_inlier_threshold_m`` is the inlier distance of the
             lift anchored on a measured depth image of the first frame (``ImagineRequest.anchor_depth``), which
             is tried when the robot-pixel lift fails.
+        metric_register, metric_register_block_px: with a request's ``anchor_depth``, register every fitted frame
+            to it on the still scene (``lifting.register_static``: per-block medians, ``block_px`` pixels; 0 =
+            one shift per frame). It removes the VAE's drift of still geometry over the clip, which otherwise
+            lifts the table by a centimetre or more in late frames and fools the 4D success predicate. A metric
+            model's decoded output (``ray_depth``) is not registered.
     """
 
     checkpoint_dir: str = ""
@@ -170,6 +175,8 @@ class WorldModelConfig:
     metric_good_residual_m: float = 0.01
     metric_ransac_iterations: int = 200
     metric_anchor_inlier_threshold_m: float = ANCHOR_INLIER_THRESHOLD_M
+    metric_register: bool = True
+    metric_register_block_px: int = 16
 
     def __post_init__(self) -> None:
         if self.checkpoint_dir == DEFAULT_CHECKPOINT:
@@ -207,6 +214,11 @@ class WorldModelConfig:
         if not (math.isfinite(self.metric_anchor_inlier_threshold_m) and self.metric_anchor_inlier_threshold_m > 0):
             _fail("metric_anchor_inlier_threshold_m", self.metric_anchor_inlier_threshold_m,
                   "a finite number > 0 (metres)")
+        if not isinstance(self.metric_register, bool):
+            _fail("metric_register", self.metric_register, "true or false")
+        if isinstance(self.metric_register_block_px, bool) or not isinstance(self.metric_register_block_px, int) \
+                or self.metric_register_block_px < 0:
+            _fail("metric_register_block_px", self.metric_register_block_px, "an integer >= 0 (pixels)")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -225,6 +237,10 @@ class WorldModelConfig:
     def anchor_lift_config(self) -> MetricLiftConfig:
         """The lift's configuration for a fit anchored on measured depth (``metric_anchor_inlier_threshold_m``)."""
         return dataclasses.replace(self.metric_lift_config(), inlier_threshold_m=self.metric_anchor_inlier_threshold_m)
+
+    def registration_block_px(self) -> int | None:
+        """``lifting.lift_pointmaps_with_anchor``'s ``register_block_px``: None when ``metric_register`` is off."""
+        return self.metric_register_block_px if self.metric_register else None
 
     def resolved_device(self) -> torch.device:
         """``device`` with "auto" resolved (cuda if available, else cpu)."""

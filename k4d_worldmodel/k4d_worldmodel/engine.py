@@ -435,7 +435,8 @@ class ImagineEngine:
         report("lifting", total, total, t_gen - t0, 0.0)
         xyz, lift, anchored = lift_pointmaps_with_anchor(out.xyz, seq.xyz, out.robot_mask,
                                                          self.config.metric_lift_config(), first_xyz,
-                                                         self.config.anchor_lift_config(), pipe.pointmap_encoding)
+                                                         self.config.anchor_lift_config(), pipe.pointmap_encoding,
+                                                         self.config.registration_block_px())
         rgb = out.rgb
         if self.config.compose_static:
             rgb, xyz_c = composite_static(out.rgb, request.image, out.robot_mask, xyz if lift.metric else None,

@@ -13,7 +13,9 @@ sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps``
   ``max_points`` random points per frame and side. The imagined XYZ is lifted to metres as in shadow mode: on
   the robot pixels, else anchored on frame 0's measured pointmap (``lift_anchored``, 8 cm inliers). If both
   fail it is de-normalised with the ground truth's own per-clip bounds instead ("oracle bounds", counted in
-  ``lift_failed``).
+  ``lift_failed``). A fitted result is then registered frame by frame to that measured first frame on the still
+  scene (``lifting.register_static``, 16 px blocks; the engine's default, ``WorldModelConfig.metric_register``),
+  as shadow mode does with an RGB-D camera; ``register=False`` (``k4d eval --no-register``) scores the lift alone.
 * Object (k4d episodes only; they know the target object, camera pose and zone): the target object is found in
   a pointmap sequence -- ground truth or imagined, with the same code -- by ``track_object``: points in the base
   frame that are above the table (``min_height_m``), not robot (kinematic robot mask, dilated by 1 px) and on the
@@ -266,18 +268,20 @@ def robot_condition_removed(pipe):
 
 
 def _lift(xyz01: np.ndarray, robot_mask: np.ndarray, clip: dict[str, Any], seed: int, lift_config,
-          anchor_config, encoding=None) -> tuple[np.ndarray, dict]:
+          anchor_config, encoding=None, register_block_px: int | None = None) -> tuple[np.ndarray, dict]:
     """Normalised XYZ -> metres as the engine and shadow mode do (``lifting.lift_pointmaps_with_anchor``): the
     robot-pixel fit, then the fit anchored on frame 0's measured pointmap (``anchor_config``; None = the defaults
     of ``WorldModelConfig.anchor_lift_config``); only when both fail is it scaled with the clip's ground-truth
     bounds (``lift == "oracle_bounds"``, counted as ``lift_failed``). A metric ``encoding`` (the model's
-    ``pointmap_encoding``) is decoded instead (``lift == "decoded"``)."""
+    ``pointmap_encoding``) is decoded instead (``lift == "decoded"``). ``register_block_px`` (not None): a
+    fitted result is registered frame by frame to frame 0's measured pointmap on the still scene
+    (``lifting.register_static``), as the engine does by default (``WorldModelConfig.metric_register``)."""
     from .config import WorldModelConfig
     from .lifting import lift_pointmaps_with_anchor
 
     xyz_m, fit, anchored = lift_pointmaps_with_anchor(
         xyz01, clip["robot_xyz"], robot_mask, lift_config, clip["world_xyz"][0],
-        anchor_config or WorldModelConfig(seed=seed).anchor_lift_config(), encoding)
+        anchor_config or WorldModelConfig(seed=seed).anchor_lift_config(), encoding, register_block_px)
     lifted = "decoded" if encoding is not None and encoding.metric else "anchored" if anchored else "metric"
     if not fit.metric:
         lo, hi = np.asarray(clip["world_lo"]), np.asarray(clip["world_hi"])
@@ -287,7 +291,7 @@ def _lift(xyz01: np.ndarray, robot_mask: np.ndarray, clip: dict[str, Any], seed:
 
 
 def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
-            anchor_config=None) -> tuple[np.ndarray, np.ndarray, dict]:
+            anchor_config=None, register_block_px: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``, lifted by
     ``_lift``. A ``jointemb`` model is given the clip's joint positions ``q``; a ``first_xyz_condition`` model
     frame 0's measured pointmap (the same frame the anchored lift and copy-first use)."""
@@ -297,13 +301,14 @@ def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, 
     out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
                robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
                robot_joints=joints, first_xyz=first_xyz)
-    xyz_m, info = _lift(out.xyz, out.robot_mask, clip, seed, lift_config, anchor_config, pipe.pointmap_encoding)
+    xyz_m, info = _lift(out.xyz, out.robot_mask, clip, seed, lift_config, anchor_config, pipe.pointmap_encoding,
+                        register_block_px)
     return out.rgb, xyz_m, {**info, "rollout_s": out.timings["total_s"]}
 
 
 @torch.no_grad()
-def autoencode(pipe, clip: dict[str, Any], seed: int, lift_config=None, anchor_config=None
-               ) -> tuple[np.ndarray, np.ndarray, dict]:
+def autoencode(pipe, clip: dict[str, Any], seed: int, lift_config=None, anchor_config=None,
+               register_block_px: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The ``vae_recon`` ceiling: the clip's training-target latents (``objective.target_latents`` of its
     ground-truth RGB and normalised world pointmap) decoded as a rollout is, then lifted like one (``_lift``)."""
     from .pipelines.pipeline_k4d import K4DPipeline
@@ -315,7 +320,7 @@ def autoencode(pipe, clip: dict[str, Any], seed: int, lift_config=None, anchor_c
     rgb = np.round(video[:, :, :w] * 255.0).astype(np.uint8)
     mask = K4DPipeline._robot_mask(clip["robot_xyz"], clip.get("robot_link"))
     xyz_m, info = _lift(np.ascontiguousarray(video[:, :, w:], np.float32), mask, clip, seed, lift_config,
-                        anchor_config, pipe.pointmap_encoding)
+                        anchor_config, pipe.pointmap_encoding, register_block_px)
     return rgb, xyz_m, info
 
 
@@ -459,7 +464,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
              videos: int = 4, base_model_dir: str = "", variant: str | None = None, device: str = "auto",
              tau: float = 0.01, max_points: int = 4096, progress: bool = True, pipe=None,
              emb_checkpoint: str | Path | None = None, emb_pipe=None, resume: bool = False,
-             save_rollouts: bool = False) -> dict:
+             save_rollouts: bool = False, register: bool = True) -> dict:
     """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
 
     ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
@@ -473,6 +478,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     differs. Without ``resume`` an existing log is started afresh. ``save_rollouts``: also write each episode's
     outputs to ``out/rollouts/<episode>.npz`` (``<method>_rgb`` uint8 and ``<method>_xyz`` float32 metres, `(T, H,
     W, 3)`, for every method but ``copy_first``), before its log line, for analyses this report does not make.
+    ``register``: register every method's lifted frames to frame 0's measured pointmap on the still scene
+    (``WorldModelConfig.metric_register``, the engine's default); False scores the lift alone, as before it
+    existed.
     """
     from tqdm.auto import tqdm
 
@@ -513,8 +521,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
             raise ValueError(f"the emb checkpoint codes pointmaps as {emb_pipe.pointmap_encoding.kind!r}, the model "
                              f"as {pipe.pointmap_encoding.kind!r}; compare models of one encoding")
         emb_pipe.set_progress_bar_config(disable=True)
-    wm_cfg = WorldModelConfig(seed=seed)
+    wm_cfg = WorldModelConfig(seed=seed, metric_register=bool(register))
     lift_cfg, anchor_cfg = wm_cfg.metric_lift_config(), wm_cfg.anchor_lift_config()
+    reg = wm_cfg.registration_block_px()
     ds = open_dataset(data, pipe.num_frames, pipe.height, pipe.width, split=split,
                       heldout_fraction=heldout_fraction, split_seed=split_seed,
                       pointmap_encoding=pipe.pointmap_encoding)
@@ -523,7 +532,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
            "heldout_fraction": heldout_fraction, "split_seed": split_seed, "steps": steps, "guidance": guidance,
            "seed": seed, "methods": list(methods), "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
            "pointmap_encoding": pipe.pointmap_encoding.kind, "tau": tau, "max_points": max_points,
-           "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None}
+           "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None, "register_block_px": reg}
     rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
     done = {r["name"] for r in rows}
     video_names = [r["video"] for r in rows if r.get("video")]
@@ -550,18 +559,18 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 row["gt_track_err_m"] = float(np.linalg.norm(gt_track - true_pos, axis=1).mean())
             outputs = {}
             try:
-                rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+                rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg, reg)
             except ValueError as exc:  # e.g. no robot pixel in the clip
                 print(f"eval: skipping {clip['name']}: {exc}", file=sys.stderr)
                 continue
             outputs["k4d"] = (rgb, xyz_m, extra)
             if "no_robot" in methods:
                 with robot_condition_removed(pipe):
-                    outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+                    outputs["no_robot"] = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg, reg)
             if "emb" in methods:
-                outputs["emb"] = imagine(emb_pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg)
+                outputs["emb"] = imagine(emb_pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg, reg)
             if "vae_recon" in methods:
-                outputs["vae_recon"] = autoencode(pipe, clip, seed, lift_cfg, anchor_cfg)
+                outputs["vae_recon"] = autoencode(pipe, clip, seed, lift_cfg, anchor_cfg, reg)
             if "k4d_static" in methods:
                 robot_mask = np.isfinite(clip["robot_xyz"]).all(-1)
                 rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], robot_mask, xyz_m, clip["world_xyz"][0],
@@ -600,7 +609,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "steps": steps, "guidance": guidance, "seed": seed, "device": str(pipe.device),
               "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
               "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
-              "zone_min_points": zone_min_points(pipe.height, pipe.width), "commit": _commit()}
+              "zone_min_points": zone_min_points(pipe.height, pipe.width), "register_block_px": reg,
+              "commit": _commit()}
     if "emb" in methods:
         header["emb_checkpoint"] = str(emb_checkpoint or "(given pipeline)")
     result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}

@@ -239,10 +239,92 @@ def check_decoded(xyz_m: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray |
     return MetricLift(np.ones(3), np.zeros(3), residual, frac, int(len(d2)), "good" if good else "poor", True)
 
 
+def register_static(
+    xyz_m: np.ndarray, anchor_xyz_m: np.ndarray, robot_mask: np.ndarray, block_px: int = 16, margin_px: int = 2,
+    min_points: int = 50,
+) -> tuple[np.ndarray, dict]:
+    """Register every frame of a lifted rollout to a measured first frame on the scene the robot leaves alone.
+
+    One affine map per clip cannot follow what a video VAE does over time: its later latent frames decode the
+    same still table a centimetre or more higher than frame 0 (v2's VAE: +10 to +17 mm near the goal zone by
+    frame 16, in every clip, alike for its own reconstruction of the ground truth and for rollouts). A 4D success
+    predicate that counts points a few millimetres above the table then sees objects everywhere. The camera is
+    fixed and most of the scene is still, so for each frame t the pixels off the robot at frames 0 and t
+    (``composite.active_pixels`` with ``margin_px``) should match the anchor: the correction is the median of
+    ``anchor - xyz_m[t]`` per ``block_px`` square block (per axis, robust to the few pixels of an object that
+    really moved), interpolated bilinearly between block centres. A block with fewer than a quarter of its
+    pixels still takes the frame's median; a frame with fewer than ``min_points`` still pixels is left as is.
+
+    Args:
+        xyz_m: `(T, H, W, 3)` metres (a lifted or decoded rollout), NaN where unknown.
+        anchor_xyz_m: `(H, W, 3)` measured metric pointmap of frame 0 (NaN where unknown).
+        robot_mask: `(T, H, W)` kinematic robot pixels.
+        block_px: block size (pixels); 0 = one correction per frame (its median).
+
+    Returns:
+        ``(registered (T, H, W, 3) float32, info)``; info: ``frames_registered`` and ``median_shift_m`` (the
+        median length of the applied correction over frames and pixels).
+    """
+    from .composite import active_pixels
+
+    xyz_m = np.asarray(xyz_m, dtype=np.float32)
+    anchor = np.asarray(anchor_xyz_m, dtype=np.float32)
+    if xyz_m.ndim != 4 or xyz_m.shape[-1] != 3 or anchor.shape != xyz_m.shape[1:]:
+        raise ValueError(f"xyz_m must be (T, H, W, 3) and anchor_xyz_m one of its frames, got {xyz_m.shape} and "
+                         f"{anchor.shape}")
+    if np.shape(robot_mask) != xyz_m.shape[:3]:
+        raise ValueError(f"robot_mask must have shape {xyz_m.shape[:3]}, got {np.shape(robot_mask)}")
+    if isinstance(block_px, bool) or not isinstance(block_px, (int, np.integer)) or block_px < 0:
+        raise ValueError(f"block_px must be an integer >= 0, got {block_px!r}")
+    t_len, h, w, _ = xyz_m.shape
+    still = ~active_pixels(robot_mask, margin_px) & np.isfinite(anchor).all(-1) & np.isfinite(xyz_m).all(-1)
+    diff = np.where(still[..., None], anchor[None] - xyz_m, np.nan)  # T, H, W, 3
+    out = xyz_m.copy()
+    shifts, registered = [], 0
+    for t in range(t_len):
+        n = int(still[t].sum())
+        if n < min_points:
+            continue
+        frame_median = np.median(diff[t][still[t]], axis=0)
+        if block_px == 0:
+            field = np.broadcast_to(frame_median, (h, w, 3))
+        else:
+            gy, gx = -(-h // block_px), -(-w // block_px)
+            pad = np.full((gy * block_px, gx * block_px, 3), np.nan, np.float32)
+            pad[:h, :w] = diff[t]
+            blocks = pad.reshape(gy, block_px, gx, block_px, 3).transpose(0, 2, 1, 3, 4).reshape(gy, gx, -1, 3)
+            enough = np.isfinite(blocks[..., 0]).sum(-1) >= (block_px * block_px) // 4
+            grid = np.where(enough[..., None], 0.0, frame_median).astype(np.float64)
+            if enough.any():
+                grid[enough] = np.nanmedian(blocks[enough], axis=1)
+            field = _bilinear_blocks(grid, h, w, block_px)
+        out[t] = xyz_m[t] + field.astype(np.float32)
+        shifts.append(float(np.median(np.linalg.norm(field, axis=-1))))
+        registered += 1
+    return out, {"frames_registered": registered,
+                 "median_shift_m": float(np.median(shifts)) if shifts else 0.0}
+
+
+def _bilinear_blocks(grid: np.ndarray, h: int, w: int, block_px: int) -> np.ndarray:
+    """`(gy, gx, C)` values at block centres -> `(h, w, C)`, bilinear, clamped at the borders."""
+    gy, gx = grid.shape[:2]
+
+    def axis(n: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = (np.arange(n) + 0.5) / block_px - 0.5
+        i0 = np.clip(np.floor(c).astype(int), 0, g - 1)
+        return i0, np.minimum(i0 + 1, g - 1), np.clip(c - i0, 0.0, 1.0)
+
+    y0, y1, fy = axis(h, gy)
+    x0, x1, fx = axis(w, gx)
+    fy, fx = fy[:, None, None], fx[None, :, None]
+    return (grid[y0][:, x0] * (1 - fy) * (1 - fx) + grid[y1][:, x0] * fy * (1 - fx)
+            + grid[y0][:, x1] * (1 - fy) * fx + grid[y1][:, x1] * fy * fx)
+
+
 def lift_pointmaps_with_anchor(
     xyz01: np.ndarray, robot_xyz_m: np.ndarray, mask: np.ndarray | None = None,
     config: MetricLiftConfig | None = None, anchor_xyz_m: np.ndarray | None = None,
-    anchor_config: MetricLiftConfig | None = None, encoding=None,
+    anchor_config: MetricLiftConfig | None = None, encoding=None, register_block_px: int | None = None,
 ) -> tuple[np.ndarray, MetricLift, bool]:
     """The robot-pixel lift ([`lift_pointmaps`]); when it fails and a measured first-frame pointmap is given, the
     anchored lift ([`lift_pointmaps_anchored`] with ``anchor_config``). Returns ``(xyz, fit, anchored)``; when
@@ -251,7 +333,13 @@ def lift_pointmaps_with_anchor(
     With a metric ``encoding`` (the pipeline's ``pointmap_encoding``, e.g. ``ray_depth``) nothing is fitted: the
     output is decoded to metres and scored against the robot pixels ([`check_decoded`]). With the measured first
     frame, each pixel's ray comes from it (``pointmap_encoding.pixel_rays``) where it has a point, and only the
-    depth from the model."""
+    depth from the model.
+
+    ``register_block_px`` (not None, with ``anchor_xyz_m`` and a ``mask``): a fitted metric result is then
+    registered frame by frame to the measured first frame on the still scene ([`register_static`] with that block
+    size), which takes out what one map per clip leaves: the VAE's drift of still geometry over time. A decoded
+    output is left as decoded (its rays already come from the measured frame, and registering every axis would
+    move them)."""
     if encoding is not None and encoding.metric:
         from .pointmap_encoding import pixel_rays
 
@@ -259,9 +347,11 @@ def lift_pointmaps_with_anchor(
         xyz_m = encoding.decode(xyz01, rays)
         return xyz_m, check_decoded(xyz_m, robot_xyz_m, mask, config), False
     xyz, fit = lift_pointmaps(xyz01, robot_xyz_m, mask, config)
-    if fit.metric or anchor_xyz_m is None:
-        return xyz, fit, False
-    xyz_a, fit_a = lift_pointmaps_anchored(xyz01, anchor_xyz_m, robot_xyz_m, mask, anchor_config)
-    if not fit_a.metric:
-        return xyz, fit, False
-    return xyz_a, fit_a, True
+    anchored = False
+    if not fit.metric and anchor_xyz_m is not None:
+        xyz_a, fit_a = lift_pointmaps_anchored(xyz01, anchor_xyz_m, robot_xyz_m, mask, anchor_config)
+        if fit_a.metric:
+            xyz, fit, anchored = xyz_a, fit_a, True
+    if register_block_px is not None and fit.metric and anchor_xyz_m is not None and mask is not None:
+        xyz, _ = register_static(xyz, anchor_xyz_m, mask, register_block_px)
+    return xyz, fit, anchored

@@ -70,12 +70,13 @@ def build_tiny_components(variant: str = "pmcond", seed: int = 0, randomize_robo
 
 
 def build_tiny_pipeline(variant: str = "pmcond", seed: int = 0, randomize_robot: bool = True,
-                        batch_cfg: bool = True, pointmap_encoding=None, first_xyz_condition: bool = False
-                        ) -> K4DPipeline:
-    """A tiny random [`K4DPipeline`] on CPU with progress bars disabled (``pointmap_encoding`` and
-    ``first_xyz_condition`` as the pipeline's config)."""
+                        batch_cfg: bool = True, pointmap_encoding=None, first_xyz_condition: bool = False,
+                        condition_fill: str = "zeros") -> K4DPipeline:
+    """A tiny random [`K4DPipeline`] on CPU with progress bars disabled (``pointmap_encoding``,
+    ``first_xyz_condition`` and ``condition_fill`` as the pipeline's config)."""
     pipe = K4DPipeline(**build_tiny_components(variant, seed, randomize_robot), batch_cfg=batch_cfg,
-                       pointmap_encoding=pointmap_encoding, first_xyz_condition=first_xyz_condition)
+                       pointmap_encoding=pointmap_encoding, first_xyz_condition=first_xyz_condition,
+                       condition_fill=condition_fill)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -36,7 +36,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                       max_episodes=args.max_episodes, methods=methods, videos=args.videos,
                       base_model_dir=args.base_model, variant=args.variant, device=args.device,
                       progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint, resume=args.resume,
-                      save_rollouts=args.save_rollouts)
+                      save_rollouts=args.save_rollouts, register=not args.no_register)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -84,6 +84,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "be of this same run)")
     p.add_argument("--save-rollouts", action="store_true",
                    help="also keep each episode's outputs (every method but copy_first) in --out/rollouts/*.npz")
+    p.add_argument("--no-register", action="store_true",
+                   help="score the lifted frames as they are, without registering them to frame 0's measured "
+                        "pointmap on the still scene (WorldModelConfig.metric_register; the earlier reports)")
     p.set_defaults(func=_run_eval)
 
 

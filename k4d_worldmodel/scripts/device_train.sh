@@ -20,6 +20,8 @@
 #            fine-tuning; DIR's geometry, encoding and variant must be the config's. A VAE that moved since DIR
 #            was trained shifts the latents, which the fine-tuning follows)
 #          | --vae-depth-weight W (vae.pointmap_depth_weight: the L1 weight of the pointmap's depth channel)
+#          | --condition-fill MODE (condition_fill: zeros, the release's, or first_frame, the still first frame in
+#            every latent frame of the condition; with --init-from a model trained on the other one switches)
 #          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed)
 #          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml)
 #          | --width W --height H --fy F (episode geometry; default 96 64 80, the models'; configs/metric_hr.yaml
@@ -54,7 +56,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
+VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; COND_FILL=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -63,6 +65,7 @@ while [ $# -gt 0 ]; do
     --no-bench) BENCH=0 ;;
     --vae-from) VAE_FROM=$2; shift ;;
     --init-from) INIT_FROM=$2; shift ;;
+    --condition-fill) COND_FILL=$2; shift ;;
     --vae-depth-weight) DEPTH_WEIGHT=$2; shift ;;
     --eval-episodes) EVAL_EPISODES=$2; shift ;;
     --episodes) EPISODES=$2; shift ;;
@@ -120,6 +123,13 @@ elif [ "$RESUME" = 1 ] && [ -d /tmp/k4d_site ]; then
   export PYTHONPATH=/tmp/k4d_site${PYTHONPATH:+:$PYTHONPATH}
   echo "device_train.sh: using the wheels an earlier call installed in /tmp/k4d_site"
 fi
+if [ -d /tmp/k4d_site/huggingface_hub ] && ! "$PY" -c "import transformers" >/dev/null 2>&1 \
+    && PYTHONPATH= "$PY" -c "import transformers" >/dev/null 2>&1; then
+  # the image's transformers pins huggingface_hub (5.17: >=1.5,<2) and refuses a newer carried one, which then
+  # breaks diffusers' peft import and every training step; the image's own hub serves diffusers as well
+  echo "device_train.sh: the carried huggingface_hub breaks the image's transformers; removed it from /tmp/k4d_site"
+  rm -rf /tmp/k4d_site/huggingface_hub /tmp/k4d_site/huggingface_hub-*.dist-info
+fi
 export PYTHONPATH="$REPO/k4d_kinematics:$REPO/k4d_bringup:$REPO/k4d_worldmodel${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 cd "$WORK"   # never the repo root: its package folders would shadow the Python packages
@@ -155,16 +165,26 @@ else
   LAUNCH=("$PY")
 fi
 
-if [ -n "$DEPTH_WEIGHT" ]; then  # the config with this one field changed, saved beside the run
+if [ -n "$DEPTH_WEIGHT$COND_FILL" ]; then  # the config with these fields changed, saved beside the run
   "$PY" - <<PYEOF
 import yaml
 from k4d_worldmodel.training.config import TrainConfig
 cfg = TrainConfig.from_yaml("$CONFIG")
-cfg.vae.pointmap_depth_weight = float("$DEPTH_WEIGHT")
-open("$WORK/config.yaml", "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+if "$DEPTH_WEIGHT":
+    cfg.vae.pointmap_depth_weight = float("$DEPTH_WEIGHT")
+if "$COND_FILL":
+    cfg.condition_fill = "$COND_FILL"
+cfg = TrainConfig.from_dict(cfg.to_dict())  # validated: a bad value stops here, by name
+open("$WORK/config.yaml.new", "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 PYEOF
+  mv "$WORK/config.yaml.new" "$WORK/config.yaml"
   CONFIG="$WORK/config.yaml"
-  echo "config: $CONFIG (vae.pointmap_depth_weight $DEPTH_WEIGHT)"
+  echo "config: $CONFIG (${DEPTH_WEIGHT:+vae.pointmap_depth_weight $DEPTH_WEIGHT }${COND_FILL:+condition_fill $COND_FILL})"
+elif [ "$RESUME" = 1 ] && [ -f "$WORK/config.yaml" ]; then
+  # a --resume call that changes no field keeps the earlier call's config (a transformer continued on another
+  # condition_fill, or a VAE on another depth weight, would be silently trained on a different objective)
+  CONFIG="$WORK/config.yaml"
+  echo "config: $CONFIG (the earlier call's)"
 fi
 if [ -n "$INIT_FROM" ]; then
   [ -f "$INIT_FROM/model_index.json" ] || { echo "device_train.sh: --init-from $INIT_FROM holds no K4D pipeline (model_index.json)" >&2; exit 3; }

@@ -101,3 +101,87 @@ def test_anchored_lift_recovers_the_clip_affine_from_one_measured_frame():
     assert not bad.metric
     with pytest.raises(ValueError, match="anchor_xyz_m must have shape"):
         lift_pointmaps_anchored(xyz01, metric[0, :8])
+
+
+def _drifting_scene(seed=0):
+    """A still table scene (T, 32, 48) whose lifted copy drifts over time as a video VAE's does: frame t is
+    shifted by t * 1 mm along the optical axis, plus a smooth tilt; a robot blob moves; a 3 x 3 px object is
+    placed in the last frames (a real change that registration must keep)."""
+    rng = np.random.default_rng(seed)
+    T, H, W = 9, 32, 48
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    z = 1.0 + 0.01 * v
+    truth = np.repeat(np.stack([(u - W / 2) * z / 40, (v - H / 2) * z / 40, z], -1)[None], T, 0)
+    truth[6:, 20:23, 30:33, 2] -= 0.03  # an object placed 3 cm nearer the camera from frame 6 on
+    robot = np.zeros((T, H, W), bool)
+    for t in range(T):
+        robot[t, 2:10, 2 + 3 * t:8 + 3 * t] = True
+    drift = np.zeros((T, H, W, 3))
+    drift[..., 2] = (np.arange(T) * 0.001)[:, None, None] + 0.0002 * np.arange(T)[:, None, None] * (u / W)
+    lifted = truth + drift + rng.normal(0, 0.0005, truth.shape)
+    lifted[robot] += 0.05  # the model's robot is wrong; registration must not learn from it
+    return truth, lifted.astype(np.float32), robot
+
+
+@pytest.mark.parametrize("block_px", [0, 16])
+def test_register_static_removes_temporal_drift_and_keeps_real_changes(block_px):
+    from k4d_worldmodel.lifting import register_static
+
+    truth, lifted, robot = _drifting_scene()
+    still = ~robot & ~robot[:1]
+    before = np.abs(lifted[-1][still[-1]] - truth[-1][still[-1]])[:, 2]
+    assert np.median(before) > 0.007  # 8 mm of drift by the last frame
+    reg, info = register_static(lifted, truth[0], robot, block_px)
+    after = np.abs(reg[-1][still[-1]] - truth[-1][still[-1]])[:, 2]
+    assert np.median(after) < 0.001 and info["frames_registered"] == len(truth)
+    assert info["median_shift_m"] > 0.003
+    # the placed object is still 3 cm above the table it stands on, in the registered rollout as in the truth
+    np.testing.assert_allclose(reg[-1, 21, 31, 2] - reg[-1, 21, 26, 2], -0.03 + 0.0001, atol=0.003)
+    assert reg.dtype == np.float32 and np.isfinite(reg).all()
+
+
+def test_register_static_leaves_frames_without_still_pixels_and_rejects_bad_input():
+    from k4d_worldmodel.lifting import register_static
+
+    truth, lifted, robot = _drifting_scene()
+    anchor = truth[0].copy()
+    anchor[:, :] = np.nan  # no measured pixel: nothing to register against
+    reg, info = register_static(lifted, anchor, robot)
+    np.testing.assert_array_equal(reg, lifted)
+    assert info == {"frames_registered": 0, "median_shift_m": 0.0}
+    with pytest.raises(ValueError, match="robot_mask must have shape"):
+        register_static(lifted, truth[0], robot[:, :8])
+    with pytest.raises(ValueError, match="anchor_xyz_m"):
+        register_static(lifted, truth[0, :8], robot)
+    with pytest.raises(ValueError, match="block_px"):
+        register_static(lifted, truth[0], robot, block_px=-1)
+    with pytest.raises(ValueError, match="metric_register_block_px"):
+        WorldModelConfig(metric_register_block_px=-2)
+    assert WorldModelConfig(metric_register=False).registration_block_px() is None
+
+
+def test_lift_with_anchor_registers_a_fitted_lift_but_not_a_decoded_output():
+    """``lift_pointmaps_with_anchor(register_block_px=...)``: the clip-wide fit keeps the drift of a normalised
+    output, the registration removes it; a metric encoding's decoded output is returned as decoded."""
+    from k4d_worldmodel.lifting import lift_pointmaps_with_anchor
+    from k4d_worldmodel.pointmap_encoding import PointmapEncoding
+
+    truth, lifted, robot = _drifting_scene()
+    lo, hi = np.nanmin(lifted, axis=(0, 1, 2)), np.nanmax(lifted, axis=(0, 1, 2))
+    xyz01 = (lifted - lo) / (hi - lo)  # what a minmax model returns for the drifting clip
+    robot_xyz = np.where(robot[..., None], truth, np.nan)
+    still = ~robot & ~robot[:1]
+    plain, fit, _ = lift_pointmaps_with_anchor(xyz01, robot_xyz, robot, anchor_xyz_m=truth[0])
+    reg, fit_r, _ = lift_pointmaps_with_anchor(xyz01, robot_xyz, robot, anchor_xyz_m=truth[0], register_block_px=16)
+    assert fit.metric and fit_r.metric
+    err = lambda x: np.median(np.abs(x[-1][still[-1]] - truth[-1][still[-1]])[:, 2])  # noqa: E731
+    assert err(plain) > 0.003 and err(reg) < 0.001
+    # no anchor: nothing to register against, the plain lift comes back
+    np.testing.assert_array_equal(lift_pointmaps_with_anchor(xyz01, robot_xyz, robot, register_block_px=16)[0],
+                                  lift_pointmaps_with_anchor(xyz01, robot_xyz, robot)[0])
+    ray = PointmapEncoding(kind="ray_depth")
+    code = ray.encode_world(truth.astype(np.float32))[0]
+    dec, _, _ = lift_pointmaps_with_anchor(code, robot_xyz, robot, anchor_xyz_m=truth[0], encoding=ray,
+                                           register_block_px=16)
+    np.testing.assert_array_equal(dec, lift_pointmaps_with_anchor(code, robot_xyz, robot, anchor_xyz_m=truth[0],
+                                                                  encoding=ray)[0])

@@ -335,3 +335,49 @@ def test_builtin_full_configs_tile_their_latent_grid():
             assert all(n % p == 0 for n, p in zip(lat, kw[key])), (name, key, lat, kw[key])
     hr = TrainConfig.from_yaml("metric_hr")
     assert (hr.height, hr.width) == (128, 192) and hr.pointmap_encoding == TrainConfig.from_yaml("metric").pointmap_encoding
+
+
+def test_condition_fill_first_frame_repeats_the_scene_and_is_kept_through_training(trained, synth, tmp_path):
+    """condition_fill "first_frame": every latent frame of the condition holds the still first frame (the release's
+    "zeros" holds it in latent frame 0 only); the mask is unchanged; a full fine-tuning may switch a model to it,
+    and the saved model keeps it; bad values are refused by name."""
+    from k4d_worldmodel.loading import load_saved
+    from k4d_worldmodel.pipelines.pipeline_k4d import uniform_pointmap
+    from k4d_worldmodel.tiny import build_tiny_pipeline
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.train import train
+
+    zeros, filled = build_tiny_pipeline(seed=3), build_tiny_pipeline(seed=3, condition_fill="first_frame")
+    g = torch.Generator().manual_seed(0)
+    image01 = torch.rand(3, zeros.height, zeros.width, generator=g)
+    cz, cf = zeros.prepare_condition(image01), filled.prepare_condition(image01)
+    mc = zeros.transformer.config.mask_channels
+    assert torch.equal(cz[:, :mc], cf[:, :mc])  # the mask marks frame 0 alone as given, either way
+    assert torch.allclose(cz[:, mc:, 0], cf[:, mc:, 0], atol=1e-5)  # (causal VAE: frame 0 does not see the rest)
+    assert not torch.allclose(cz[:, mc:, 1:], cf[:, mc:, 1:], atol=1e-4)  # the later frames hold something else
+    # a still video of the first frame, encoded alone, is exactly the filled condition
+    dummy = torch.from_numpy(uniform_pointmap(zeros.height, zeros.width)).permute(2, 0, 1)
+    video = torch.cat([image01, dummy], -1)[None, :, None].expand(-1, -1, zeros.num_frames, -1, -1)
+    with torch.no_grad():
+        assert torch.allclose(cf[:, mc:], filled.encode_video(video), atol=1e-5)
+        release = torch.cat([video[:, :, :1], torch.full_like(video[:, :, 1:], 0.5)], 2)  # 0 in [-1, 1]
+        assert torch.allclose(cz[:, mc:], zeros.encode_video(release), atol=1e-5)
+
+    out, _ = trained
+    cfg = TrainConfig.from_dict(dict(mode="full", base=dict(checkpoint_dir=str(out / "pipeline")), batch_size=2,
+                                     max_steps=2, lr=1e-3, warmup_steps=0, checkpoint_every=0,
+                                     condition_fill="first_frame"))
+    m = train(synth, cfg, tmp_path, progress=False, log=lambda x: None)
+    assert m["condition_fill_changed_to"] == "first_frame"
+    assert load_saved(out / "pipeline").config.get("condition_fill", "zeros") == "zeros"
+    tuned = load_saved(tmp_path / "pipeline")
+    assert tuned.config.condition_fill == "first_frame"
+    with torch.no_grad():
+        c = tuned.prepare_condition(torch.rand(3, tuned.height, tuned.width, generator=g))
+    assert (c[:, mc:, 1:] - c[:, mc:, :1]).abs().max() > 0  # a real condition video, not a copied latent
+    with pytest.raises(ValueError, match="condition_fill"):
+        TrainConfig.from_dict({"condition_fill": "noise"})
+    with pytest.raises(ValueError, match="condition_fill"):
+        TrainConfig.from_dict({"mode": "lora", "condition_fill": "first_frame"})
+    with pytest.raises(ValueError, match="condition_fill"):
+        build_tiny_pipeline(condition_fill="ones")

@@ -66,12 +66,13 @@ class EngineImaginer:
 
     def __init__(self, checkpoint: str, device: str = "auto", num_inference_steps: int = 0,
                  guidance_scale: float = 0.0, seed: int = 42, cuda_graphs: bool = True,
-                 send_initial_depth: bool = True):
+                 send_initial_depth: bool = True, metric_register: bool = True):
         from k4d_worldmodel.config import WorldModelConfig
         from k4d_worldmodel.engine import ImagineEngine, SamplingOverrides
 
         self.engine = ImagineEngine(WorldModelConfig(checkpoint_dir=str(checkpoint), device=device,
-                                                    cuda_graphs=bool(cuda_graphs)))
+                                                    cuda_graphs=bool(cuda_graphs),
+                                                    metric_register=bool(metric_register)))
         self.engine.load()
         self.sampling = SamplingOverrides(num_inference_steps=int(num_inference_steps),
                                           guidance_scale=float(guidance_scale), seed=int(seed))

@@ -1,6 +1,6 @@
 """Shadow-mode evaluation of simulated episodes in batch (``k4d shadow bench``): the must-show numbers.
 
-    k4d dataset generate --episodes 90 --seed 4000 --scenario easy --sigmas 0 0.6 1.2 --tasks pick_place \\
+    k4d dataset generate --episodes 90 --seed 4000 --scenario easy --sigmas 0,0.6,1.2 --tasks pick_place \\
         --frames 17 --width 96 --height 64 --fy 80 --out /tmp/shadow/easy        # + medium, hard
     k4d shadow bench /tmp/shadow --checkpoint k4d_worldmodel/checkpoints/k4d-yam-sim --log /tmp/shadow.jsonl
     k4d shadow report /tmp/shadow.jsonl --out /tmp/shadow_report
@@ -169,6 +169,9 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
                    help="replay the transformer as a CUDA graph on a GPU (WorldModelConfig.cuda_graphs; default on)")
+    p.add_argument("--register", choices=("on", "off"), default="on",
+                   help="register the lifted frames to the chunk-start depth on the still scene "
+                        "(WorldModelConfig.metric_register; default on; off: the lift alone, as before it existed)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
     p.add_argument("--max-episodes", type=int, default=None)
     p.add_argument("--min-points", type=int, default=None,
@@ -201,7 +204,7 @@ def run_bench(args) -> int:
         device = f"served on {args.imagine_action}"
     else:
         imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0,
-                              cuda_graphs=args.cuda_graphs == "on")
+                              cuda_graphs=args.cuda_graphs == "on", metric_register=args.register == "on")
         pipe = imag.engine.pipe
         min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
         cfg = ShadowConfig(num_frames=pipe.num_frames, success_min_points=min_points, **common)
@@ -214,6 +217,7 @@ def run_bench(args) -> int:
     recs = read_log(args.log)
     out["device"] = device
     out["cuda_graphs"] = args.cuda_graphs
+    out["register"] = args.register
     out["table3"], out["ranking"] = table3(recs), ranking(recs)
     print(f"k4d shadow bench: {out['episodes_in']} episodes, {out['chunks']} chunks ({out['ok']} ok, "
           f"{out['failed']} failed, {out['skipped']} skipped) in {out['wall_s']:.0f} s = "

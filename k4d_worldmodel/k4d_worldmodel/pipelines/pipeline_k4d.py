@@ -35,6 +35,8 @@ logger = logging.get_logger(__name__)
 # 4DNeX used -0.13 / 1.70): z_pm = (z - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD.
 POINTMAP_LATENT_MEAN = -0.17
 POINTMAP_LATENT_STD = 1.36
+# what the condition video holds after frame 0 (``K4DPipeline`` ``condition_fill``): the release's zeros, or frame 0 again
+CONDITION_FILLS = ("zeros", "first_frame")
 
 # OpenAI CLIP preprocessing constants (used when no image_processor is registered).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -233,6 +235,10 @@ class K4DPipeline(DiffusionPipeline):
         first_xyz_condition (`bool`, defaults to False): the model was trained to take the measured first-frame
             pointmap (``first_xyz``) in the XYZ half of the condition video instead of the release's uniform
             dummy (metric encodings only). Without ``first_xyz`` such a model still gets the dummy.
+        condition_fill (`str`, defaults to ``"zeros"``): what the condition video holds after its first frame.
+            ``"zeros"`` is the release's (frames 1.. are 0 in [-1, 1]); ``"first_frame"`` (k4d) repeats the first
+            frame (RGB and XYZ halves) there, so every latent frame sees the still scene in its own channels and
+            the transformer only has to model what changes. The mask still marks frame 0 alone as given.
     """
 
     model_cpu_offload_seq = "image_encoder->transformer->vae"
@@ -254,6 +260,7 @@ class K4DPipeline(DiffusionPipeline):
         batch_cfg: bool = True,
         pointmap_encoding: Any = None,
         first_xyz_condition: bool = False,
+        condition_fill: str = "zeros",
     ):
         super().__init__()
         self.register_modules(
@@ -264,8 +271,10 @@ class K4DPipeline(DiffusionPipeline):
         if first_xyz_condition and not encoding.metric:
             raise ValueError("first_xyz_condition needs a metric pointmap_encoding (e.g. 'ray_depth'): the "
                              "'minmax' normalisation of a clip is not known from its first frame")
+        if condition_fill not in CONDITION_FILLS:
+            raise ValueError(f"condition_fill must be one of {CONDITION_FILLS}, got {condition_fill!r}")
         self.register_to_config(batch_cfg=bool(batch_cfg), pointmap_encoding=encoding.to_dict(),
-                                first_xyz_condition=bool(first_xyz_condition))
+                                first_xyz_condition=bool(first_xyz_condition), condition_fill=condition_fill)
         self._pointmap_encoding = encoding
         self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial
@@ -442,7 +451,8 @@ class K4DPipeline(DiffusionPipeline):
         """Mask + condition latent `[B, 4 + C, F, h, 2w]` float32 from first frames `[3, H, W]` (B = 1) or
         `[B, 3, H, W]` in [0, 1].
 
-        Condition video: frame 0 = RGB frame | uniform dummy pointmap, frames 1.. = 0 (i.e. -1 after scaling);
+        Condition video: frame 0 = RGB frame | uniform dummy pointmap, frames 1.. = 0 in [-1, 1] (``condition_fill``
+        "zeros", the release's) or frame 0 again ("first_frame");
         mask: frame 0 is 1 on the RGB half and 0.5 on the XYZ half, later latent frames 0. With ``first_xyz``
         (`(H, W, 3)` or `(B, H, W, 3)` metres; a model with ``first_xyz_condition`` only) frame 0's XYZ half is
         that measured pointmap in the model's encoding instead of the dummy, and its mask is 1 like the RGB's.
@@ -457,8 +467,11 @@ class K4DPipeline(DiffusionPipeline):
             fx = fx[None] if fx.ndim == 3 else fx
             pm = torch.from_numpy(self.pointmap_encoding.encode_world(fx)[0]).permute(0, 3, 1, 2)
         first = torch.cat([image01, pm], dim=-1)[:, :, None]  # B, 3, 1, H, 2W
-        # zeros in [-1, 1] space, as in the release (video_condition is padded after scaling to [-1, 1])
-        video = torch.cat([first, torch.full((b, 3, t - 1, h, 2 * w), 0.5)], dim=2)
+        if self.config.get("condition_fill", "zeros") == "first_frame":
+            later = first.expand(-1, -1, t - 1, -1, -1)
+        else:  # zeros in [-1, 1] space, as in the release (video_condition is padded after scaling to [-1, 1])
+            later = torch.full((b, 3, t - 1, h, 2 * w), 0.5)
+        video = torch.cat([first, later], dim=2)
         latent = self.encode_video(video)  # B, C, F, h, 2w
         mask = torch.zeros(b, self.transformer.config.mask_channels, *latent.shape[2:], device=latent.device)
         mask[:, :, 0, :, : latent.shape[-1] // 2] = 1.0

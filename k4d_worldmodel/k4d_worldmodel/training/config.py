@@ -103,6 +103,10 @@ class TrainConfig:
     first_xyz_condition: mode full from scratch: condition on the measured first-frame pointmap instead of the
         release's dummy (needs a metric encoding). first_xyz_dropout: fraction of samples still trained on the
         dummy, so the model also runs without depth.
+    condition_fill: what the condition video holds after frame 0 (``K4DPipeline`` ``condition_fill``): "zeros"
+        (the release's), "first_frame" (frame 0 repeated: the still scene in every latent frame's channels), or ""
+        (a fresh model: "zeros"; a full fine-tuning: its base's). A full fine-tuning may change it: the
+        transformer's input channels keep their meaning (condition latent), only their content after frame 0 changes.
     checkpoint_every: accelerate ``save_state`` every N steps (0 = only at the end); keep_checkpoints: how many.
     log_every: loss-log period. data_format: auto | k4d | kinema4d. heldout_fraction, split_seed: the split.
     save_max_shard_mb: shard size of the saved safetensors (every file <= this). save_dtype: float32 | bfloat16
@@ -140,6 +144,7 @@ class TrainConfig:
     pointmap_encoding: Any = "minmax"
     first_xyz_condition: bool = False
     first_xyz_dropout: float = 0.2
+    condition_fill: str = ""
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -192,6 +197,10 @@ class TrainConfig:
         if self.first_xyz_condition and not encoding.metric:
             raise ValueError("first_xyz_condition needs a metric pointmap_encoding (e.g. ray_depth), not "
                              f"{encoding.kind!r}")
+        if self.condition_fill not in ("", "zeros", "first_frame"):
+            raise ValueError(f"condition_fill must be '', 'zeros' or 'first_frame', got {self.condition_fill!r}")
+        if self.condition_fill and self.mode == "lora":
+            raise ValueError("condition_fill is fixed by a LoRA run's base model; leave it out (or use mode full)")
         for name in ("soft_mask_fraction", "cond_dropout", "heldout_fraction", "first_xyz_dropout"):
             v = float(getattr(self, name))
             if not 0.0 <= v < 1.0:

@@ -79,7 +79,7 @@ def build_full_pipeline(cfg: TrainConfig, vae) -> "K4DPipeline":  # noqa: F821
     enc, proc = build_image_encoder(cfg, cfg.seed + 7)
     pipe = K4DPipeline(vae=vae, transformer=transformer, scheduler=make_scheduler("unipc", cfg.flow_shift),
                        image_encoder=enc, image_processor=proc, pointmap_encoding=cfg.pointmap_encoding,
-                       first_xyz_condition=cfg.first_xyz_condition)
+                       first_xyz_condition=cfg.first_xyz_condition, condition_fill=cfg.condition_fill or "zeros")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -239,6 +239,10 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             metrics["converted_to"] = cfg.convert_variant
             say(f"train: transformer rebuilt as variant {cfg.convert_variant!r}; {kept} shared tensors kept, "
                 f"its robot-conditioning modules start fresh")
+        if cfg.condition_fill and cfg.condition_fill != pipe.config.get("condition_fill", "zeros"):
+            say(f"train: condition_fill {pipe.config.get('condition_fill', 'zeros')!r} -> {cfg.condition_fill!r}")
+            pipe.register_to_config(condition_fill=cfg.condition_fill)
+            metrics["condition_fill_changed_to"] = cfg.condition_fill
         say(f"train: full fine-tuning of {cfg.base.checkpoint_dir} (its VAE and image encoder stay frozen; the "
             "config's model, vae and geometry fields are not used)")
     elif cfg.mode == "full":
