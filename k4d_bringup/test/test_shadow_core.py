@@ -113,11 +113,14 @@ def test_session_skips_chunks_while_the_world_model_is_busy(scene, policy, expec
 # ---------------------------------------------------------------------------------------------
 
 
-def test_scoring_of_a_perfect_imagination(scene, tmp_path):
+@pytest.mark.parametrize("relative", [False, True])
+def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative):
+    """The box stands in the success region from the start: success as an absolute count; no success relative
+    to the chunk's first frame (``success_relative``), in the imagination and in reality alike."""
     box = scene.box_xy
     cfg = ShadowConfig(num_frames=9, success_predicate="region", success_min_points=2, settle_s=0.1,
                        success_region_min=[box[0] - 0.05, box[1] - 0.05, 0.03],
-                       success_region_max=[box[0] + 0.05, box[1] + 0.05, 0.12])
+                       success_region_max=[box[0] + 0.05, box[1] + 0.05, 0.12], success_relative=relative)
     out = []
     kin = Kinematics(scene.model, scene.camera, scene.extrinsics)
     s = ShadowSession(cfg, kin, out.append, frames_dir=tmp_path / "frames")
@@ -152,13 +155,17 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path):
     assert c["frames_compared"] == 8
     assert c["psnr_db"] > 40 and c["ssim"] > 0.99  # same poses at the same times
     assert c["depth_mae_m"] < 0.02
-    assert c["imagined_success"] and c["actual_success"] and c["has_actual"]
-    assert c["imagined_success_probability"] == 1.0
+    assert c["imagined_success"] == (not relative) and c["actual_success"] == (not relative) and c["has_actual"]
+    assert c["imagined_success_probability"] == (0.0 if relative else 1.0)
+    for side in ("imagined", "actual"):  # the box's points are counted either way; relative names the baseline
+        pr = c["predicate"][side]
+        assert pr["valid"] and min(pr["counts"]) >= 2
+        assert ("relative to" in pr["reason"]) == relative
     assert (tmp_path / "frames" / c["episode_id"] / "chunk_0000_live.npz").is_file()
     s.on_episode_event("end", t0 + 3_000_000_000)
     ep = [r for r in out if r["kind"] == "episode"]
     assert len(ep) == 1 and ep[0]["status"] == "ok" and ep[0]["actual_source"] == "depth"
-    assert ep[0]["imagined_success"] and ep[0]["actual_success"]
+    assert ep[0]["imagined_success"] == (not relative) and ep[0]["actual_success"] == (not relative)
 
 
 def test_failed_imagination_fails_chunk_and_episode_keeps_earlier(scene):

@@ -106,6 +106,25 @@ def test_zone_predicate_is_a_disc_inside_its_box():
         RegionPredicate(np.eye(4), [0, 0, 0], [1, 1, 1], radius=0.0)
 
 
+def test_region_predicate_relative_to_the_first_frame():
+    """``baseline``: only points added since the first frame make success; a wrong-shaped baseline is invalid."""
+    from k4d_bringup.shadow.predicate import RegionPredicate
+
+    pred = RegionPredicate(np.eye(4), [0, 0, 0], [1, 1, 1], min_points=2, window=1, robot_margin_px=0)
+    first = np.full((4, 4, 3), 5.0)
+    first[0, :3] = 0.5  # three points in the box from the start (a noise floor)
+    last = first.copy()
+    assert pred.evaluate(last[None]).success  # absolute: 3 >= 2
+    res = pred.evaluate(last[None], baseline=(first, None))
+    assert res.valid and not res.success and res.counts == [3] and "3 points in the first frame" in res.reason
+    last[1, :2] = 0.5  # an object arrives: two more points
+    assert pred.evaluate(last[None], baseline=(first, None)).success
+    bad = pred.evaluate(last[None], baseline=(first[:2], None))
+    assert not bad.valid and "baseline frame must have shape" in bad.reason
+    with pytest.raises(ValueError, match="success_relative"):
+        __import__("k4d_bringup.shadow.config", fromlist=["ShadowConfig"]).ShadowConfig(success_relative="yes")
+
+
 @pytest.mark.skipif(not _ok, reason=_why)
 def test_bench_lifts_a_normalised_imagination_with_the_first_frames_depth(tmp_path):
     """A world model whose robot-pixel lift failed (normalised XYZ, metric False): the session refits the lift

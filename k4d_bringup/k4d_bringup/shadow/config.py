@@ -128,6 +128,10 @@ class ShadowConfig(RobotCameraConfig):
                                                                False))
     success_window_frames: int = field(default=3, metadata=_doc(
         "The predicate looks at this many final frames; probability = fraction of them that are successful.", False))
+    success_relative: bool = field(default=False, metadata=_doc(
+        "Count the box's points relative to the chunk's first frame (imagined: the rollout's frame 0; real: the "
+        "first real frame with depth): a frame succeeds with success_min_points more than that frame has. It "
+        "cancels what is in the box from the start, such as a pointmap's noise floor above the table.", False))
     robot_margin_px: int = field(default=2, metadata=_doc(
         "Robot pixels (dilated by this) are excluded from the predicate, so the gripper is not the object.", False))
     anchor_lift: bool = field(default=True, metadata=_doc(
@@ -172,6 +176,8 @@ class ShadowConfig(RobotCameraConfig):
         _int("success_min_points", self.success_min_points, 1)
         _int("success_window_frames", self.success_window_frames, 1)
         _int("robot_margin_px", self.robot_margin_px, 0)
+        if not isinstance(self.success_relative, bool):
+            raise ValueError(f"success_relative must be true or false, got {self.success_relative!r}")
         _num("anchor_inlier_threshold_m", self.anchor_inlier_threshold_m, 0.0, allow_equal=False)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")

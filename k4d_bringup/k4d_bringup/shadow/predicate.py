@@ -101,9 +101,14 @@ class RegionPredicate:
             inside &= np.linalg.norm(pb[:, :2] - centre, axis=1) <= self.radius
         return int(inside.sum())
 
-    def evaluate(self, xyz_cam: np.ndarray, robot_mask: np.ndarray | None = None, metric: bool = True
-                 ) -> PredicateResult:
-        """Evaluate on frames (T, H, W, 3) (the last ``window`` are used); robot_mask (T, H, W) or None."""
+    def evaluate(self, xyz_cam: np.ndarray, robot_mask: np.ndarray | None = None, metric: bool = True,
+                 baseline: tuple[np.ndarray, np.ndarray | None] | None = None) -> PredicateResult:
+        """Evaluate on frames (T, H, W, 3) (the last ``window`` are used); robot_mask (T, H, W) or None.
+
+        ``baseline`` = ``(xyz (H, W, 3), robot_mask (H, W) or None)``: a frame counts as successful when it has at
+        least ``min_points`` more points in the box than this frame (the chunk's first), so what is there from
+        the start (a pointmap's noise floor, an object already in the box) does not make success by itself.
+        ``counts`` stay the frames' own counts; the result's ``reason`` names the baseline count."""
         if not metric:
             return PredicateResult(False, reason="pointmap is not metric (world model lifting failed)")
         xyz = np.asarray(xyz_cam)
@@ -114,8 +119,16 @@ class RegionPredicate:
             return PredicateResult(False, reason=f"expected (T, H, W, 3) pointmaps, got shape {xyz.shape}")
         k = min(self.window, len(xyz))
         counts = [self.count(xyz[-k + i], None if robot_mask is None else robot_mask[-k + i]) for i in range(k)]
-        prob = float(np.mean([c >= self.min_points for c in counts]))
-        return PredicateResult(True, prob >= 0.5, prob, counts)
+        base, reason = 0, ""
+        if baseline is not None:
+            b_xyz, b_mask = baseline
+            if np.shape(b_xyz) != xyz.shape[1:]:
+                return PredicateResult(False, reason=f"baseline frame must have shape {xyz.shape[1:]}, got "
+                                                     f"{np.shape(b_xyz)}")
+            base = self.count(b_xyz, b_mask)
+            reason = f"relative to {base} points in the first frame"
+        prob = float(np.mean([c - base >= self.min_points for c in counts]))
+        return PredicateResult(True, prob >= 0.5, prob, counts, reason)
 
 
 def make_predicate(cfg, T_base_cam: np.ndarray, region=None):

@@ -553,15 +553,24 @@ class ShadowSession:
             upto = [k for k in range(T) if rec.mode == "candidate" or rec.times[k] <= rec.exec_duration_s + 1e-6]
             ks = upto[-pred.window:]
             robot = rec.seq.link[ks] >= 0 if rec.seq is not None else None
-            imag = pred.evaluate(ro.xyz[ks], robot, ro.metric).to_dict()
+            base = None
+            if self.cfg.success_relative:
+                base = (ro.xyz[0], rec.seq.link[0] >= 0 if rec.seq is not None else None)
+            imag = pred.evaluate(ro.xyz[ks], robot, ro.metric, base).to_dict()
             if rec.mode == "live":
-                real_ks = [k for k in frames if rec.real[k].depth is not None][-pred.window:]
+                with_depth = [k for k in frames if rec.real[k].depth is not None]
+                real_ks = with_depth[-pred.window:]
                 if real_ks and kin is not None:
-                    xyz = np.stack([backproject_depth(resize_nearest(rec.real[k].depth, kin.camera.height,
-                                                                     kin.camera.width), kin.camera) for k in real_ks])
-                    masks = np.stack([kin.robot_mask(rec.real[k].q) if rec.real[k].q is not None
-                                      else (rec.seq.link[k] >= 0) for k in real_ks])
-                    act = pred.evaluate(xyz, masks).to_dict()
+                    def real_xyz_mask(k):
+                        xyz_k = backproject_depth(resize_nearest(rec.real[k].depth, kin.camera.height,
+                                                                 kin.camera.width), kin.camera)
+                        mask_k = kin.robot_mask(rec.real[k].q) if rec.real[k].q is not None else rec.seq.link[k] >= 0
+                        return xyz_k, mask_k
+
+                    pairs = [real_xyz_mask(k) for k in real_ks]
+                    base = real_xyz_mask(with_depth[0]) if self.cfg.success_relative else None
+                    act = pred.evaluate(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
+                                        baseline=base).to_dict()
                 else:
                     act = {"valid": False, "success": False, "probability": NAN, "reason": "no depth frames"}
         res = self._base(rec, STATUS_OK, "", now_ns)

@@ -18,6 +18,9 @@ Success region: the zone is a disc of radius r around its centre; the box is the
 (centre +- r / sqrt 2) from 6 mm above the table to the object's height + 1.5 cm, so an object carried above the
 zone does not count. ``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area by default:
 ``predicate.min_points_for``) and the window come from the ShadowConfig.
+``--relative on`` (``ShadowConfig.success_relative``) counts the region relative to the chunk's first frame, on
+the imagined and on the real side alike; ``--register off`` scores the world model's lift without the still-scene
+registration (``WorldModelConfig.metric_register``).
 Throughput: the returned summary has ``chunks_per_min`` (imagination + scoring wall time only; episodes were
 simulated beforehand).
 
@@ -172,6 +175,8 @@ def add_arguments(p) -> None:
     p.add_argument("--register", choices=("on", "off"), default="on",
                    help="register the lifted frames to the chunk-start depth on the still scene "
                         "(WorldModelConfig.metric_register; default on; off: the lift alone, as before it existed)")
+    p.add_argument("--relative", choices=("on", "off"), default="off",
+                   help="success_relative: count the goal region relative to the chunk's first frame (default off)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
     p.add_argument("--max-episodes", type=int, default=None)
     p.add_argument("--min-points", type=int, default=None,
@@ -189,7 +194,7 @@ def run_bench(args) -> int:
     from .predicate import min_points_for
 
     common = dict(success_predicate="region", **NOMINAL_REGION, success_window_frames=1,
-                  save_frames=bool(args.report))
+                  save_frames=bool(args.report), success_relative=args.relative == "on")
     if args.served:
         if args.min_points is None:
             raise SystemExit("k4d shadow bench --served: give --min-points, the served model's zone threshold "
@@ -218,6 +223,7 @@ def run_bench(args) -> int:
     out["device"] = device
     out["cuda_graphs"] = args.cuda_graphs
     out["register"] = args.register
+    out["relative"] = args.relative
     out["table3"], out["ranking"] = table3(recs), ranking(recs)
     print(f"k4d shadow bench: {out['episodes_in']} episodes, {out['chunks']} chunks ({out['ok']} ok, "
           f"{out['failed']} failed, {out['skipped']} skipped) in {out['wall_s']:.0f} s = "
