@@ -108,6 +108,7 @@ def test_zone_predicate_is_a_disc_inside_its_box():
 
 def test_region_predicate_relative_to_the_first_frame():
     """``baseline``: only points added since the first frame make success; a wrong-shaped baseline is invalid."""
+    from k4d_bringup.shadow.config import ShadowConfig
     from k4d_bringup.shadow.predicate import RegionPredicate
 
     pred = RegionPredicate(np.eye(4), [0, 0, 0], [1, 1, 1], min_points=2, window=1, robot_margin_px=0)
@@ -122,7 +123,7 @@ def test_region_predicate_relative_to_the_first_frame():
     bad = pred.evaluate(last[None], baseline=(first[:2], None))
     assert not bad.valid and "baseline frame must have shape" in bad.reason
     with pytest.raises(ValueError, match="success_relative"):
-        __import__("k4d_bringup.shadow.config", fromlist=["ShadowConfig"]).ShadowConfig(success_relative="yes")
+        ShadowConfig(success_relative="yes")
 
 
 @pytest.mark.skipif(not _ok, reason=_why)

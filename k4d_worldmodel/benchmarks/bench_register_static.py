@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({
             "data": str(args.data), "rollouts": str(args.rollouts), "episodes": len(sim),
             "sim_rate": float(sim_a.mean()), "sigma_groups": groups, "sim_group_rates": sim_rates,
-            "table": table, "machine": platform.node(), "cpu_count": __import__("os").cpu_count()}, indent=1))
+            "table": table, "machine": platform.node(), "cpu_count": os.cpu_count()}, indent=1))
     return 0
 
 

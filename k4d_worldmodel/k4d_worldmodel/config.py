@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 VARIANTS = ("full", "pmcond", "jointemb")
 SCHEDULERS = ("unipc", "euler")
+# what a K4DPipeline's condition video holds after frame 0: the release's zeros, or frame 0 again
+CONDITION_FILLS = ("zeros", "first_frame")
 CFG_MODES = ("correct", "released")
 LORA_MODES = ("fuse", "peft")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModel
 
 from ..models.transformer_k4d import K4DTransformer3DModel
+from ..config import CONDITION_FILLS
 from ..pointmap_encoding import PointmapEncoding
 
 logger = logging.get_logger(__name__)
@@ -35,8 +36,6 @@ logger = logging.get_logger(__name__)
 # 4DNeX used -0.13 / 1.70): z_pm = (z - POINTMAP_LATENT_MEAN) / POINTMAP_LATENT_STD.
 POINTMAP_LATENT_MEAN = -0.17
 POINTMAP_LATENT_STD = 1.36
-# what the condition video holds after frame 0 (``K4DPipeline`` ``condition_fill``): the release's zeros, or frame 0 again
-CONDITION_FILLS = ("zeros", "first_frame")
 
 # OpenAI CLIP preprocessing constants (used when no image_processor is registered).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -281,6 +280,12 @@ class K4DPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------- geometry
     @property
+    def condition_fill(self) -> str:
+        """What the condition video holds after frame 0 (``CONDITION_FILLS``); "zeros" for a pipeline saved
+        before the option existed."""
+        return self.config.get("condition_fill", "zeros")
+
+    @property
     def num_frames(self) -> int:
         """Video frames T per rollout (49 for the released model), fixed by the transformer config."""
         return (self.transformer.config.num_latent_frames - 1) * self.vae_scale_factor_temporal + 1
@@ -467,7 +472,7 @@ class K4DPipeline(DiffusionPipeline):
             fx = fx[None] if fx.ndim == 3 else fx
             pm = torch.from_numpy(self.pointmap_encoding.encode_world(fx)[0]).permute(0, 3, 1, 2)
         first = torch.cat([image01, pm], dim=-1)[:, :, None]  # B, 3, 1, H, 2W
-        if self.config.get("condition_fill", "zeros") == "first_frame":
+        if self.condition_fill == "first_frame":
             later = first.expand(-1, -1, t - 1, -1, -1)
         else:  # zeros in [-1, 1] space, as in the release (video_condition is padded after scaling to [-1, 1])
             later = torch.full((b, 3, t - 1, h, 2 * w), 0.5)

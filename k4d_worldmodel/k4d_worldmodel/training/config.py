@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..config import CONDITION_FILLS
 from ..pointmap_encoding import PointmapEncoding
 from .vae import VAEConfig
 
@@ -197,8 +198,9 @@ class TrainConfig:
         if self.first_xyz_condition and not encoding.metric:
             raise ValueError("first_xyz_condition needs a metric pointmap_encoding (e.g. ray_depth), not "
                              f"{encoding.kind!r}")
-        if self.condition_fill not in ("", "zeros", "first_frame"):
-            raise ValueError(f"condition_fill must be '', 'zeros' or 'first_frame', got {self.condition_fill!r}")
+        if self.condition_fill not in ("", *CONDITION_FILLS):
+            raise ValueError(f"condition_fill must be '' (the base's) or one of {CONDITION_FILLS}, got "
+                             f"{self.condition_fill!r}")
         if self.condition_fill and self.mode == "lora":
             raise ValueError("condition_fill is fixed by a LoRA run's base model; leave it out (or use mode full)")
         for name in ("soft_mask_fraction", "cond_dropout", "heldout_fraction", "first_xyz_dropout"):

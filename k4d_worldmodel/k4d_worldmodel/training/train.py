@@ -239,8 +239,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             metrics["converted_to"] = cfg.convert_variant
             say(f"train: transformer rebuilt as variant {cfg.convert_variant!r}; {kept} shared tensors kept, "
                 f"its robot-conditioning modules start fresh")
-        if cfg.condition_fill and cfg.condition_fill != pipe.config.get("condition_fill", "zeros"):
-            say(f"train: condition_fill {pipe.config.get('condition_fill', 'zeros')!r} -> {cfg.condition_fill!r}")
+        if cfg.condition_fill and cfg.condition_fill != pipe.condition_fill:
+            say(f"train: condition_fill {pipe.condition_fill!r} -> {cfg.condition_fill!r}")
             pipe.register_to_config(condition_fill=cfg.condition_fill)
             metrics["condition_fill_changed_to"] = cfg.condition_fill
         say(f"train: full fine-tuning of {cfg.base.checkpoint_dir} (its VAE and image encoder stay frozen; the "
