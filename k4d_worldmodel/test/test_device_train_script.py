@@ -6,6 +6,8 @@ A GPU call costs device time that cannot be had back, so the options a run depen
   and the VAE's metrics record it);
 - `--resume --init-from DIR` starts the transformer from DIR's weights with this run's VAE, as a full fine-tuning,
   and the packed pipeline carries this run's VAE, not DIR's;
+- `--change-weight W` trains the transformer with `change_weight = W` (the saved pipeline's config records it,
+  and the metrics report the loss on the changing cells);
 - a DIR that holds no pipeline is refused by name before anything runs.
 """
 import json
@@ -52,11 +54,16 @@ def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     from safetensors.torch import save_file
 
     save_file(changed, str(init / "vae" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-    second = _run(["--resume", "--init-from", str(init)], work, tmp_path / "out2")
+    second = _run(["--resume", "--init-from", str(init), "--change-weight", "5"], work, tmp_path / "out2")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "change_weight 5" in second.stdout
+    import yaml
+
+    assert yaml.safe_load((work / "run" / "pipeline" / "train_config.yaml").read_text())["change_weight"] == 5.0
     assert f"the transformer starts from {init}, with this run's VAE" in second.stdout
     metrics = json.loads((work / "run" / "train_metrics.json").read_text())
     assert metrics["continued_from"] == str(work / "run" / "base")
+    assert all(metrics[f"fixed_batch_change_loss_{w}"] >= 0 for w in ("before", "after"))  # NaN fails too
     ours, packed = _vae_weights(work / "run" / "vae"), _vae_weights(work / "run" / "pipeline" / "vae")
     assert all(torch.equal(ours[k], packed[k]) for k in ours)  # this run's VAE, not the init folder's
     assert any(not torch.equal(changed[k], packed[k]) for k in changed)

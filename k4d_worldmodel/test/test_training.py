@@ -381,3 +381,75 @@ def test_condition_fill_first_frame_repeats_the_scene_and_is_kept_through_traini
         TrainConfig.from_dict({"mode": "lora", "condition_fill": "first_frame"})
     with pytest.raises(ValueError, match="condition_fill"):
         build_tiny_pipeline(condition_fill="ones")
+
+
+def test_change_mask_marks_the_moved_object_not_the_robot_or_its_shadow():
+    """change_mask: the latent cells where world points move off the robot (an object leaving and arriving),
+    not the robot's own pixels, not an RGB-only change (a shadow), pooled like the pipeline's robot mask."""
+    from k4d_worldmodel.training.objective import change_mask
+
+    t, h, w = 9, 32, 48
+    rgb = np.full((t, h, w, 3), 100, np.uint8)
+    xyz = np.zeros((t, h, w, 3), np.float32)
+    xyz[..., 2] = 1.0
+    robot = np.zeros((t, h, w), bool)
+    robot[:, 0:8, 0:8] = True                     # the robot, moving nowhere: never a change
+    xyz[5:, 0:8, 0:8, 2] = 0.5
+    rgb[3:, 20:30, 30:46] = 30                    # a shadow: colour only
+    xyz[:, 12:14, 20:22, 2] = 0.97                # the object at its start ...
+    xyz[6:, 12:14, 20:22, 2] = 1.0                # ... gone from frame 6 on
+    xyz[6:, 24:26, 4:6, 2] = 0.97                 # ... and arrived here
+    clip = {"rgb": rgb, "world_xyz": xyz, "robot_mask": robot}
+    m = change_mask(clip, 8, 12, 4)
+    assert m.shape == (3, 8, 12) and m.dtype == np.float32
+    assert not m[0].any() and not m[1].any()      # frame 0 never; frames 1..4 saw no move
+    expected = np.zeros((8, 12), np.float32)
+    expected[3, 5] = 1.0                          # rows 12-13 / 4 = 3, cols 20-21 / 4 = 5: where it left
+    expected[6, 1] = 1.0                          # rows 24-25 -> 6, cols 4-5 -> 1: where it arrived
+    assert np.array_equal(m[2], expected)
+    # without world points the colour decides, and then the shadow counts
+    m_rgb = change_mask({"rgb": rgb, "robot_mask": robot}, 8, 12, 4)
+    assert m_rgb[1, 5:8, 7:12].all() and not m_rgb[1, 3, 5]
+    with pytest.raises(ValueError, match="latent grid"):
+        change_mask(clip, 7, 12, 4)
+
+
+def test_change_weight_weighs_the_changing_cells_and_is_reported(synth, pmcond_pipe):
+    """flow_matching_step(change_weight=w): the weighted mean of the squared error, changing cells weighing 1 + w
+    (computed here by hand from the same prediction); region='change' is the plain error over those cells alone;
+    a batch without a change_mask is refused by name; TrainConfig validates the weight."""
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.objective import encode_clip, flow_matching_step, stack_encoded
+
+    pipe = pmcond_pipe
+    tr = pipe.transformer
+    enc = encode_clip(pipe, open_dataset(synth, pipe.num_frames, pipe.height, pipe.width, split="all")[0])
+    c, f, h, w2 = enc["x0"].shape
+    assert enc["change_mask"].shape == (1, f, h, w2)
+    batch = stack_encoded([enc])
+    cm = torch.zeros(1, 1, f, h, w2)
+    cm[..., 1:, 1:3, 2:4] = 1.0
+    batch["change_mask"] = cm
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(batch["x0"].shape, generator=g)
+    kw = dict(soft_mask_fraction=0.0, cond_dropout=0.0, sigmas=torch.tensor([0.4]), noise=noise)
+    with torch.no_grad():
+        plain = flow_matching_step(tr, batch, **kw)
+        weighted = flow_matching_step(tr, batch, change_weight=9.0, **kw)
+        only = flow_matching_step(tr, batch, region="change", **kw)
+        s = torch.tensor([0.4]).view(-1, 1, 1, 1, 1)
+        pred = tr(hidden_states=torch.cat([(1 - s) * batch["x0"] + s * noise, batch["condition"]], 1),
+                  timestep=torch.tensor([400.0]), encoder_hidden_states_image=batch["image_tokens"],
+                  robot_condition=batch["robot_condition"], robot_token_scale=torch.ones(1),
+                  robot_injection_scale=torch.ones(1), return_dict=False)[0]
+    err = (pred - (noise - batch["x0"])).square()
+    wts = (1 + 9.0 * cm).expand_as(err)
+    torch.testing.assert_close(plain, err.mean())
+    torch.testing.assert_close(weighted, (err * wts).sum() / wts.sum())
+    torch.testing.assert_close(only, err[cm.expand_as(err) > 0].mean())
+    assert not torch.isclose(weighted, plain)
+    with pytest.raises(ValueError, match="change_mask"):
+        flow_matching_step(tr, {k: v for k, v in batch.items() if k != "change_mask"}, change_weight=1.0, **kw)
+    with pytest.raises(ValueError, match="change_weight"):
+        TrainConfig.from_dict({"change_weight": -1})

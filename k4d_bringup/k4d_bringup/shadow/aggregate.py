@@ -2,7 +2,8 @@
 
     records = read_log("log.jsonl")
     rows = table3(records)              # [{"scenario", "policy", "mode", "episodes", "gt_rate", "imagined_rate", ...}]
-    rank = ranking(records)             # {scenario: {"policies", "real", "imagined", "pearson_r", "mmrv"}}
+    rank = ranking(records)             # {scenario: {"policies", "real", "imagined", "pearson_r", "mmrv",
+                                        #             "paired", "gt_rate", "imagined_rate", "diff"}}
     cal = calibration_of(records)       # reliability bins, ECE, Brier
 
 Only episode records count (``kind == "episode"``). A Table-3 row is one (scenario, policy, mode); its rates
@@ -10,7 +11,9 @@ are over the *paired* episodes: evaluated OK, with a determinable imagined outco
 success predicate: ``imagined_valid``) and with an actual outcome (an end label, or the depth predicate), so both rates describe the same episodes, as in Kinema4D Table 3. For a
 candidate row the actual outcome is the live policy's in the same episodes (the candidate never ran), so
 its "GT" column is the reference it is compared against, not its own success. Pearson r and MMRV are
-computed per scenario over the live policies' rows (SimplerEnv's definitions, ``metrics``).
+computed per scenario over the live policies' rows (SimplerEnv's definitions, ``metrics``), next to the
+scenario's pooled rates: GT and imagined success over all its live paired episodes, whatever the policy (a
+scenario's row of Kinema4D's Table 3, when the policies are its evaluation's mix).
 """
 from __future__ import annotations
 
@@ -64,13 +67,19 @@ def ranking(records: list[dict]) -> dict:
     for row in table3(records):
         if row["mode"] != "live" or not row["paired"]:
             continue
-        d = out.setdefault(row["scenario"], {"policies": [], "real": [], "imagined": []})
+        d = out.setdefault(row["scenario"], {"policies": [], "real": [], "imagined": [], "paired": 0,
+                                             "_gt": 0.0, "_im": 0.0})
         d["policies"].append(row["policy"])
         d["real"].append(row["gt_rate"])
         d["imagined"].append(row["imagined_rate"])
+        d["paired"] += row["paired"]
+        d["_gt"] += row["gt_rate"] * row["paired"]
+        d["_im"] += row["imagined_rate"] * row["paired"]
     for d in out.values():
         d["pearson_r"] = pearson_r(d["real"], d["imagined"])
         d["mmrv"] = mmrv(d["real"], d["imagined"])
+        d["gt_rate"], d["imagined_rate"] = d.pop("_gt") / d["paired"], d.pop("_im") / d["paired"]
+        d["diff"] = d["imagined_rate"] - d["gt_rate"]
     return out
 
 

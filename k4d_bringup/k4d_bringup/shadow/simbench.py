@@ -235,7 +235,9 @@ def run_bench(args) -> int:
               f"{r['imagined_undeterminable']:10d} {r['gt_rate']:8.3f} {r['imagined_rate']:9.3f} {r['diff']:+7.3f} "
               f"{r['actual_rate_all']:20.3f}")
     for sc, d in out["ranking"].items():
-        print(f"{sc}: Pearson r {d['pearson_r']:.3f}, MMRV {d['mmrv']:.3f} over {len(d['policies'])} policies")
+        print(f"{sc}: Pearson r {d['pearson_r']:.3f}, MMRV {d['mmrv']:.3f} over {len(d['policies'])} policies; "
+              f"pooled over its {d['paired']} paired episodes: GT {d['gt_rate']:.3f}, imagined "
+              f"{d['imagined_rate']:.3f}, diff {d['diff']:+.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=lambda v: v.item() if hasattr(v, "item")
                                               else str(v)))

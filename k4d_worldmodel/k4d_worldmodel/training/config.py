@@ -108,6 +108,9 @@ class TrainConfig:
         (the release's), "first_frame" (frame 0 repeated: the still scene in every latent frame's channels), or ""
         (a fresh model: "zeros"; a full fine-tuning: its base's). A full fine-tuning may change it: the
         transformer's input channels keep their meaning (condition latent), only their content after frame 0 changes.
+    change_weight: extra loss weight of the latent cells where the world itself moves (``objective.change_mask``:
+        world points moving more than 1 cm off the robot, mostly the manipulated object); those cells weigh
+        ``1 + change_weight`` in a weighted mean. 0 (default) is the release's plain MSE.
     checkpoint_every: accelerate ``save_state`` every N steps (0 = only at the end); keep_checkpoints: how many.
     log_every: loss-log period. data_format: auto | k4d | kinema4d. heldout_fraction, split_seed: the split.
     save_max_shard_mb: shard size of the saved safetensors (every file <= this). save_dtype: float32 | bfloat16
@@ -146,6 +149,7 @@ class TrainConfig:
     first_xyz_condition: bool = False
     first_xyz_dropout: float = 0.2
     condition_fill: str = ""
+    change_weight: float = 0.0
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -184,7 +188,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr", "weight_decay", "grad_clip", "time_budget_s", "flow_shift"):
+        for name in ("lr", "weight_decay", "grad_clip", "time_budget_s", "flow_shift", "change_weight"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")

@@ -25,6 +25,13 @@ sample exactly as the pipeline's ``cfg_mode="correct"`` unconditional pass does 
 A model with ``first_xyz_condition`` (k4d v3) is encoded twice over: ``condition`` with the clip's measured
 first-frame pointmap (``world_xyz[0]``) and ``condition_dummy`` with the release's dummy; ``first_xyz_dropout``
 trains a random fraction of the samples on the dummy, so the model also imagines without a depth camera.
+
+Change weighting (k4d addition, ``TrainConfig.change_weight``, default 0 = the release's plain MSE): every
+encoded clip also carries ``change_mask [1, F, h, 2w]``, the latent cells where the world itself changes from
+frame 0 (`change_mask`: world points that move, off the robot). The robot's own motion is given by its condition;
+what the model has to imagine is the rest, mostly a few pixels of moved object at 96 x 64, which a plain MSE over
+all cells barely sees. With ``change_weight = w`` those cells weigh ``1 + w`` in the loss (a weighted mean, so
+the loss keeps its scale).
 """
 from __future__ import annotations
 
@@ -69,12 +76,46 @@ def check_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
+def change_mask(clip: dict[str, Any], latent_height: int, latent_width: int, temporal: int,
+                rgb_threshold: float = 0.1, xyz_threshold_m: float = 0.01, robot_margin_px: int = 1) -> np.ndarray:
+    """Latent cells where the scene changes from frame 0 off the robot, `(1 + (T - 1) / temporal, h, w)` float32.
+
+    A pixel of frame t changes when its world point (``world_xyz``, metres) moves by more than ``xyz_threshold_m``
+    against frame 0, and the robot covers it neither at frame 0 nor at t (``robot_mask`` grown by
+    ``robot_margin_px``). Geometry, not colour: the robot's moving shadow changes far more pixels' RGB than a moved
+    object does, and it follows from the robot condition. A clip without ``world_xyz`` falls back to RGB changes of
+    more than ``rgb_threshold`` (mean over channels, in [0, 1]). Pixels -> cells by max over each cell; frame 0 is
+    all zero and frames 1.. are max-pooled in groups of ``temporal``, like the pipeline's robot mask."""
+    rgb = np.asarray(clip["rgb"], np.float32) / 255.0
+    t, h, w = rgb.shape[:3]
+    if (t - 1) % temporal or h % latent_height or w % latent_width:
+        raise ValueError(f"clip {clip.get('name', '?')!r}: {t} frames of {h} x {w} do not map onto {temporal}-frame "
+                         f"groups of a {latent_height} x {latent_width} latent grid")
+    xyz = clip.get("world_xyz")
+    if xyz is not None:
+        xyz = np.asarray(xyz, np.float32)
+        changed = np.nan_to_num(np.linalg.norm(xyz - xyz[:1], axis=-1), nan=0.0) > xyz_threshold_m
+    else:
+        changed = np.abs(rgb - rgb[:1]).mean(-1) > rgb_threshold
+    robot = torch.from_numpy(np.asarray(clip["robot_mask"], bool)).float()[:, None]
+    if robot_margin_px > 0:
+        k = 2 * int(robot_margin_px) + 1
+        robot = F.max_pool2d(robot, k, stride=1, padding=int(robot_margin_px))
+    robot = robot[:, 0].numpy() > 0
+    changed &= ~robot & ~robot[:1]
+    cells = F.adaptive_max_pool2d(torch.from_numpy(changed.astype(np.float32))[:, None],
+                                  (latent_height, latent_width))[:, 0]
+    rest = cells[1:].reshape((t - 1) // temporal, temporal, latent_height, latent_width).amax(dim=1)
+    return torch.cat([torch.zeros_like(cells[:1]), rest]).numpy()
+
+
 def encode_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Frozen-encoder inputs of one clip (tensors on CPU, float32, no batch dimension).
 
     Returns ``x0 [C, F, h, 2w]`` (normalised RGB | XYZ latents; C = the VAE's z_dim), ``condition [4 + C, F, h,
-    2w]`` (first-frame mask + condition latent), ``robot_condition [4 + C, F, h, w_cond]`` and ``image_tokens
-    [N_img, image_dim]`` (a ``first_xyz_condition`` model adds ``condition_dummy``, see the module docstring).
+    2w]`` (first-frame mask + condition latent), ``robot_condition [4 + C, F, h, w_cond]``, ``image_tokens
+    [N_img, image_dim]`` and ``change_mask [1, F, h, 2w]`` (`change_mask`, for ``change_weight``); a
+    ``first_xyz_condition`` model adds ``condition_dummy`` (see the module docstring).
     Raises ValueError if the clip has no robot pixel (the pipeline cannot condition on an absent robot).
     """
     encoded, skipped = encode_clips(pipe, [clip])
@@ -139,9 +180,12 @@ def encode_clips(pipe: K4DPipeline, clips: list[dict[str, Any]], batch_size: int
         robot_condition = pipe.prepare_robot_condition(np.stack([p["xyz01"] for p in prep]),
                                                        np.stack([p["mask"] for p in prep]), robot_rgb, joints)
         x0 = target_latents(pipe, [c["rgb"] for c in group], [c["world01"] for c in group])
+        lh, lw = x0.shape[-2], x0.shape[-1] // 2
         for i in range(len(group)):
+            cm = torch.from_numpy(change_mask(group[i], lh, lw, pipe.vae_scale_factor_temporal))
             item = {"x0": x0[i].float().cpu(), "condition": condition[i].float().cpu(),
-                    "robot_condition": robot_condition[i].float().cpu(), "image_tokens": tokens[i].float().cpu()}
+                    "robot_condition": robot_condition[i].float().cpu(), "image_tokens": tokens[i].float().cpu(),
+                    "change_mask": torch.cat([cm, cm], dim=-1)[None]}  # the RGB and the XYZ half alike
             if measured is not None:
                 item["condition_dummy"], item["condition"] = item["condition"], measured[i].float().cpu()
             encoded.append(item)
@@ -193,14 +237,23 @@ def flow_matching_step(transformer: torch.nn.Module, batch: dict[str, torch.Tens
                        generator: torch.Generator | None = None, shift: float = 3.0,
                        soft_mask_fraction: float = 0.1, cond_dropout: float = 0.0,
                        sigmas: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                       first_xyz_dropout: float = 0.0) -> torch.Tensor:
+                       first_xyz_dropout: float = 0.0, change_weight: float = 0.0,
+                       region: str = "all") -> torch.Tensor:
     """One flow-matching loss (scalar float32) on an encoded batch (see module docstring).
 
     ``transformer`` may be wrapped (DDP/FSDP); its config is read from the unwrapped module. Random draws come
     from the CPU ``generator`` (so a seed gives the same batch on every device) unless ``sigmas`` `(B,)` /
     ``noise`` are given. A batch with ``condition_dummy`` (a ``first_xyz_condition`` model) uses it instead of
     ``condition`` for a random ``first_xyz_dropout`` fraction of its samples.
+
+    ``change_weight`` > 0 weighs the batch's ``change_mask`` cells ``1 + change_weight`` (weighted mean; see the
+    module docstring). ``region="change"`` returns the plain MSE over those cells only (a diagnostic: how well the
+    world's own motion is predicted; NaN for a batch without changed cells).
     """
+    if region not in ("all", "change"):
+        raise ValueError(f"region must be 'all' or 'change', got {region!r}")
+    if (change_weight > 0 or region == "change") and "change_mask" not in batch:
+        raise ValueError("change_weight / region='change' need the batch's 'change_mask' (encode_clips makes it)")
     core = getattr(transformer, "module", transformer)
     core = getattr(core, "_orig_mod", core)
     cfg = core.config
@@ -230,4 +283,11 @@ def flow_matching_step(transformer: torch.nn.Module, batch: dict[str, torch.Tens
         robot_injection_scale=keep,
         return_dict=False,
     )[0]
-    return F.mse_loss(pred.float(), target.float())
+    err = (pred.float() - target.float()).square()
+    if region == "change":
+        m = batch["change_mask"].float().expand_as(err)
+        return (err * m).sum() / m.sum() if m.sum() > 0 else torch.tensor(float("nan"), device=err.device)
+    if change_weight > 0:
+        w = (1.0 + float(change_weight) * batch["change_mask"].float()).expand_as(err)
+        return (err * w).sum() / w.sum()
+    return err.mean()

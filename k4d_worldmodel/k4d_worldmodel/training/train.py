@@ -153,8 +153,9 @@ def _resolve_precision(cfg: TrainConfig) -> str:
     return cfg.mixed_precision
 
 
-def _fixed_batch_loss(transformer, batch: dict[str, torch.Tensor], seed: int) -> float:
-    """Loss on a fixed batch: fixed noise, sigmas evenly spread in (0, 1), no soft mask, no dropout."""
+def _fixed_batch_loss(transformer, batch: dict[str, torch.Tensor], seed: int, region: str = "all") -> float:
+    """Loss on a fixed batch: fixed noise, sigmas evenly spread in (0, 1), no soft mask, no dropout, unweighted
+    (comparable across runs whatever their ``change_weight``); ``region="change"``: over the changing cells only."""
     from .objective import flow_matching_step
 
     b = batch["x0"].shape[0]
@@ -165,7 +166,7 @@ def _fixed_batch_loss(transformer, batch: dict[str, torch.Tensor], seed: int) ->
     transformer.eval()
     with torch.no_grad():
         loss = flow_matching_step(transformer, batch, g, soft_mask_fraction=0.0, cond_dropout=0.0, sigmas=sigmas,
-                                  noise=noise)
+                                  noise=noise, region=region)
     transformer.train(was_training)
     return float(loss)
 
@@ -327,7 +328,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         raise ValueError(f"no usable training clip in {data}"
                          + (" for one of the processes" if acc.num_processes > 1 else ""))
     metrics["encode_s"] = time.perf_counter() - t_enc
-    fixed = stack_encoded(cache[: min(4, len(cache))], acc.device)
+    fixed = stack_encoded(cache[: min(4, len(cache))], acc.device)  # loss before/after; its changing cells too
 
     # 4. Optimiser, schedule, accelerate
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -372,6 +373,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     metrics["start_step"] = step
     with acc.autocast():
         metrics["fixed_batch_loss_before"] = _fixed_batch_loss(acc.unwrap_model(transformer), fixed, cfg.seed + 99)
+        metrics["fixed_batch_change_loss_before"] = _fixed_batch_loss(acc.unwrap_model(transformer), fixed,
+                                                                      cfg.seed + 99, "change")
 
     def save_checkpoint(at: int) -> None:
         path = ckpt_root / f"checkpoint-{at}"
@@ -410,7 +413,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             batch = stack_encoded([cache[i] for i in idx], acc.device)
             with acc.accumulate(transformer), acc.autocast():
                 loss = flow_matching_step(transformer, batch, g, cfg.flow_shift, cfg.soft_mask_fraction,
-                                          cfg.cond_dropout, first_xyz_dropout=cfg.first_xyz_dropout)
+                                          cfg.cond_dropout, first_xyz_dropout=cfg.first_xyz_dropout,
+                                          change_weight=cfg.change_weight)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.grad_clip:
                     acc.clip_grad_norm_(params, cfg.grad_clip)
@@ -445,6 +449,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     core = acc.unwrap_model(transformer)
     with acc.autocast():
         metrics["fixed_batch_loss_after"] = _fixed_batch_loss(core, fixed, cfg.seed + 99)
+        metrics["fixed_batch_change_loss_after"] = _fixed_batch_loss(core, fixed, cfg.seed + 99, "change")
     metrics.update({"steps": step, "stopped": stopped, "train_s": train_s, "history": history,
                     "steps_per_s": (step - metrics["start_step"]) / max(train_s, 1e-9)})
     if acc.is_main_process:
@@ -472,7 +477,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1))
         say(f"train: {step} steps ({stopped}) in {train_s:.0f} s, loss {history[0]['loss'] if history else 'n/a'}"
             f" -> {history[-1]['loss'] if history else 'n/a'}; fixed-batch loss "
-            f"{metrics['fixed_batch_loss_before']:.4f} -> {metrics['fixed_batch_loss_after']:.4f}")
+            f"{metrics['fixed_batch_loss_before']:.4f} -> {metrics['fixed_batch_loss_after']:.4f} (changing cells "
+            f"{metrics['fixed_batch_change_loss_before']:.4f} -> {metrics['fixed_batch_change_loss_after']:.4f})")
     acc.wait_for_everyone()
     acc.end_training()
     return metrics
