@@ -2,6 +2,7 @@
 
     k4d shadow report out/shadow/shadow_log.jsonl --out out/shadow/report   # index.html + assets/
     k4d shadow replay run.mcap --checkpoint ckpt/ --log out/replay.jsonl    # evaluate a recording in batch
+    k4d shadow calibrate calib_log.jsonl --json calib.json                 # imagined_min_points from known outcomes
     k4d shadow run --params k4d_bringup/config/robot.yaml                   # the k4d nodes beside a robot (pip-only)
     k4d calib check run.mcap --extrinsics config/extrinsics.yaml            # per-frame robot/image alignment
 
@@ -176,6 +177,40 @@ def cmd_calib_check(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from k4d_bringup.shadow.calibrate import choose_threshold, threshold_table
+    from k4d_bringup.shadow.log import read_log
+
+    if not Path(args.log).is_file():
+        print(f"k4d shadow calibrate: log not found: {args.log}", file=sys.stderr)
+        return 2
+    if not 1 <= args.min_points <= args.max_points:
+        print(f"k4d shadow calibrate: need 1 <= --min-points <= --max-points, got {args.min_points} and "
+              f"{args.max_points}", file=sys.stderr)
+        return 2
+    try:
+        table = threshold_table(read_log(args.log), range(args.min_points, args.max_points + 1))
+        best = choose_threshold(table)
+    except ValueError as exc:
+        print(f"k4d shadow calibrate: {exc}", file=sys.stderr)
+        return 2
+    scen = sorted(best["scenarios"])
+    print(f"{'points':>6} {'mean |diff|':>11} {'max cell':>8} {'agree':>6}  " + "  ".join(
+        f"{s + ' diff / r / MMRV':>24}" for s in scen))
+    for r in table:
+        cells = "  ".join(f"{r['scenarios'][s]['diff']:+8.3f} / {r['scenarios'][s]['pearson_r']:5.2f} / "
+                          f"{r['scenarios'][s]['mmrv']:5.3f}" for s in scen)
+        mark = "  <-" if r is best else ""
+        print(f"{r['imagined_min_points']:6d} {r['mean_abs_scenario_diff']:11.3f} {r['max_abs_cell_diff']:8.3f} "
+              f"{r['agreement']:6.3f}  {cells}{mark}")
+    print(f"k4d shadow calibrate: imagined_min_points {best['imagined_min_points']} matches the actual success rates "
+          f"best (mean |imagined - actual| per scenario {best['mean_abs_scenario_diff']:.3f}); set it in the shadow "
+          f"node's parameters and judge other episodes with it")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"log": str(args.log), "best": best, "table": table}, indent=1))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from k4d_bringup.shadow.simbench import run_bench
 
@@ -212,6 +247,13 @@ def add_commands(sub) -> None:
 
     add_arguments(b)
     b.set_defaults(func=cmd_bench)
+
+    cb = ss.add_parser("calibrate", help="choose imagined_min_points from a log of episodes with known outcomes")
+    cb.add_argument("log", metavar="LOG.jsonl", help="a shadow log made with success_relative false")
+    cb.add_argument("--min-points", type=int, default=1, help="smallest threshold tried (default 1)")
+    cb.add_argument("--max-points", type=int, default=30, help="largest threshold tried (default 30)")
+    cb.add_argument("--json", metavar="FILE", help="write the table and the choice here")
+    cb.set_defaults(func=cmd_calibrate)
 
     rn = ss.add_parser("run", help="start shadow_node, pointmap_node and overlay_node (pip-only shadow.launch.py)")
     rn.add_argument("--params", action="append", metavar="YAML", help="robot parameter file(s) (default "

@@ -113,14 +113,17 @@ def test_session_skips_chunks_while_the_world_model_is_busy(scene, policy, expec
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("relative", [False, True])
-def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative):
+@pytest.mark.parametrize("relative,imagined_points", [(False, 0), (True, 0), (False, 10**6)])
+def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_points):
     """The box stands in the success region from the start: success as an absolute count; no success relative
-    to the chunk's first frame (``success_relative``), in the imagination and in reality alike."""
+    to the chunk's first frame (``success_relative``), in the imagination and in reality alike. An imagined-side
+    threshold (``imagined_min_points``) that no frame reaches fails the imagination alone."""
     box = scene.box_xy
     cfg = ShadowConfig(num_frames=9, success_predicate="region", success_min_points=2, settle_s=0.1,
                        success_region_min=[box[0] - 0.05, box[1] - 0.05, 0.03],
-                       success_region_max=[box[0] + 0.05, box[1] + 0.05, 0.12], success_relative=relative)
+                       success_region_max=[box[0] + 0.05, box[1] + 0.05, 0.12], success_relative=relative,
+                       imagined_min_points=imagined_points)
+    imagined_ok = not relative and not imagined_points
     out = []
     kin = Kinematics(scene.model, scene.camera, scene.extrinsics)
     s = ShadowSession(cfg, kin, out.append, frames_dir=tmp_path / "frames")
@@ -155,8 +158,8 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative):
     assert c["frames_compared"] == 8
     assert c["psnr_db"] > 40 and c["ssim"] > 0.99  # same poses at the same times
     assert c["depth_mae_m"] < 0.02
-    assert c["imagined_success"] == (not relative) and c["actual_success"] == (not relative) and c["has_actual"]
-    assert c["imagined_success_probability"] == (0.0 if relative else 1.0)
+    assert c["imagined_success"] == imagined_ok and c["actual_success"] == (not relative) and c["has_actual"]
+    assert c["imagined_success_probability"] == (1.0 if imagined_ok else 0.0)
     for side in ("imagined", "actual"):  # the box's points are counted either way; relative names the baseline
         pr = c["predicate"][side]
         assert pr["valid"] and min(pr["counts"]) >= 2
@@ -165,7 +168,7 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative):
     s.on_episode_event("end", t0 + 3_000_000_000)
     ep = [r for r in out if r["kind"] == "episode"]
     assert len(ep) == 1 and ep[0]["status"] == "ok" and ep[0]["actual_source"] == "depth"
-    assert ep[0]["imagined_success"] == (not relative) and ep[0]["actual_success"] == (not relative)
+    assert ep[0]["imagined_success"] == imagined_ok and ep[0]["actual_success"] == (not relative)
 
 
 def test_failed_imagination_fails_chunk_and_episode_keeps_earlier(scene):
@@ -296,6 +299,53 @@ def test_actuator_guard_and_config_validation():
         ShadowConfig(num_frames=10)
     with pytest.raises(ValueError, match="success_region_min"):
         ShadowConfig(success_predicate="region")
+    with pytest.raises(ValueError, match="imagined_min_points"):
+        ShadowConfig(imagined_min_points=-1)
+
+
+def _chunk_and_episode(eid, scenario, policy, actual, counts, chunk_index=0, reason=""):
+    """A logged chunk with imagined counts (window = len(counts)) and its episode, as the session writes them."""
+    chunk = {"kind": "chunk", "episode_id": eid, "chunk_index": chunk_index, "scenario": scenario,
+             "policy": policy, "mode": "live", "status": "ok", "imagined_success": None,
+             "predicate": {"imagined": {"valid": True, "counts": list(counts), "reason": reason}}}
+    ep = {"kind": "episode", "episode_id": eid, "chunk_index": -1, "scenario": scenario, "policy": policy,
+          "mode": "live", "status": "ok", "has_actual": True, "actual_success": bool(actual),
+          "imagined_success": None, "imagined_valid": True}
+    return [chunk, ep]
+
+
+def test_shadow_calibrate_rescoring_and_choice():
+    """k4d shadow calibrate's core: imagined success recomputed from the logged counts for any threshold (a frame
+    with >= N points, a chunk with half its window, the episode = its last chunk); the threshold chosen is the one
+    whose pooled imagined rates match the actual ones; a log counted relative to the first frame is refused."""
+    from k4d_bringup.shadow.calibrate import choose_threshold, rescore, threshold_table
+
+    recs = []
+    # the imagination smears ~4 points into the box whatever happens; a real success adds ~8 more
+    for i, (actual, n) in enumerate([(True, 12), (True, 13), (False, 4), (False, 5), (True, 11), (False, 3)]):
+        recs += _chunk_and_episode(f"a{i}", "s", "good" if i < 3 else "bad", actual, [n])
+    for i, (actual, n) in enumerate([(False, 4), (False, 9), (True, 12), (False, 2)]):
+        recs += _chunk_and_episode(f"b{i}", "s", "worse", actual, [n])
+    # an episode of two chunks: its answer is the last chunk's (window of 3 frames, 2 over 6 points -> success)
+    recs += _chunk_and_episode("c", "s", "worse", True, [1, 1, 1])[:1]
+    recs += _chunk_and_episode("c", "s", "worse", True, [7, 2, 8], chunk_index=1)
+    r3 = {r["episode_id"]: r for r in rescore(recs, 3) if r["kind"] == "episode"}
+    assert [r3[f"a{i}"]["imagined_success"] for i in range(6)] == [True, True, True, True, True, True]
+    r6 = {r["episode_id"]: r for r in rescore(recs, 6) if r["kind"] == "episode"}
+    assert [r6[f"a{i}"]["imagined_success"] for i in range(6)] == [True, True, False, False, True, False]
+    assert r6["c"]["imagined_success"] and r6["c"]["imagined_success_probability"] == pytest.approx(2 / 3)
+    assert not rescore(recs, 9)[-1]["imagined_success"] and recs[-1]["imagined_success"] is None  # copies
+    table = threshold_table(recs, range(1, 15))
+    best = choose_threshold(table)
+    # actual: 5 of 11. Threshold 6 imagines 6 (b1's 9 points, and c), 8 and 9 imagine 5 (c's window fails), 10 four
+    assert table[5]["scenarios"]["s"]["diff"] == pytest.approx(1 / 11)
+    assert best["imagined_min_points"] == 8 and best["scenarios"]["s"]["diff"] == pytest.approx(0.0)
+    assert best["agreement"] == pytest.approx(9 / 11)  # b1 and c are wrong either way round
+    assert table[0]["scenarios"]["s"]["imagined_rate"] == 1.0  # threshold 1: everything is a success
+    with pytest.raises(ValueError, match="success_relative"):
+        rescore(_chunk_and_episode("r", "s", "p", True, [5], reason="relative to 3 points in the first frame"), 4)
+    with pytest.raises(ValueError, match=">= 1"):
+        rescore(recs, 0)
 
 
 # ---------------------------------------------------------------------------------------------

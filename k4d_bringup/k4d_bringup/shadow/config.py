@@ -126,6 +126,11 @@ class ShadowConfig(RobotCameraConfig):
         "Opposite box corner (x, y, z) in the robot base frame, metres.", False))
     success_min_points: int = field(default=20, metadata=_doc("Points in the box that make a frame successful.",
                                                                False))
+    imagined_min_points: int = field(default=0, metadata=_doc(
+        "Points in the box that make an imagined frame successful; 0 = success_min_points. A world model's lifted "
+        "output puts a few smeared points where the real depth has none, so its count may need another "
+        "threshold than the camera's: choose it with `k4d shadow calibrate` on a log of episodes whose outcome "
+        "is known, not on the episodes it then judges.", False))
     success_window_frames: int = field(default=3, metadata=_doc(
         "The predicate looks at this many final frames; probability = fraction of them that are successful.", False))
     success_relative: bool = field(default=False, metadata=_doc(
@@ -175,6 +180,7 @@ class ShadowConfig(RobotCameraConfig):
         _int("queue_size", self.queue_size, 0)
         _int("success_min_points", self.success_min_points, 1)
         _int("success_window_frames", self.success_window_frames, 1)
+        _int("imagined_min_points", self.imagined_min_points, 0)
         _int("robot_margin_px", self.robot_margin_px, 0)
         if not isinstance(self.success_relative, bool):
             raise ValueError(f"success_relative must be true or false, got {self.success_relative!r}")

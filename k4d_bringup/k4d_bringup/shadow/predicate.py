@@ -131,11 +131,12 @@ class RegionPredicate:
         return PredicateResult(True, prob >= 0.5, prob, counts, reason)
 
 
-def make_predicate(cfg, T_base_cam: np.ndarray, region=None):
+def make_predicate(cfg, T_base_cam: np.ndarray, region=None, imagined: bool = False):
     """The predicate configured by a ShadowConfig (None for success_predicate 'none'); ``region`` = (box_min,
-    box_max) replaces the configured box (an episode's own goal, from its start event)."""
+    box_max) replaces the configured box (an episode's own goal, from its start event). ``imagined``: the one for
+    the world model's output, whose point threshold is ``imagined_min_points`` when that is set."""
     if cfg.success_predicate == "none":
         return None
     lo, hi = region if region is not None else (cfg.success_region_min, cfg.success_region_max)
-    return RegionPredicate(T_base_cam, lo, hi, cfg.success_min_points, cfg.success_window_frames,
-                           cfg.robot_margin_px)
+    points = cfg.imagined_min_points if imagined and cfg.imagined_min_points else cfg.success_min_points
+    return RegionPredicate(T_base_cam, lo, hi, points, cfg.success_window_frames, cfg.robot_margin_px)

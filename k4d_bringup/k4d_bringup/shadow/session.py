@@ -549,6 +549,7 @@ class ShadowSession:
         ep = self._find_episode(rec.episode_id)
         region = ep.region if ep is not None else None
         pred = make_predicate(self.cfg, kin.T_base_cam, region) if kin is not None else None
+        pred_imagined = make_predicate(self.cfg, kin.T_base_cam, region, imagined=True) if kin is not None else None
         if pred is not None:
             upto = [k for k in range(T) if rec.mode == "candidate" or rec.times[k] <= rec.exec_duration_s + 1e-6]
             ks = upto[-pred.window:]
@@ -556,7 +557,7 @@ class ShadowSession:
             base = None
             if self.cfg.success_relative:
                 base = (ro.xyz[0], rec.seq.link[0] >= 0 if rec.seq is not None else None)
-            imag = pred.evaluate(ro.xyz[ks], robot, ro.metric, base).to_dict()
+            imag = pred_imagined.evaluate(ro.xyz[ks], robot, ro.metric, base).to_dict()
             if rec.mode == "live":
                 with_depth = [k for k in frames if rec.real[k].depth is not None]
                 real_ks = with_depth[-pred.window:]

@@ -19,8 +19,9 @@ Success region: the zone is a disc of radius r around its centre; the box is the
 zone does not count. ``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area by default:
 ``predicate.min_points_for``) and the window come from the ShadowConfig.
 ``--relative on`` (``ShadowConfig.success_relative``) counts the region relative to the chunk's first frame, on
-the imagined and on the real side alike; ``--register off`` scores the world model's lift without the still-scene
-registration (``WorldModelConfig.metric_register``).
+the imagined and on the real side alike; ``--imagined-min-points N`` gives the imagined side its own threshold
+(``ShadowConfig.imagined_min_points``, chosen with ``k4d shadow calibrate`` on other episodes); ``--register off``
+scores the world model's lift without the still-scene registration (``WorldModelConfig.metric_register``).
 Throughput: the returned summary has ``chunks_per_min`` (imagination + scoring wall time only; episodes were
 simulated beforehand).
 
@@ -181,6 +182,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-episodes", type=int, default=None)
     p.add_argument("--min-points", type=int, default=None,
                    help="success_min_points (default: 3 at 96 x 64 pixels, scaled with the model's image area)")
+    p.add_argument("--imagined-min-points", type=int, default=0,
+                   help="imagined_min_points: the imagined side's threshold (default 0 = --min-points; choose it "
+                        "with k4d shadow calibrate on other episodes)")
     p.add_argument("--json", metavar="PATH", help="also write the summary (counts, throughput, Table 3) here")
     p.add_argument("--report", metavar="DIR", help="also write the HTML report here")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -194,7 +198,8 @@ def run_bench(args) -> int:
     from .predicate import min_points_for
 
     common = dict(success_predicate="region", **NOMINAL_REGION, success_window_frames=1,
-                  save_frames=bool(args.report), success_relative=args.relative == "on")
+                  save_frames=bool(args.report), success_relative=args.relative == "on",
+                  imagined_min_points=args.imagined_min_points)
     if args.served:
         if args.min_points is None:
             raise SystemExit("k4d shadow bench --served: give --min-points, the served model's zone threshold "

@@ -75,7 +75,6 @@ def check_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> None:
                          "the dataset with the model's pointmap_encoding")
 
 
-@torch.no_grad()
 def change_mask(clip: dict[str, Any], latent_height: int, latent_width: int, temporal: int,
                 rgb_threshold: float = 0.1, xyz_threshold_m: float = 0.01, robot_margin_px: int = 1) -> np.ndarray:
     """Latent cells where the scene changes from frame 0 off the robot, `(1 + (T - 1) / temporal, h, w)` float32.
@@ -109,6 +108,7 @@ def change_mask(clip: dict[str, Any], latent_height: int, latent_width: int, tem
     return torch.cat([torch.zeros_like(cells[:1]), rest]).numpy()
 
 
+@torch.no_grad()
 def encode_clip(pipe: K4DPipeline, clip: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Frozen-encoder inputs of one clip (tensors on CPU, float32, no batch dimension).
 
