@@ -76,6 +76,9 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
     for m in s["methods"].values():
         assert np.isfinite(m["psnr"]) and np.isfinite(m["chamfer_l1"])
     assert "pearson_r" in s["success"]["k4d"] and "mmrv" in s["success"]["k4d"]
+    for m in s["methods"]:  # every agreement comes with its interval over these (2) episodes
+        lo, hi = s["success"][m]["agreement_with_sim_ci95"]
+        assert 0.0 <= lo <= s["success"][m]["agreement_with_sim"] <= hi <= 1.0 and hi - lo > 0.5
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["summary"]["episodes"] == 2
     h, w = pmcond_pipe.height, pmcond_pipe.width

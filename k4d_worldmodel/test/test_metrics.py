@@ -56,6 +56,15 @@ def test_pearson_and_mmrv_by_hand():
     # fully reversed: policy 0 worst gap 0.7, policy 1 max(0.3, 0.4) = 0.4, policy 2 0.7
     assert M.mmrv(real, [0.9, 0.5, 0.2]) == pytest.approx((0.7 + 0.4 + 0.7) / 3)
     assert M.success_agreement([True, False, True], [True, True, True]) == pytest.approx(2 / 3)
+    # Wilson 95 % interval, by hand: 29 of 48 agree
+    real, imag = [True] * 48, [True] * 29 + [False] * 19
+    z, n, p = 1.959963984540054, 48, 29 / 48
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert M.agreement_ci95(real, imag) == pytest.approx((centre - half, centre + half))
+    assert M.agreement_ci95([True], [True])[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same non-zero length"):
+        M.agreement_ci95([True, False], [True])
     assert M.success_rates([True, False, True, True], ["a", "a", "b", "b"]) == {"a": 0.5, "b": 1.0}
     with pytest.raises(ValueError, match="same length"):
         M.pearson_r([0.1, 0.2], [0.1])
