@@ -441,9 +441,8 @@ def write_report(out: Path, summary: dict, rows: list[dict], header: dict, video
         for g in succ["groups"]:
             md.append(f"| {g} | {succ['sim'][g]:.2f} | {succ['gt_4d'][g]:.2f} | "
                       + " | ".join(f"{succ[m]['rates'][g]:.2f}" for m in summary["methods"]) + " |")
-        md += ["", "The interval is a 95 % Wilson interval over these episodes alone. The noise seed of the "
-               "rollouts moves agreement as well: v2 with seeds 42 to 46 on one set of 48 episodes gave 0.48 to "
-               "0.60 (`benchmarks/results/seed_spread_calib48_v2.json`)."]
+        md += ["", "The interval is a 95 % Wilson interval over these episodes alone; the rollouts' noise seed "
+               "moves agreement as well, so compare models over several `--seed` values."]
     md += ["", "## Episodes", "", "| episode | task | sigma | sim success | " + " | ".join(
         f"{m} PSNR | {m} CD-L1" for m in summary["methods"]) + " |", "|---" * (4 + 2 * len(summary["methods"])) + "|"]
     for r in rows:
@@ -706,4 +705,5 @@ def print_summary(result: dict, file=None) -> None:
             lo, hi = e.get("agreement_with_sim_ci95", (float("nan"), float("nan")))
             print(f"  {m:10s} success {e['overall']:.3f} (difference {e['rate_difference']:+.3f}), agreement with "
                   f"sim {e['agreement_with_sim']:.3f} (95 % {lo:.2f}-{hi:.2f}), with GT 4D "
-                  f"{e['agreement_with_gt_4d']:.3f}, Pearson r {_fmt(e.get('pearson_r', float('nan')))}, MMRV {_fmt(e.get('mmrv', float('nan')))}", file=file)
+                  f"{e['agreement_with_gt_4d']:.3f}, Pearson r {_fmt(e.get('pearson_r', float('nan')))}, "
+                  f"MMRV {_fmt(e.get('mmrv', float('nan')))}", file=file)

@@ -212,10 +212,9 @@ def agreement_ci95(real: Sequence[bool], imagined: Sequence[bool]) -> tuple[floa
     (48 episodes at 0.6 give about 0.46 to 0.73)."""
     from scipy.stats import binomtest
 
-    a, b = np.asarray(real, dtype=bool), np.asarray(imagined, dtype=bool)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"real and imagined need the same non-zero length, got {a.size} and {b.size}")
-    ci = binomtest(int((a == b).sum()), int(a.size)).proportion_ci(confidence_level=0.95, method="wilson")
+    n = len(real)
+    agreeing = int(round(success_agreement(real, imagined) * n))  # validates the pair
+    ci = binomtest(agreeing, n).proportion_ci(confidence_level=0.95, method="wilson")
     return float(ci.low), float(ci.high)
 
 

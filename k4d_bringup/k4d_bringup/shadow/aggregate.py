@@ -64,21 +64,22 @@ def table3(records: list[dict]) -> list[dict]:
 
 def ranking(records: list[dict]) -> dict:
     out: dict = {}
+    weights: dict[str, list[int]] = {}
     for row in table3(records):
         if row["mode"] != "live" or not row["paired"]:
             continue
-        d = out.setdefault(row["scenario"], {"policies": [], "real": [], "imagined": [], "paired": 0,
-                                             "_gt": 0.0, "_im": 0.0})
+        d = out.setdefault(row["scenario"], {"policies": [], "real": [], "imagined": []})
         d["policies"].append(row["policy"])
         d["real"].append(row["gt_rate"])
         d["imagined"].append(row["imagined_rate"])
-        d["paired"] += row["paired"]
-        d["_gt"] += row["gt_rate"] * row["paired"]
-        d["_im"] += row["imagined_rate"] * row["paired"]
-    for d in out.values():
+        weights.setdefault(row["scenario"], []).append(row["paired"])
+    for scenario, d in out.items():
         d["pearson_r"] = pearson_r(d["real"], d["imagined"])
         d["mmrv"] = mmrv(d["real"], d["imagined"])
-        d["gt_rate"], d["imagined_rate"] = d.pop("_gt") / d["paired"], d.pop("_im") / d["paired"]
+        w = weights[scenario]  # pooled: each policy's rate weighed by its paired episodes
+        d["paired"] = int(sum(w))
+        d["gt_rate"] = float(np.average(d["real"], weights=w))
+        d["imagined_rate"] = float(np.average(d["imagined"], weights=w))
         d["diff"] = d["imagined_rate"] - d["gt_rate"]
     return out
 

@@ -7,8 +7,8 @@
 A world model's lifted output smears a few points into the goal box where the real depth has none, so the count
 that means "the object is there" can differ between the imagination and the camera. The log already holds every
 chunk's imagined counts (``predicate.imagined.counts``, absolute), so any threshold can be applied again without
-running the model: a frame succeeds with at least that many points, a chunk with at least half its window's
-frames, and an episode takes its last evaluated chunk's answer, as the session does. ``choose_threshold`` picks the
+running the model: the predicate's own rule (``predicate.success_from_counts``) judges every chunk again, and an
+episode takes its last evaluated chunk's answer, as the session does. ``choose_threshold`` picks the
 threshold with the smallest mean over scenarios of |imagined - actual| pooled success rate (ties: the smaller
 threshold). Calibrate on episodes other than those you then judge: this fits one number to the log.
 """
@@ -21,6 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from .aggregate import episode_records, ranking, table3
+from .predicate import RELATIVE_PREFIX, success_from_counts
 
 
 def rescore(records: list[dict], imagined_min_points: int) -> list[dict]:
@@ -40,15 +41,14 @@ def rescore(records: list[dict], imagined_min_points: int) -> list[dict]:
         pred = (r.get("predicate") or {}).get("imagined") or {}
         if not pred.get("valid"):
             continue
-        if "relative to" in str(pred.get("reason", "")):
+        if str(pred.get("reason", "")).startswith(RELATIVE_PREFIX):
             raise ValueError(f"chunk {r.get('episode_id')}/{r.get('chunk_index')} was counted relative to its first "
                              "frame (success_relative): its baseline count is not logged; calibrate a log made "
                              "with success_relative false")
         counts = pred.get("counts") or []
         if not counts:
             raise ValueError(f"chunk {r.get('episode_id')}/{r.get('chunk_index')} has no imagined counts")
-        prob = float(np.mean([c >= imagined_min_points for c in counts]))
-        r["imagined_success"], r["imagined_success_probability"] = prob >= 0.5, prob
+        r["imagined_success"], r["imagined_success_probability"] = success_from_counts(counts, imagined_min_points)
     for e in episode_records(out):
         c = last.get((e.get("episode_id"), e.get("mode", "live")))
         if c is not None and e.get("status") == "ok":

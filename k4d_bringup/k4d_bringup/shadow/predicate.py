@@ -34,6 +34,19 @@ def min_points_for(height: int, width: int, at_reference: int = 3) -> int:
     return max(1, int(round(at_reference * int(height) * int(width) / REFERENCE_PIXELS)))
 
 
+RELATIVE_PREFIX = "relative to "  # how the reason of a result counted against a baseline frame starts
+
+
+def success_from_counts(counts, min_points: int, baseline: int = 0) -> tuple[bool, float]:
+    """The predicate's rule on its window's per-frame box counts: a frame succeeds with at least ``min_points``
+    points more than ``baseline``; ``(success, probability)`` with probability = the fraction of successful frames
+    and success = probability >= 0.5. ``k4d shadow calibrate`` applies it again to logged counts."""
+    if not len(counts):
+        raise ValueError("no frame counts to judge")
+    prob = float(np.mean([c - baseline >= min_points for c in counts]))
+    return prob >= 0.5, prob
+
+
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     """4-neighbour dilation of a (..., H, W) bool mask by ``px`` pixels."""
     out = np.asarray(mask, bool).copy()
@@ -126,9 +139,9 @@ class RegionPredicate:
                 return PredicateResult(False, reason=f"baseline frame must have shape {xyz.shape[1:]}, got "
                                                      f"{np.shape(b_xyz)}")
             base = self.count(b_xyz, b_mask)
-            reason = f"relative to {base} points in the first frame"
-        prob = float(np.mean([c - base >= self.min_points for c in counts]))
-        return PredicateResult(True, prob >= 0.5, prob, counts, reason)
+            reason = f"{RELATIVE_PREFIX}{base} points in the first frame"
+        success, prob = success_from_counts(counts, self.min_points, base)
+        return PredicateResult(True, success, prob, counts, reason)
 
 
 def make_predicate(cfg, T_base_cam: np.ndarray, region=None, imagined: bool = False):

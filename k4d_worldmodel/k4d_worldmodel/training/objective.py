@@ -47,6 +47,7 @@ from ..pipelines.pipeline_k4d import (
     K4DPipeline,
     render_robot_rgb,
 )
+from ..composite import active_pixels
 from ..pointmap_encoding import PointmapEncoding
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -96,12 +97,7 @@ def change_mask(clip: dict[str, Any], latent_height: int, latent_width: int, tem
         changed = np.nan_to_num(np.linalg.norm(xyz - xyz[:1], axis=-1), nan=0.0) > xyz_threshold_m
     else:
         changed = np.abs(rgb - rgb[:1]).mean(-1) > rgb_threshold
-    robot = torch.from_numpy(np.asarray(clip["robot_mask"], bool)).float()[:, None]
-    if robot_margin_px > 0:
-        k = 2 * int(robot_margin_px) + 1
-        robot = F.max_pool2d(robot, k, stride=1, padding=int(robot_margin_px))
-    robot = robot[:, 0].numpy() > 0
-    changed &= ~robot & ~robot[:1]
+    changed &= ~active_pixels(clip["robot_mask"], robot_margin_px)
     cells = F.adaptive_max_pool2d(torch.from_numpy(changed.astype(np.float32))[:, None],
                                   (latent_height, latent_width))[:, 0]
     rest = cells[1:].reshape((t - 1) // temporal, temporal, latent_height, latent_width).amax(dim=1)
