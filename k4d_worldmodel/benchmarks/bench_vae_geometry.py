@@ -3,6 +3,10 @@
 
     .venv/bin/python k4d_worldmodel/benchmarks/bench_vae_geometry.py --checkpoint default --checkpoint RUN/pipeline \\
         --data DIR --json out.json
+    .venv/bin/python k4d_worldmodel/benchmarks/bench_vae_geometry.py --vae RUN/vae --config metric_hr --data DIR
+
+``--vae`` measures a VAE on its own (what ``device_train.sh --vae-only`` returns): it is placed in a fresh
+pipeline of ``--config``'s geometry and pointmap code; the transformer, untrained, plays no part here.
 
 ``k4d eval --methods vae_recon`` gives the ceiling a model's VAE sets (the ground truth through the VAE, lifted
 as a rollout is). This script says why the ceiling is where it is. For every held-out clip and checkpoint it
@@ -56,22 +60,33 @@ def clip_geometry(pipe, clip: dict, seed: int = 42) -> dict | None:
 
 def main() -> None:
     from k4d_worldmodel.loading import load_saved
+    from k4d_worldmodel.training.train import pipeline_around_vae
     from k4d_worldmodel.training.data import open_dataset
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", action="append", required=True, help="K4DPipeline folder or 'default' (repeat)")
+    p.add_argument("--checkpoint", action="append", default=[], help="K4DPipeline folder or 'default' (repeat)")
+    p.add_argument("--vae", action="append", default=[], help="a VAE folder alone (repeat; needs --config)")
+    p.add_argument("--config", default=None, help="train config the --vae folders were trained with (e.g. metric_hr)")
     p.add_argument("--data", required=True, help="held-out k4d episodes at the models' geometry")
     p.add_argument("--episodes", type=int, default=None, help="at most N clips")
     p.add_argument("--json", default=None, help="write the per-clip rows and the summary here")
     args = p.parse_args()
+    if not args.checkpoint and not args.vae:
+        p.error("give at least one --checkpoint or --vae")
+    if args.vae and not args.config:
+        p.error("--vae needs --config (the geometry and pointmap code the VAE was trained for)")
     result = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}", "data": args.data,
               "checkpoints": {}}
-    for ck in args.checkpoint:
-        if ck == "default":
-            from k4d_worldmodel.config import default_checkpoint_dir
+    for ck in [("checkpoint", c) for c in args.checkpoint] + [("vae", v) for v in args.vae]:
+        kind, ck = ck
+        if kind == "vae":
+            pipe = pipeline_around_vae(ck, args.config)
+        else:
+            if ck == "default":
+                from k4d_worldmodel.config import default_checkpoint_dir
 
-            ck = str(default_checkpoint_dir())
-        pipe = load_saved(ck)
+                ck = str(default_checkpoint_dir())
+            pipe = load_saved(ck)
         ds = open_dataset(args.data, pipe.num_frames, pipe.height, pipe.width, split="all",
                           pointmap_encoding=pipe.pointmap_encoding)
         n = len(ds) if args.episodes is None else min(len(ds), args.episodes)

@@ -245,7 +245,12 @@ fi
 NP=$(( GPUS > 1 ? GPUS : 1 ))
 EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 90) : 0 ))
 ENC_EST=$(( SMOKE == 1 ? 5 : (10 + 35 / NP) * W * H / 6144 + 10 ))
-BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 20 + 60 / NP ))
+# reading the clips and the VAE's end (latent statistics, save) grow with the pixels too: at 192 x 128 on one GPU
+# 2,131 clips took 111-120 s to read and the end about 70 s, where 80 and 30 had been reserved (a thirteenth-
+# session call overran 600 s that way); PXF is 1 up to 96 x 64... 128 x 96, 2 at 192 x 128
+PXF=$(( W * H > 12288 ? W * H / 12288 : 1 ))
+BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 20 + 60 * PXF / NP ))
+VAE_TAIL=$(( 30 + 45 * (PXF - 1) ))
 if [ -n "$VAE_FROM" ]; then
   [ -f "$VAE_FROM/config.json" ] || { echo "device_train.sh: --vae-from $VAE_FROM holds no VAE (config.json)" >&2; exit 3; }
   mkdir -p "$WORK/run"; rm -rf "$WORK/run/vae"; cp -r "$VAE_FROM" "$WORK/run/vae"
@@ -254,7 +259,7 @@ fi
 [ "$RESUME" = 1 ] && [ "$VAE_BUDGET_SET" = 0 ] && VAE_BUDGET=0  # the VAE of the first call is reused as it is
 if [ "$VAE_BUDGET" -gt 0 ]; then
   # reading the episodes (~30 s with all cores), the latent statistics and the save must fit in the call too
-  VAE_LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - LOAD_EST - 30 ))
+  VAE_LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - LOAD_EST - VAE_TAIL ))
   [ "$VAE_ONLY" = 0 ] && VAE_LEFT=$(( VAE_LEFT - EVAL_EST - ENC_EST - BENCH_EST - 60 ))
   if [ "$VAE_LEFT" -lt "$VAE_BUDGET" ]; then VAE_BUDGET=$(( VAE_LEFT > 10 ? VAE_LEFT : 10 )); fi
   VAE_RESUME=""; [ -f "$WORK/run/vae/config.json" ] && VAE_RESUME=--resume

@@ -273,6 +273,41 @@ def test_vae_training_resumes_and_reports_reconstruction(synth, tmp_path):
         train_vae_only(synth, other, out, max_steps=6, progress=False, resume=True)
 
 
+def test_a_vae_alone_is_measured_in_a_pipeline_of_its_config(synth, tmp_path):
+    """``pipeline_around_vae`` (``bench_vae_geometry.py --vae``): the saved VAE's own weights in a pipeline of
+    the config's geometry, which runs the ``vae_recon`` path; a folder without a VAE, or a VAE of another latent
+    size, is refused by name."""
+    import dataclasses
+
+    from k4d_worldmodel import evaluate as E
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.train import pipeline_around_vae
+    from k4d_worldmodel.training.vae import build_vae
+
+    cfg = TrainConfig.from_yaml("smoke")
+    torch.manual_seed(3)
+    vae = build_vae(cfg.vae)
+    z = cfg.vae.z_dim  # the latent statistics that training stores with the weights
+    vae.register_to_config(latents_mean=[0.1] * z, latents_std=[2.0] * z)
+    vae.save_pretrained(str(tmp_path / "vae"), safe_serialization=True)
+    pipe = pipeline_around_vae(tmp_path / "vae", cfg)
+    assert (pipe.num_frames, pipe.height, pipe.width) == (cfg.num_frames, cfg.height, cfg.width)
+    assert pipe.pointmap_encoding.kind == cfg.pointmap_encoding["kind"]
+    saved, used = vae.state_dict(), pipe.vae.state_dict()
+    assert saved.keys() == used.keys() and all(torch.equal(saved[k], used[k]) for k in saved)
+    assert list(pipe.vae.config.latents_std) == [2.0] * z
+    ds = open_dataset(synth, pipe.num_frames, pipe.height, pipe.width, split="all",
+                      pointmap_encoding=pipe.pointmap_encoding)
+    rgb, xyz, _ = E.autoencode(pipe, ds[0], 0)
+    assert rgb.shape == (cfg.num_frames, cfg.height, cfg.width, 3) and xyz.shape[:3] == rgb.shape[:3]
+    with pytest.raises(FileNotFoundError, match="no saved VAE"):
+        pipeline_around_vae(tmp_path / "missing", cfg)
+    other = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, z_dim=cfg.vae.z_dim * 2))
+    with pytest.raises(ValueError, match="z_dim"):
+        pipeline_around_vae(tmp_path / "vae", other)
+
+
 def test_vae_depth_weight_weighs_only_the_pointmap_depth_channel():
     """``vae.pointmap_depth_weight``: the L1 term becomes the weighted mean of the per-sample, per-channel errors
     (weight only on channel 2 of pointmap samples), equal to the plain L1 at weight 1; the reported l1 stays the

@@ -84,6 +84,23 @@ def build_full_pipeline(cfg: TrainConfig, vae) -> "K4DPipeline":  # noqa: F821
     return pipe
 
 
+def pipeline_around_vae(vae_dir: str | os.PathLike, config: TrainConfig | str | os.PathLike) -> "K4DPipeline":  # noqa: F821
+    """A fresh pipeline of ``config`` around the VAE saved in ``vae_dir`` (what ``k4d train-vae`` or
+    ``device_train.sh --vae-only`` writes), for measuring that VAE alone (``evaluate.autoencode``,
+    ``bench_vae_geometry.py --vae``): the geometry and the pointmap code are the config's; the transformer is
+    untrained. A VAE of another latent size than the config's model stops here, by name."""
+    from diffusers import AutoencoderKLWan
+
+    if not (Path(vae_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{vae_dir} holds no saved VAE (config.json)")
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
+    vae = AutoencoderKLWan.from_pretrained(str(vae_dir), use_safetensors=True, local_files_only=True).eval()
+    if int(vae.config.z_dim) != int(cfg.vae.z_dim):
+        raise ValueError(f"the VAE in {vae_dir} has z_dim {vae.config.z_dim}, the config's VAE {cfg.vae.z_dim}: "
+                         "it was trained for another config")
+    return build_full_pipeline(cfg, vae)
+
+
 def load_base_pipeline(cfg: TrainConfig, dtype: torch.dtype) -> tuple[Any, str]:
     """Load ``cfg.base`` (LoRA, or a full fine-tuning of a k4d model); returns ``(pipe, layout)`` with layout
     "released" or "k4d"."""
