@@ -60,8 +60,8 @@ def clip_geometry(pipe, clip: dict, seed: int = 42) -> dict | None:
 
 def main() -> None:
     from k4d_worldmodel.loading import load_saved
-    from k4d_worldmodel.training.train import pipeline_around_vae
     from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.train import pipeline_around_vae
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", action="append", default=[], help="K4DPipeline folder or 'default' (repeat)")
@@ -77,8 +77,7 @@ def main() -> None:
         p.error("--vae needs --config (the geometry and pointmap code the VAE was trained for)")
     result = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}", "data": args.data,
               "checkpoints": {}}
-    for ck in [("checkpoint", c) for c in args.checkpoint] + [("vae", v) for v in args.vae]:
-        kind, ck = ck
+    for kind, ck in [("checkpoint", c) for c in args.checkpoint] + [("vae", v) for v in args.vae]:
         if kind == "vae":
             pipe = pipeline_around_vae(ck, args.config)
         else:

@@ -247,7 +247,7 @@ EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 90) : 0 ))
 ENC_EST=$(( SMOKE == 1 ? 5 : (10 + 35 / NP) * W * H / 6144 + 10 ))
 # reading the clips and the VAE's end (latent statistics, save) grow with the pixels too: at 192 x 128 on one GPU
 # 2,131 clips took 111-120 s to read and the end about 70 s, where 80 and 30 had been reserved (a thirteenth-
-# session call overran 600 s that way); PXF is 1 up to 96 x 64... 128 x 96, 2 at 192 x 128
+# session call overran 600 s that way). PXF: 1 up to 128 x 96 pixels (the reserves as before), 2 at 192 x 128
 PXF=$(( W * H > 12288 ? W * H / 12288 : 1 ))
 BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 20 + 60 * PXF / NP ))
 VAE_TAIL=$(( 30 + 45 * (PXF - 1) ))

@@ -41,13 +41,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..composite import active_pixels
 from ..pipelines.pipeline_k4d import (
     POINTMAP_LATENT_MEAN,
     POINTMAP_LATENT_STD,
     K4DPipeline,
+    downsample_robot_mask,
     render_robot_rgb,
 )
-from ..composite import active_pixels
 from ..pointmap_encoding import PointmapEncoding
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -84,8 +85,9 @@ def change_mask(clip: dict[str, Any], latent_height: int, latent_width: int, tem
     against frame 0, and the robot covers it neither at frame 0 nor at t (``robot_mask`` grown by
     ``robot_margin_px``). Geometry, not colour: the robot's moving shadow changes far more pixels' RGB than a moved
     object does, and it follows from the robot condition. A clip without ``world_xyz`` falls back to RGB changes of
-    more than ``rgb_threshold`` (mean over channels, in [0, 1]). Pixels -> cells by max over each cell; frame 0 is
-    all zero and frames 1.. are max-pooled in groups of ``temporal``, like the pipeline's robot mask."""
+    more than ``rgb_threshold`` (mean over channels, in [0, 1]). Pixels -> cells by max over each cell (a moved
+    object covers few pixels, which a nearest-neighbour resize would drop); frames -> latent frames as the
+    pipeline's robot mask (``downsample_robot_mask``: frame 0, which never changes, then groups of ``temporal``)."""
     rgb = np.asarray(clip["rgb"], np.float32) / 255.0
     t, h, w = rgb.shape[:3]
     if (t - 1) % temporal or h % latent_height or w % latent_width:
@@ -99,9 +101,8 @@ def change_mask(clip: dict[str, Any], latent_height: int, latent_width: int, tem
         changed = np.abs(rgb - rgb[:1]).mean(-1) > rgb_threshold
     changed &= ~active_pixels(clip["robot_mask"], robot_margin_px)
     cells = F.adaptive_max_pool2d(torch.from_numpy(changed.astype(np.float32))[:, None],
-                                  (latent_height, latent_width))[:, 0]
-    rest = cells[1:].reshape((t - 1) // temporal, temporal, latent_height, latent_width).amax(dim=1)
-    return torch.cat([torch.zeros_like(cells[:1]), rest]).numpy()
+                                  (latent_height, latent_width))  # [T, 1, h, w]
+    return downsample_robot_mask(cells.permute(1, 0, 2, 3)[None], latent_height, latent_width, temporal)[0, 0].numpy()
 
 
 @torch.no_grad()
