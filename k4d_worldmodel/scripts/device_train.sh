@@ -249,7 +249,12 @@ ENC_EST=$(( SMOKE == 1 ? 5 : (10 + 35 / NP) * W * H / 6144 + 10 ))
 # 2,131 clips took 111-120 s to read and the end about 70 s, where 80 and 30 had been reserved (a thirteenth-
 # session call overran 600 s that way). PXF: 1 up to 128 x 96 pixels (the reserves as before), 2 at 192 x 128
 PXF=$(( W * H > 12288 ? W * H / 12288 : 1 ))
+# The transformer reads whole clips (about 0.05 s a clip of 192 x 128 on 16 cores, most of it passing 19 MB
+# pickles from the reading processes); the VAE reads only the RGB and pointmap code of each (6 MB), counted at
+# 0.013 s a clip at PXF 1 and twice that at PXF 2 (on one GPU; shared by the processes of several)
+N_CLIPS=$(find "$WORK/train" -name '*.npz' ! -name '.*' 2>/dev/null | wc -l)
 BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 20 + 60 * PXF / NP ))
+VAE_LOAD_EST=$(( SMOKE == 1 ? 2 : 15 + N_CLIPS * PXF * 13 / (1000 * NP) ))
 VAE_TAIL=$(( 30 + 45 * (PXF - 1) ))
 if [ -n "$VAE_FROM" ]; then
   [ -f "$VAE_FROM/config.json" ] || { echo "device_train.sh: --vae-from $VAE_FROM holds no VAE (config.json)" >&2; exit 3; }
@@ -258,12 +263,12 @@ if [ -n "$VAE_FROM" ]; then
 fi
 [ "$RESUME" = 1 ] && [ "$VAE_BUDGET_SET" = 0 ] && VAE_BUDGET=0  # the VAE of the first call is reused as it is
 if [ "$VAE_BUDGET" -gt 0 ]; then
-  # reading the episodes (~30 s with all cores), the latent statistics and the save must fit in the call too
-  VAE_LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - LOAD_EST - VAE_TAIL ))
-  [ "$VAE_ONLY" = 0 ] && VAE_LEFT=$(( VAE_LEFT - EVAL_EST - ENC_EST - BENCH_EST - 60 ))
+  # reading the clips (VAE_LOAD_EST), the latent statistics and the save (VAE_TAIL) must fit in the call too
+  VAE_LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - VAE_LOAD_EST - VAE_TAIL ))
+  [ "$VAE_ONLY" = 0 ] && VAE_LEFT=$(( VAE_LEFT - LOAD_EST - EVAL_EST - ENC_EST - BENCH_EST - 60 ))
   if [ "$VAE_LEFT" -lt "$VAE_BUDGET" ]; then VAE_BUDGET=$(( VAE_LEFT > 10 ? VAE_LEFT : 10 )); fi
   VAE_RESUME=""; [ -f "$WORK/run/vae/config.json" ] && VAE_RESUME=--resume
-  echo "== 2a. train the VAE ($CONFIG, ${VAE_BUDGET} s${VAE_RESUME:+, continuing})"
+  echo "== 2a. train the VAE ($CONFIG, ${VAE_BUDGET} s${VAE_RESUME:+, continuing}; $N_CLIPS clips, their reading counted ${VAE_LOAD_EST} s)"
   "${LAUNCH[@]}" -m k4d_worldmodel.train_cli train-vae --data "$WORK/train" --config "$CONFIG" --out "$WORK/run/vae" \
     --time-budget-s "$VAE_BUDGET" --no-progress --load-workers $(( WORKERS > 1 ? WORKERS : 0 )) $VAE_RESUME
   # a transformer trained on the old latents cannot continue on the new ones

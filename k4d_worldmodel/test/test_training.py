@@ -273,6 +273,30 @@ def test_vae_training_resumes_and_reports_reconstruction(synth, tmp_path):
         train_vae_only(synth, other, out, max_steps=6, progress=False, resume=True)
 
 
+def test_load_clips_keeps_only_the_fields_asked_for_even_through_worker_processes(synth):
+    """``load_clips(keys=...)``: the VAE's reading keeps each clip's RGB and pointmap code (unchanged), every
+    ``full_every``-th clip also its XYZ for the pointmap-code check; a field the clips lack is named."""
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.train import check_pointmap_code, load_clips
+    from k4d_worldmodel.training.vae import CLIP_KEYS
+
+    code = TrainConfig.from_yaml("metric_hr").pointmap_encoding
+    ds = open_dataset(synth, 5, 32, 48, split="all", pointmap_encoding=code)
+    whole = load_clips(ds)
+    for workers in (0, 2):  # 2 workers over 4 clips: the DataLoader path (spawned processes)
+        some = load_clips(ds, workers, keys=CLIP_KEYS, full_keys=("world_xyz",), full_every=3)
+        assert [sorted(c) for c in some] == [sorted(CLIP_KEYS + ("world_xyz",)) if i % 3 == 0 else sorted(CLIP_KEYS)
+                                             for i in range(len(ds))]
+        for c, w in zip(some, whole):
+            assert all(np.array_equal(c[k], w[k]) for k in c)
+    # the check reads the clips that kept their XYZ, and finds what it finds on those whole clips
+    found = check_pointmap_code(ds, some, lambda m: None)
+    assert found and found == check_pointmap_code(ds, whole[::3], lambda m: None)
+    with pytest.raises(KeyError, match="depth_png"):
+        load_clips(ds, keys=("rgb", "depth_png"))
+
+
 def test_a_vae_alone_is_measured_in_a_pipeline_of_its_config(synth, tmp_path):
     """``pipeline_around_vae`` (``bench_vae_geometry.py --vae``): the saved VAE's own weights in a pipeline of
     the config's geometry, which runs the ``vae_recon`` path; a folder without a VAE, or a VAE of another latent

@@ -118,6 +118,9 @@ def build_vae(cfg: VAEConfig) -> "AutoencoderKLWan":  # noqa: F821
                             scale_factor_spatial=cfg.spatial_factor)
 
 
+CLIP_KEYS = ("rgb", "world01")  # the fields of a clip that clip_videos reads
+
+
 def clip_videos(clip: dict[str, Any]) -> list[torch.Tensor]:
     """The two training videos of a clip, `[3, T, H, W]` float32 in [-1, 1]: RGB and world pointmap."""
     rgb = torch.from_numpy(np.ascontiguousarray(clip["rgb"])).float().permute(3, 0, 1, 2) / 127.5 - 1.0
