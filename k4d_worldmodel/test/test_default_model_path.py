@@ -82,6 +82,14 @@ def test_zone_predicate_on_ground_truth_and_on_a_still_world(tmp_path):
     assert gain > 0
     assert success_zone_4d(c["world_xyz"], c["robot_mask"], info, min_points=gain)
     assert not success_zone_4d(c["world_xyz"], c["robot_mask"], info, min_points=gain + 1)
+    # the floor: table points lifted just over it fill the zone; a floor over the lift ignores them again
+    up = info["T_base_cam"][2, :3]  # the base frame's z axis, in the camera frame (T maps camera to base)
+    lifted = np.repeat(c["world_xyz"][:1].astype(np.float64), 5, 0)  # a still world whose last frame rises 8 mm
+    lifted[-1] += 0.008 * up
+    before, after = zone_counts(lifted, c["robot_mask"], info)
+    assert after > before + 3 and success_zone_4d(lifted, c["robot_mask"], info)  # read as success at 6 mm
+    assert zone_counts(lifted, c["robot_mask"], info, floor_m=0.010)[1] < after
+    assert not success_zone_4d(lifted, c["robot_mask"], info, floor_m=0.010)
 
 
 def test_point_thresholds_scale_with_the_image_area():

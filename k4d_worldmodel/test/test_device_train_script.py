@@ -2,8 +2,8 @@
 (`--smoke`: a few episodes rendered with MuJoCo, a few VAE and transformer steps).
 
 A GPU call costs device time that cannot be had back, so the options a run depends on are checked here first:
-- `--vae-depth-weight W` trains the VAE with `vae.pointmap_depth_weight = W` (the derived config is the one used,
-  and the VAE's metrics record it);
+- `--vae-depth-weight W` and `--vae-lr LR` train the VAE with `vae.pointmap_depth_weight = W` and `vae.lr = LR`
+  (the derived config is the one used, and the VAE's metrics record it);
 - `--resume --init-from DIR` starts the transformer from DIR's weights with this run's VAE, as a full fine-tuning,
   and the packed pipeline carries this run's VAE, not DIR's;
 - `--change-weight W` trains the transformer with `change_weight = W` (the saved pipeline's config records it,
@@ -39,11 +39,12 @@ def _vae_weights(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     work = tmp_path / "work"
-    first = _run(["--vae-depth-weight", "3"], work, tmp_path / "out1")
+    first = _run(["--vae-depth-weight", "3", "--vae-lr", "0.0003"], work, tmp_path / "out1")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "vae.pointmap_depth_weight 3" in first.stdout
+    assert "vae.pointmap_depth_weight 3 vae.lr 0.0003" in first.stdout
     vae_metrics = json.loads((work / "run" / "vae" / "vae_metrics.json").read_text())
     assert vae_metrics["config"]["pointmap_depth_weight"] == 3.0 and vae_metrics["steps"] > 0
+    assert vae_metrics["config"]["lr"] == 3e-4
     assert sorted(p.name for p in (tmp_path / "out1").glob("k4d_default.tar.part-*"))
 
     # a later call starts the transformer from a saved pipeline whose VAE differs from this run's
