@@ -10,7 +10,8 @@ pipeline of ``--config``'s geometry and pointmap code; the transformer, untraine
 
 ``k4d eval --methods vae_recon`` gives the ceiling a model's VAE sets (the ground truth through the VAE, lifted
 as a rollout is). This script says why the ceiling is where it is. For every held-out clip and checkpoint it
-passes the truth through the VAE (``evaluate.autoencode``) and measures, in the robot base frame:
+passes the truth through the VAE (``evaluate.autoencode``), registers it to the measured first frame as the engine
+does by default (``--no-register``: as decoded), and measures, in the robot base frame:
 - ``depth_err_mm``: median |depth error| over every valid pixel;
 - ``table_bias_mm``: median height error of the table (ground-truth points within 3 mm of the table top and
   off the robot), i.e. how far the VAE lifts or sinks a flat surface;
@@ -29,16 +30,18 @@ import platform
 import numpy as np
 
 
-def clip_geometry(pipe, clip: dict, seed: int = 42) -> dict | None:
-    """The measures of the module docstring for one clip, or None without object metadata."""
+def clip_geometry(pipe, clip: dict, seed: int = 42, register: bool = True) -> dict | None:
+    """The measures of the module docstring for one clip, or None without object metadata. ``register``: the
+    reconstruction is registered to the measured first frame as the engine does by default (False: as decoded)."""
     from k4d_worldmodel import evaluate as E
     from k4d_worldmodel.config import WorldModelConfig
 
     info = E.object_info(clip)
     if info is None:
         return None
-    wm = WorldModelConfig(seed=seed)
-    _, xyz, _ = E.autoencode(pipe, clip, seed, wm.metric_lift_config(), wm.anchor_lift_config())
+    wm = WorldModelConfig(seed=seed, metric_register=register)
+    _, xyz, _ = E.autoencode(pipe, clip, seed, wm.metric_lift_config(), wm.anchor_lift_config(),
+                             wm.registration_block_px())
     gt = clip["world_xyz"]
     T = info["T_base_cam"]
     off_robot = ~clip["robot_mask"]
@@ -70,13 +73,15 @@ def main() -> None:
     p.add_argument("--data", required=True, help="held-out k4d episodes at the models' geometry")
     p.add_argument("--episodes", type=int, default=None, help="at most N clips")
     p.add_argument("--json", default=None, help="write the per-clip rows and the summary here")
+    p.add_argument("--no-register", action="store_true", help="measure the reconstruction as decoded, without the "
+                   "still-scene registration the engine applies by default (the figures before 2026-12-05)")
     args = p.parse_args()
     if not args.checkpoint and not args.vae:
         p.error("give at least one --checkpoint or --vae")
     if args.vae and not args.config:
         p.error("--vae needs --config (the geometry and pointmap code the VAE was trained for)")
     result = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}", "data": args.data,
-              "checkpoints": {}}
+              "registered": not args.no_register, "checkpoints": {}}
     for kind, ck in [("checkpoint", c) for c in args.checkpoint] + [("vae", v) for v in args.vae]:
         if kind == "vae":
             pipe = pipeline_around_vae(ck, args.config)
@@ -89,7 +94,7 @@ def main() -> None:
         ds = open_dataset(args.data, pipe.num_frames, pipe.height, pipe.width, split="all",
                           pointmap_encoding=pipe.pointmap_encoding)
         n = len(ds) if args.episodes is None else min(len(ds), args.episodes)
-        rows = [r for r in (clip_geometry(pipe, ds[i]) for i in range(n)) if r is not None]
+        rows = [r for r in (clip_geometry(pipe, ds[i], register=not args.no_register) for i in range(n)) if r is not None]
         keys = ("depth_err_mm", "table_bias_mm", "table_abs_mm", "raised_err_mm")
         summary = {k: float(np.nanmedian([r[k] for r in rows])) for k in keys}
         summary["agreement"] = float(np.mean([r["success_gt"] == r["success_vae"] for r in rows]))

@@ -11,7 +11,8 @@ zone, from a floor above the table (``evaluate.ZONE_FLOOR_M``, 6 mm) up to the o
 depth error lifts table points over the floor fills the zone with them and reads success where the truth reads
 none; a floor too high loses objects the model has flattened. For every floor of ``--floors-mm`` this script asks
 the predicate again, on each saved output (``<method>_xyz`` of ``k4d eval --save-rollouts``, or a VAE's
-reconstruction of the truth) and on the truth itself, and prints the success rates and the per-episode agreement
+reconstruction of the truth, registered to the measured first frame as the engine does unless
+``--no-register``) and on the truth itself, and prints the success rates and the per-episode agreement
 with the simulator's label and with the truth's predicate. Choose a floor on a calibration split (other dataset
 seeds than the held-out one), then report the held-out split with it. Not collected by pytest.
 """
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="the train config the --vae was trained with (e.g. metric_hr)")
     ap.add_argument("--save-rollouts", help="with --vae: keep its reconstructions here (as vae_recon_xyz), for a "
                     "later --rollouts run")
+    ap.add_argument("--no-register", action="store_true", help="with --vae: score the reconstruction as decoded, "
+                    "without the still-scene registration the engine applies by default")
     ap.add_argument("--floors-mm", default="6,8,10,12,15", help="zone floors to try, millimetres")
     ap.add_argument("--json", help="write the table here")
     args = ap.parse_args(argv)
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pipe = pipeline_around_vae(args.vae, args.config)
         geometry, code = (pipe.num_frames, pipe.height, pipe.width), pipe.pointmap_encoding
-        wm = WorldModelConfig(seed=42)
+        wm = WorldModelConfig(seed=42, metric_register=not args.no_register)
         save = Path(args.save_rollouts) if args.save_rollouts else None
         if save:
             save.mkdir(parents=True, exist_ok=True)
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         stem = clip["name"].replace("/", "_")
         if args.vae:
-            _, xyz, _ = E.autoencode(pipe, clip, wm.seed, wm.metric_lift_config(), wm.anchor_lift_config())
+            _, xyz, _ = E.autoencode(pipe, clip, wm.seed, wm.metric_lift_config(), wm.anchor_lift_config(),
+                                     wm.registration_block_px())
             outputs = {"vae_recon": xyz}
             if save:
                 np.savez(save / f"{stem}.npz", vae_recon_xyz=xyz.astype(np.float32))
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "data": str(args.data), "source": str(args.rollouts or args.vae), "episodes": len(sim),
+            "registered": None if args.rollouts else not args.no_register,
             "sim_rate": float(sim_a.mean()), "table": table, "machine": platform.node(),
             "cpu_count": os.cpu_count()}, indent=1))
     return 0

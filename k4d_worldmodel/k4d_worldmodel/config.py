@@ -146,7 +146,7 @@ class WorldModelConfig:
             to it on the still scene (``lifting.register_static``: per-block medians, ``block_px`` pixels; 0 =
             one shift per frame). It removes the VAE's drift of still geometry over the clip, which otherwise
             lifts the table by a centimetre or more in late frames and fools the 4D success predicate. A metric
-            model's decoded output (``ray_depth``) is not registered.
+            model's decoded output (``ray_depth``) is registered in depth only (``lifting.register_depth``).
     """
 
     checkpoint_dir: str = ""

@@ -14,7 +14,8 @@ sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps``
   the robot pixels, else anchored on frame 0's measured pointmap (``lift_anchored``, 8 cm inliers). If both
   fail it is de-normalised with the ground truth's own per-clip bounds instead ("oracle bounds", counted in
   ``lift_failed``). A fitted result is then registered frame by frame to that measured first frame on the still
-  scene (``lifting.register_static``, 16 px blocks; the engine's default, ``WorldModelConfig.metric_register``),
+  scene (``lifting.register_static``, 16 px blocks; the engine's default, ``WorldModelConfig.metric_register``;
+  a metric model's decoded output in depth only, ``lifting.register_depth``),
   as shadow mode does with an RGB-D camera; ``register=False`` (``k4d eval --no-register``) scores the lift alone.
 * Object (k4d episodes only; they know the target object, camera pose and zone): the target object is found in
   a pointmap sequence -- ground truth or imagined, with the same code -- by ``track_object``: points in the base
@@ -281,7 +282,8 @@ def _lift(xyz01: np.ndarray, robot_mask: np.ndarray, clip: dict[str, Any], seed:
     bounds (``lift == "oracle_bounds"``, counted as ``lift_failed``). A metric ``encoding`` (the model's
     ``pointmap_encoding``) is decoded instead (``lift == "decoded"``). ``register_block_px`` (not None): a
     fitted result is registered frame by frame to frame 0's measured pointmap on the still scene
-    (``lifting.register_static``), as the engine does by default (``WorldModelConfig.metric_register``)."""
+    (``lifting.register_static``; a decoded one in depth only, ``lifting.register_depth``), as the engine does by
+    default (``WorldModelConfig.metric_register``)."""
     from .config import WorldModelConfig
     from .lifting import lift_pointmaps_with_anchor
 

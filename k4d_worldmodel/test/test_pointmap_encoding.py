@@ -206,7 +206,7 @@ def test_training_codes_the_world_in_the_model_encoding(tmp_path, v3_pipe):
 
 def test_engine_conditions_a_metric_model_on_the_anchor_depth(v3_pipe, tmp_path):
     """The Imagine goal's depth (``anchor_depth``) reaches a ``first_xyz_condition`` model as its condition, and
-    the output comes back metric as decoded (no fit, no anchored refit)."""
+    the output comes back metric as decoded (no fit, no anchored refit), registered in depth only by default."""
     from k4d_worldmodel.config import WorldModelConfig
     from k4d_worldmodel.engine import ImagineEngine, ImagineRequest, sequence_from_arrays
 
@@ -223,8 +223,17 @@ def test_engine_conditions_a_metric_model_on_the_anchor_depth(v3_pipe, tmp_path)
     assert with_depth.metric_quality in ("good", "poor") and with_depth.lift.scale.tolist() == [1.0, 1.0, 1.0]
     assert not np.array_equal(with_depth.xyz01, without.xyz01)
     np.testing.assert_allclose(without.xyz, RAY.decode(without.xyz01), equal_nan=True)
-    # with depth, the depth is the model's and every pixel keeps the measured frame's ray in every frame
-    np.testing.assert_allclose(with_depth.xyz[..., 2], RAY.decode(with_depth.xyz01)[..., 2], equal_nan=True)
+    # with depth, registration off: the depth is the model's as decoded
+    plain = ImagineEngine(WorldModelConfig(checkpoint_dir=str(tmp_path / "m"), device="cpu", num_inference_steps=2,
+                                           guidance_scale=1.0, seed=3, metric_register=False))
+    plain.load()
+    unreg = plain.run(ImagineRequest(inp["image"], seq, anchor_depth=depth))
+    np.testing.assert_array_equal(unreg.xyz01, with_depth.xyz01)
+    np.testing.assert_allclose(unreg.xyz[..., 2], RAY.decode(unreg.xyz01)[..., 2], equal_nan=True)
+    # registered (the default): the depth is moved towards the measured one (lifting.register_depth), and every
+    # pixel keeps the measured frame's ray in every frame
+    both = np.isfinite(depth)[None] & np.isfinite(unreg.xyz[..., 2]) & np.isfinite(with_depth.xyz[..., 2])
+    assert np.median(np.abs(with_depth.xyz[..., 2] - depth)[both]) < np.median(np.abs(unreg.xyz[..., 2] - depth)[both])
     rays = with_depth.xyz[..., :2] / with_depth.xyz[..., 2:]
     seen = np.isfinite(rays).all(-1).all(0) & np.isfinite(depth)  # pixels with a measured ray
     assert seen.mean() > 0.9
