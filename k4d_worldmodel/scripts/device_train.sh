@@ -21,6 +21,7 @@
 #            was trained shifts the latents, which the fine-tuning follows)
 #          | --vae-depth-weight W (vae.pointmap_depth_weight: the L1 weight of the pointmap's depth channel)
 #          | --vae-lr LR (vae.lr: e.g. lower than the config's when a trained VAE continues with a fresh optimiser)
+#          | --vae-raised-weight W (vae.pointmap_raised_weight: the extra L1 weight of the objects' pointmap pixels)
 #          | --condition-fill MODE (condition_fill: zeros, the release's, or first_frame, the still first frame in
 #            every latent frame of the condition; with --init-from a model trained on the other one switches)
 #          | --change-weight W (change_weight: the latent cells where the world itself moves, mostly the
@@ -59,7 +60,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; COND_FILL=""; CHANGE_WEIGHT=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
+VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; RAISED_WEIGHT=""; COND_FILL=""; CHANGE_WEIGHT=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -72,6 +73,7 @@ while [ $# -gt 0 ]; do
     --change-weight) CHANGE_WEIGHT=$2; shift ;;
     --vae-depth-weight) DEPTH_WEIGHT=$2; shift ;;
     --vae-lr) VAE_LR=$2; shift ;;
+    --vae-raised-weight) RAISED_WEIGHT=$2; shift ;;
     --eval-episodes) EVAL_EPISODES=$2; shift ;;
     --episodes) EPISODES=$2; shift ;;
     --heldout) HELDOUT=$2; shift ;;
@@ -170,7 +172,7 @@ else
   LAUNCH=("$PY")
 fi
 
-if [ -n "$DEPTH_WEIGHT$VAE_LR$COND_FILL$CHANGE_WEIGHT" ]; then  # the config with these fields changed, saved beside the run
+if [ -n "$DEPTH_WEIGHT$VAE_LR$RAISED_WEIGHT$COND_FILL$CHANGE_WEIGHT" ]; then  # the config with these fields changed, saved beside the run
   "$PY" - <<PYEOF
 import yaml
 from k4d_worldmodel.training.config import TrainConfig
@@ -179,6 +181,8 @@ if "$DEPTH_WEIGHT":
     cfg.vae.pointmap_depth_weight = float("$DEPTH_WEIGHT")
 if "$VAE_LR":
     cfg.vae.lr = float("$VAE_LR")
+if "$RAISED_WEIGHT":
+    cfg.vae.pointmap_raised_weight = float("$RAISED_WEIGHT")
 if "$COND_FILL":
     cfg.condition_fill = "$COND_FILL"
 if "$CHANGE_WEIGHT":
@@ -188,7 +192,7 @@ open("$WORK/config.yaml.new", "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys
 PYEOF
   mv "$WORK/config.yaml.new" "$WORK/config.yaml"
   CONFIG="$WORK/config.yaml"
-  echo "config: $CONFIG (${DEPTH_WEIGHT:+vae.pointmap_depth_weight $DEPTH_WEIGHT }${VAE_LR:+vae.lr $VAE_LR }${COND_FILL:+condition_fill $COND_FILL }${CHANGE_WEIGHT:+change_weight $CHANGE_WEIGHT})"
+  echo "config: $CONFIG (${DEPTH_WEIGHT:+vae.pointmap_depth_weight $DEPTH_WEIGHT }${VAE_LR:+vae.lr $VAE_LR }${RAISED_WEIGHT:+vae.pointmap_raised_weight $RAISED_WEIGHT }${COND_FILL:+condition_fill $COND_FILL }${CHANGE_WEIGHT:+change_weight $CHANGE_WEIGHT})"
 elif [ "$RESUME" = 1 ] && [ -f "$WORK/config.yaml" ]; then
   # a --resume call that changes no field keeps the earlier call's config (a transformer continued on another
   # condition_fill, or a VAE on another depth weight, would be silently trained on a different objective)

@@ -2,7 +2,8 @@
 (`--smoke`: a few episodes rendered with MuJoCo, a few VAE and transformer steps).
 
 A GPU call costs device time that cannot be had back, so the options a run depends on are checked here first:
-- `--vae-depth-weight W` and `--vae-lr LR` train the VAE with `vae.pointmap_depth_weight = W` and `vae.lr = LR`
+- `--vae-depth-weight W`, `--vae-lr LR` and `--vae-raised-weight R` train the VAE with
+  `vae.pointmap_depth_weight = W`, `vae.lr = LR` and `vae.pointmap_raised_weight = R`
   (the derived config is the one used, and the VAE's metrics record it);
 - `--resume --init-from DIR` starts the transformer from DIR's weights with this run's VAE, as a full fine-tuning,
   and the packed pipeline carries this run's VAE, not DIR's;
@@ -39,12 +40,14 @@ def _vae_weights(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     work = tmp_path / "work"
-    first = _run(["--vae-depth-weight", "3", "--vae-lr", "0.0003"], work, tmp_path / "out1")
+    first = _run(["--vae-depth-weight", "3", "--vae-lr", "0.0003", "--vae-raised-weight", "10"], work,
+                 tmp_path / "out1")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "vae.pointmap_depth_weight 3 vae.lr 0.0003" in first.stdout
+    assert "vae.pointmap_depth_weight 3 vae.lr 0.0003 vae.pointmap_raised_weight 10" in first.stdout
     vae_metrics = json.loads((work / "run" / "vae" / "vae_metrics.json").read_text())
     assert vae_metrics["config"]["pointmap_depth_weight"] == 3.0 and vae_metrics["steps"] > 0
-    assert vae_metrics["config"]["lr"] == 3e-4
+    assert vae_metrics["config"]["lr"] == 3e-4 and vae_metrics["config"]["pointmap_raised_weight"] == 10.0
+    assert 0 < vae_metrics["raised_fraction"] < 0.5  # the rendered objects were found and weighed
     assert sorted(p.name for p in (tmp_path / "out1").glob("k4d_default.tar.part-*"))
 
     # a later call starts the transformer from a saved pipeline whose VAE differs from this run's

@@ -364,6 +364,81 @@ def test_vae_depth_weight_weighs_only_the_pointmap_depth_channel():
         VAEConfig(pointmap_depth_weight=-1.0)
 
 
+def test_raised_mask_is_the_objects_above_the_table_off_the_robot(synth):
+    """``vae.raised_mask``: on the synthetic scene (table at 1 m depth, an 8 cm cube at 0.92 m, the robot bar at
+    0.9 m) it is the cube's pixels, less those next to the robot; NaN is never raised; a clip without its camera
+    pose (Kinema4D layout) is refused by name."""
+    from scipy import ndimage
+
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.vae import raised_mask
+
+    clip = open_dataset(synth, 5, 32, 48, split="all")[0]
+    depth = clip["world_xyz"][..., 2]
+    near_robot = ndimage.binary_dilation(clip["robot_mask"], structure=np.ones((1, 3, 3), bool))
+    cube = np.isclose(depth, 0.92) & ~near_robot
+    got = raised_mask(clip)
+    assert got.shape == depth.shape and got.dtype == bool and cube.any()
+    assert np.array_equal(got, cube)
+    assert not raised_mask(clip, min_height_m=0.09).any()  # the cube's top stands 8 cm high
+    holed = dict(clip, world_xyz=np.where(cube[..., None], np.nan, clip["world_xyz"]).astype(np.float32))
+    assert not raised_mask(holed).any()
+    with pytest.raises(ValueError, match="T_base_cam"):
+        raised_mask({k: v for k, v in clip.items() if k != "T_base_cam"})
+
+
+def test_vae_raised_weight_weighs_the_objects_pixels_of_the_pointmap_videos(synth, tmp_path):
+    """``vae.pointmap_raised_weight``: the per-pixel L1 weights give the weighted mean (equal to the plain L1 at
+    weight 1, and to the per-channel formula with uniform pixels); ``k4d train-vae`` computes the objects'
+    mask where each clip is read (``load_clips(derive=...)``, also through worker processes) and reports its
+    share of the pixels."""
+    import dataclasses
+    import functools
+
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.train import load_clips, train_vae_only
+    from k4d_worldmodel.training.vae import (CLIP_KEYS, RAISED_KEY, VAEConfig, build_vae, channel_weights,
+                                             raised_mask, vae_loss)
+
+    torch.manual_seed(0)
+    vae = build_vae(VAEConfig(base_dim=8, dim_mult=[1, 2, 2], z_dim=4)).eval()
+    x = torch.rand(2, 3, 5, 16, 24) * 2 - 1
+    cw = channel_weights(torch.tensor([False, True]), 3.0)
+    pix = torch.ones(2, 1, 5, 16, 24)
+    pix[1, 0, :, 4:8, 6:10] = 21.0
+
+    def run(weights, pixel_weights):
+        with torch.no_grad():
+            return vae_loss(vae, x, 0.0, torch.Generator().manual_seed(1), weights, pixel_weights)[0]
+
+    with torch.no_grad():
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(1))
+        err = (vae.decode(z).sample - x).abs()
+    assert float(run(None, torch.ones_like(pix))) == pytest.approx(float(err.mean()), rel=1e-5)
+    assert float(run(cw, torch.ones_like(pix))) == pytest.approx(float(run(cw, None)), rel=1e-5)
+    full = (pix * cw[:, :, None, None, None]).expand_as(err)
+    assert float(run(cw, pix)) == pytest.approx(float((err * full).sum() / full.sum()), rel=1e-5)
+    assert float(run(cw, pix)) != pytest.approx(float(run(cw, None)), rel=1e-4)
+    with pytest.raises(ValueError, match="pointmap_raised_weight"):
+        VAEConfig(pointmap_raised_weight=float("nan"))
+
+    cfg = TrainConfig.from_yaml("smoke")
+    ds = open_dataset(synth, cfg.num_frames, cfg.height, cfg.width, split="all")
+    derive = {RAISED_KEY: functools.partial(raised_mask, min_height_m=0.005)}
+    for workers in (0, 2):
+        clips = load_clips(ds, workers, keys=CLIP_KEYS, derive=derive)
+        assert all(sorted(c) == sorted(CLIP_KEYS + (RAISED_KEY,)) for c in clips)
+        assert all(np.array_equal(c[RAISED_KEY], raised_mask(ds[i])) for i, c in enumerate(clips))
+    share = float(np.mean([c[RAISED_KEY].mean() for c in clips]))
+    cfg.vae = dataclasses.replace(cfg.vae, steps=2, pointmap_raised_weight=20.0)
+    metrics = train_vae_only(synth, cfg, tmp_path / "vae", progress=False)
+    assert metrics["steps"] == 2 and np.isfinite(metrics["l1_last"])
+    assert metrics["raised_fraction"] == pytest.approx(share) and 0 < share < 0.5
+    assert metrics["config"]["pointmap_raised_weight"] == 20.0
+
+
 def test_vae_window_options_are_validated():
     from k4d_worldmodel.training.vae import VAEConfig
 

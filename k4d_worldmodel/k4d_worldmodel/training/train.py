@@ -33,6 +33,7 @@ says (DDP, FSDP or DeepSpeed); the VAE, a few million parameters, always trains 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -140,20 +141,28 @@ def convert_transformer_variant(pipe, variant: str, seed: int = 0) -> int:
 
 
 class _SomeFields(torch.utils.data.Dataset):
-    """``ds`` whose clips keep only ``keys``, and every ``full_every``-th clip (0: none) also ``full_keys``.
+    """``ds`` whose clips keep only ``keys`` (None: all), and every ``full_every``-th clip (0: none) also
+    ``full_keys``; ``derive`` adds fields computed from the whole clip first (name -> picklable function).
 
     Cut in the reading process, so that only what the caller uses crosses from a DataLoader worker: a
     192 x 128 clip is 19 MB pickled, of which the VAE uses 6 (its RGB and pointmap code); reading 2,131 whole
     clips took 111 s on a 16-core GPU machine."""
 
-    def __init__(self, ds, keys: Sequence[str], full_keys: Sequence[str] = (), full_every: int = 0):
-        self.ds, self.keys, self.full_keys, self.full_every = ds, tuple(keys), tuple(full_keys), int(full_every)
+    def __init__(self, ds, keys: Sequence[str] | None, full_keys: Sequence[str] = (), full_every: int = 0,
+                 derive: dict[str, Any] | None = None):
+        self.ds, self.full_keys, self.full_every = ds, tuple(full_keys), int(full_every)
+        self.keys = None if keys is None else tuple(keys)
+        self.derive = dict(derive or {})
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         clip = self.ds[i]
+        for name, fn in self.derive.items():
+            clip[name] = fn(clip)
+        if self.keys is None:
+            return clip
         keys = self.keys + (self.full_keys if self.full_every and i % self.full_every == 0 else ())
         missing = [k for k in keys if k not in clip]
         if missing:
@@ -162,15 +171,17 @@ class _SomeFields(torch.utils.data.Dataset):
 
 
 def load_clips(ds, workers: int = 0, keys: Sequence[str] | None = None, full_keys: Sequence[str] = (),
-               full_every: int = 0) -> list[dict[str, Any]]:
+               full_every: int = 0, derive: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every clip of ``ds`` in order; ``workers`` > 0 reads them in that many DataLoader worker processes
     (decompressing thousands of episodes is the slow part of start-up on one core). ``keys``: keep only these
     fields of each clip (None: all), and of every ``full_every``-th clip (of ``ds``, before any sharding) also
-    ``full_keys``; the rest is dropped where the clip is read (``_SomeFields``)."""
+    ``full_keys``; the rest is dropped where the clip is read (``_SomeFields``). ``derive`` (name -> picklable
+    function of the whole clip, e.g. ``vae.raised_mask``) adds fields computed there, kept with ``keys``."""
     from .distributed import dist_world
 
-    if keys is not None:
-        ds = _SomeFields(ds, keys, full_keys, full_every)
+    if keys is not None or derive:
+        ds = _SomeFields(ds, None if keys is None else tuple(keys) + tuple(derive or ()), full_keys, full_every,
+                         derive)
     rank, world = dist_world()
     if world > 1:
         # data-parallel: each process reads its own shard (every world-th clip), with its share of the workers
@@ -547,7 +558,7 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
     from accelerate import Accelerator
 
     from .data import open_dataset
-    from .vae import CLIP_KEYS as VAE_CLIP_KEYS, train_vae
+    from .vae import CLIP_KEYS as VAE_CLIP_KEYS, RAISED_KEY, raised_mask, train_vae
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config)
     # the Accelerator sets up the process group and the device (the VAE loop does its own autocast; the
@@ -562,8 +573,11 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
                       pointmap_encoding=cfg.pointmap_encoding)
     t_load = time.perf_counter()
     # the VAE reads only each clip's RGB and pointmap code (vae.clip_videos); some keep their XYZ for the check
+    # (and, with vae.pointmap_raised_weight, the objects' mask computed from the whole clip where it is read)
+    derive = ({RAISED_KEY: functools.partial(raised_mask, min_height_m=cfg.vae.raised_min_height_m)}
+              if cfg.vae.pointmap_raised_weight else None)
     clips = load_clips(ds, cfg.load_workers, keys=VAE_CLIP_KEYS, full_keys=("world_xyz",),
-                       full_every=max(1, len(ds) // 64))
+                       full_every=max(1, len(ds) // 64), derive=derive)
     say = lambda m: acc.print(m, file=sys.stderr)  # noqa: E731
     say(f"train-vae: {len(clips)} clips read in {time.perf_counter() - t_load:.0f} s from {data}"
         + (f" by process 0 of {acc.num_processes} (each process reads its own share of the clips)"

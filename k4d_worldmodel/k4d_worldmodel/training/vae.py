@@ -52,6 +52,13 @@ class VAEConfig:
             L1 term, every other channel weighing 1. The success predicate and the geometry metrics read that
             channel, and at equal weights the RGB texture takes most of a small VAE's capacity (v5's VAE: depth
             code error 0.027 mean, ray channels 0.018 and 0.014). The reported ``l1`` stays unweighted.
+        pointmap_raised_weight: extra L1 weight on the pointmap videos' pixels that stand raised above the table
+            off the robot (``raised_mask``: the objects, 1 to 3 % of the pixels): they weigh
+            ``1 + pointmap_raised_weight``, every other pixel 1 (0 = off). Objects a few pixels wide barely move a
+            mean over the frame, so a VAE trained on the plain mean smooths them towards the table (v9 and v10:
+            objects 20 mm too low), and the success predicate, which counts raised points in the goal zone,
+            misses them. Needs k4d episodes (``T_base_cam``).
+        raised_min_height_m: how high above the table (robot base frame z) a pixel must stand to count as raised.
     """
 
     train: bool = True
@@ -73,6 +80,8 @@ class VAEConfig:
     short_fraction: float = 0.0
     save_every_s: float = 120.0
     pointmap_depth_weight: float = 1.0
+    pointmap_raised_weight: float = 0.0
+    raised_min_height_m: float = 0.005
 
     def __post_init__(self) -> None:
         if not (isinstance(self.base_dim, int) and self.base_dim >= 1):
@@ -94,7 +103,7 @@ class VAEConfig:
             if not (isinstance(v, int) and v >= (0 if name == "steps" else 1)):
                 raise ValueError(f"vae.{name} must be an integer >= {0 if name == 'steps' else 1}, got {v!r}")
         for name in ("lr", "kl_weight", "time_budget_s", "grad_clip", "weight_decay", "short_fraction",
-                     "save_every_s", "pointmap_depth_weight"):
+                     "save_every_s", "pointmap_depth_weight", "pointmap_raised_weight", "raised_min_height_m"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"vae.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
@@ -128,6 +137,27 @@ def clip_videos(clip: dict[str, Any]) -> list[torch.Tensor]:
     return [rgb, pm]
 
 
+RAISED_KEY = "raised"  # a clip's raised_mask, when the VAE's reading computes it (load_clips derive=...)
+
+
+def raised_mask(clip: dict[str, Any], min_height_m: float = 0.005, max_height_m: float = 0.3) -> np.ndarray:
+    """`(T, H, W)` bool: the pixels of a clip's scene that stand ``min_height_m`` to ``max_height_m`` above the
+    table (``world_xyz`` in the robot base frame, z up from the table), off the robot (``robot_mask`` dilated by
+    one pixel, as the success predicate excludes it): the objects, which ``pointmap_raised_weight`` weighs."""
+    missing = [k for k in ("world_xyz", "robot_mask", "T_base_cam") if k not in clip]
+    if missing:
+        raise ValueError(f"vae.pointmap_raised_weight needs each clip's {missing} (k4d episodes; the Kinema4D "
+                         "layout has no camera pose): set it to 0 for this data")
+    from scipy import ndimage
+
+    from ..evaluate import to_base_frame
+
+    z = to_base_frame(np.asarray(clip["world_xyz"], np.float64), np.asarray(clip["T_base_cam"], np.float64))[..., 2]
+    robot = ndimage.binary_dilation(np.asarray(clip["robot_mask"], bool), structure=np.ones((1, 3, 3), bool))
+    with np.errstate(invalid="ignore"):
+        return (z >= min_height_m) & (z <= max_height_m) & ~robot  # NaN (nothing hit) compares False
+
+
 def channel_weights(is_pointmap: torch.Tensor, depth_weight: float) -> torch.Tensor:
     """`[B, 3]` L1 weights of a batch: 1 everywhere, ``depth_weight`` on channel 2 of the pointmap videos
     (``is_pointmap`` `[B]` bool; ``clip_videos`` puts each clip's pointmap second)."""
@@ -137,22 +167,29 @@ def channel_weights(is_pointmap: torch.Tensor, depth_weight: float) -> torch.Ten
 
 
 def vae_loss(vae: torch.nn.Module, x: torch.Tensor, kl_weight: float,
-             generator: torch.Generator | None = None, weights: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
+             pixel_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """``L1 + kl_weight * KL`` of a batch `[B, 3, T, H, W]` in [-1, 1]; returns (loss, {"l1", "kl"}).
-    ``weights`` (`[B, 3]`, ``channel_weights``) weighs the L1 per sample and channel, normalised by their mean
-    so that the loss keeps its scale; the reported ``l1`` is the plain mean."""
+    ``weights`` (`[B, 3]`, ``channel_weights``) weighs the L1 per sample and channel, ``pixel_weights``
+    (`[B, 1, T, H, W]`, ``pointmap_raised_weight``) per pixel, their product normalised by its sum so that the
+    loss keeps its scale; the reported ``l1`` is the plain mean."""
     core = getattr(vae, "module", vae)
     posterior = core.encode(x).latent_dist
     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device, x.dtype)
     recon = core.decode(z).sample
     err = (recon.float() - x.float()).abs()
     l1 = err.mean()
-    if weights is not None:
+    if weights is None and pixel_weights is None:
+        fit = l1
+    elif pixel_weights is None:  # per sample and channel: every channel has the same number of pixels
         w = weights.to(err.device, err.dtype)
         fit = (err.mean(dim=(2, 3, 4)) * w).mean() / w.mean()
     else:
-        fit = l1
+        w = pixel_weights.to(err.device, err.dtype)
+        if weights is not None:
+            w = w * weights.to(err.device, err.dtype)[:, :, None, None, None]
+        w = w.expand_as(err)
+        fit = (err * w).sum() / w.sum()
     kl = 0.5 * (posterior.mean.float() ** 2 + posterior.var.float() - 1.0 - posterior.logvar.float()).mean()
     return fit + kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
 
@@ -222,8 +259,8 @@ class _VAELoss(torch.nn.Module):
         self.vae, self.kl_weight = vae, kl_weight
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                weights: torch.Tensor | None = None):
-        return vae_loss(self.vae, x, self.kl_weight, generator, weights)
+                weights: torch.Tensor | None = None, pixel_weights: torch.Tensor | None = None):
+        return vae_loss(self.vae, x, self.kl_weight, generator, weights, pixel_weights)
 
 
 def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device: torch.device | str | None = None,
@@ -276,7 +313,23 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
     if len(dataset) == 0:
         raise ValueError(f"vae: process {rank} of {world} got no clip to train on (fewer clips than processes?)")
     store = torch.float16 if device.type == "cuda" else torch.float32
-    videos = torch.stack([v.to(store) for i in range(len(dataset)) for v in clip_videos(dataset[i])]).to(device)
+    videos, masks = [], []
+    for i in range(len(dataset)):
+        clip = dataset[i]
+        videos += [v.to(store) for v in clip_videos(clip)]  # videos 2i and 2i + 1: clip i's RGB and pointmap
+        if cfg.pointmap_raised_weight:  # load_clips' derived field when there, else computed here
+            masks.append(torch.from_numpy(np.asarray(
+                clip[RAISED_KEY] if RAISED_KEY in clip else raised_mask(clip, cfg.raised_min_height_m), bool)))
+    videos = torch.stack(videos).to(device)
+    raised = raised_fraction = None
+    if masks:
+        raised = torch.stack(masks).to(device)
+        if tuple(raised.shape[1:]) != tuple(videos.shape[2:]):
+            raise ValueError(f"vae: the raised masks are {tuple(raised.shape[1:])}, the videos "
+                             f"{tuple(videos.shape[2:])} (T, H, W)")
+        raised_fraction = float(raised.float().mean())
+        log(f"vae: raised pixels (objects above the table, off the robot) are {100 * raised_fraction:.2f} % of "
+            f"the pointmap pixels; they weigh {1 + cfg.pointmap_raised_weight:g}")
     if world > 1:
         # every rank starts from rank 0's weights (DDP broadcasts them) and all-reduces the gradients
         model = torch.nn.parallel.DistributedDataParallel(
@@ -329,12 +382,19 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
             x = videos[idx.to(device)]
             weights = None if cfg.pointmap_depth_weight == 1.0 else channel_weights(idx % 2 == 1,
                                                                                     cfg.pointmap_depth_weight)
+            pixel_weights = None
+            if raised is not None:
+                is_pm = (idx % 2 == 1).to(device)
+                pixel_weights = 1.0 + cfg.pointmap_raised_weight * (
+                    raised[(idx // 2).to(device)] & is_pm[:, None, None, None]).float()[:, None]
             if 0 < frames < x.shape[2]:
                 s0 = int(torch.randint(x.shape[2] - frames + 1, (1,), generator=g))
                 x = x[:, :, s0 : s0 + frames]
+                if pixel_weights is not None:
+                    pixel_weights = pixel_weights[:, :, s0 : s0 + frames]
             x = x.float()
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, parts = model(x, g_rank, weights)
+                loss, parts = model(x, g_rank, weights, pixel_weights)
             bad = not math.isfinite(float(loss.detach()))
             if world > 1:  # one joint decision: the time budget (rank 0's clock counts for all) or a bad loss
                 time_up, bad_any = any_rank([main and bool(cfg.time_budget_s) and now - t0 > cfg.time_budget_s,
@@ -387,7 +447,7 @@ def train_vae(dataset, cfg: VAEConfig, out_dir: str | Path | None = None, device
     metrics = {"steps": step, "steps_this_run": step - start_step, "wall_s": wall,
                "steps_per_s": (step - start_step) / max(wall, 1e-9),
                "num_processes": world, "global_batch": cfg.batch_size * world, "replica_spread": spread,
-               "l1_first": l1_first,
+               "l1_first": l1_first, "raised_fraction": raised_fraction,
                "l1_last": float(np.mean(history[-10:])) if history else None, "recon_train": recon,
                "latents_mean": mean, "latents_std": std, "params": sum(p.numel() for p in vae.parameters()),
                "config": asdict(cfg)}
