@@ -148,12 +148,12 @@ def raised_mask(clip: dict[str, Any], min_height_m: float = 0.005, max_height_m:
     if missing:
         raise ValueError(f"vae.pointmap_raised_weight needs each clip's {missing} (k4d episodes; the Kinema4D "
                          "layout has no camera pose): set it to 0 for this data")
-    from scipy import ndimage
+    from k4d_bringup.shadow.predicate import dilate
 
     from ..evaluate import to_base_frame
 
     z = to_base_frame(np.asarray(clip["world_xyz"], np.float64), np.asarray(clip["T_base_cam"], np.float64))[..., 2]
-    robot = ndimage.binary_dilation(np.asarray(clip["robot_mask"], bool), structure=np.ones((1, 3, 3), bool))
+    robot = dilate(np.asarray(clip["robot_mask"], bool), 1)  # the predicate's own robot margin
     with np.errstate(invalid="ignore"):
         return (z >= min_height_m) & (z <= max_height_m) & ~robot  # NaN (nothing hit) compares False
 
@@ -181,11 +181,8 @@ def vae_loss(vae: torch.nn.Module, x: torch.Tensor, kl_weight: float,
     l1 = err.mean()
     if weights is None and pixel_weights is None:
         fit = l1
-    elif pixel_weights is None:  # per sample and channel: every channel has the same number of pixels
-        w = weights.to(err.device, err.dtype)
-        fit = (err.mean(dim=(2, 3, 4)) * w).mean() / w.mean()
     else:
-        w = pixel_weights.to(err.device, err.dtype)
+        w = torch.ones_like(err[:, :1]) if pixel_weights is None else pixel_weights.to(err.device, err.dtype)
         if weights is not None:
             w = w * weights.to(err.device, err.dtype)[:, :, None, None, None]
         w = w.expand_as(err)
