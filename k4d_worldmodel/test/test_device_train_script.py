@@ -75,5 +75,13 @@ def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     base = load_file(str(next((work / "run" / "base" / "transformer").glob("*.safetensors"))))
     assert all(torch.equal(start[k], base[k]) for k in start)  # the transformer it started from is init's
 
+    # a plain --resume call reads the clips' encodings back instead of reading and encoding the clips
+    third = _run(["--resume"], work, tmp_path / "out4")
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "the encodings of the earlier call are reused" in third.stdout
+    metrics3 = json.loads((work / "run" / "train_metrics.json").read_text())
+    assert metrics3["encoded_cache"] == "hit" and metrics3["start_step"] > 0
+    assert metrics3["train_episodes"] == metrics["train_episodes"]
+
     bad = _run(["--resume", "--init-from", str(tmp_path / "nothing")], work, tmp_path / "out3", timeout=60)
     assert bad.returncode == 3 and "holds no K4D pipeline" in bad.stdout + bad.stderr  # the log takes both

@@ -113,6 +113,43 @@ def test_encode_clip_uses_pipeline_conditioning(synth, pmcond_pipe):
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
+def test_encoded_cache_round_trip_and_invalidation(synth, pmcond_pipe, tmp_path):
+    import shutil
+
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.objective import encode_clips, encoded_fingerprint, load_encoded, save_encoded
+
+    pipe = pmcond_pipe
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    ds = open_dataset(data, pipe.num_frames, pipe.height, pipe.width, split="all")
+    encoded, skipped = encode_clips(pipe, [ds[i] for i in range(len(ds))])
+    fp = encoded_fingerprint(ds, pipe)
+    path = tmp_path / "encoded" / "process0-of-1.safetensors"
+    save_encoded(path, encoded, fp, {"skipped": skipped})
+    back, extra = load_encoded(path, fp)
+    assert len(back) == len(encoded) == 4 and extra == {"skipped": []}
+    for a, b in zip(encoded, back):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # another process's share, another clip file, other frozen weights: a miss, never stale encodings
+    assert load_encoded(path, encoded_fingerprint(ds, pipe, (1, 2))) is None
+    np.savez(data / "000001.npz", **dict(np.load(data / "000001.npz", allow_pickle=True)), extra=np.zeros(3))
+    assert load_encoded(path, encoded_fingerprint(ds, pipe)) is None
+    fp = encoded_fingerprint(ds, pipe)
+    save_encoded(path, encoded, fp)
+    with torch.no_grad():
+        next(pipe.vae.parameters()).add_(1e-3)
+    try:
+        assert load_encoded(path, encoded_fingerprint(ds, pipe)) is None
+    finally:
+        with torch.no_grad():
+            next(pipe.vae.parameters()).sub_(1e-3)
+    # a cut-off or corrupt file is a miss too
+    assert load_encoded(path, fp) is not None
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert load_encoded(path, fp) is None
+
+
 def test_full_training_reduces_loss_saves_resumes_and_loads(trained, synth, smoke_cfg):
     from k4d_worldmodel.config import WorldModelConfig
     from k4d_worldmodel.loading import load_pipeline
@@ -142,7 +179,21 @@ def test_full_training_reduces_loss_saves_resumes_and_loads(trained, synth, smok
     # resume: continues from checkpoint-6 with the same VAE and reaches step 8
     m2 = train(synth, smoke_cfg, out, resume=True, max_steps=8, progress=False, log=lambda x: None)
     assert m2["start_step"] == 6 and m2["steps"] == 8
+    # ... without reading and encoding the clips again: the first run's encodings, same fingerprint
+    assert m["encoded_cache"] == "miss" and m2["encoded_cache"] == "hit"
+    assert m2["train_episodes"] == m["train_episodes"] and m2["pointmap_clipped"] == m["pointmap_clipped"]
     assert (out / "checkpoints" / "checkpoint-8").is_dir()
+
+
+
+def test_training_survives_an_unwritable_encoded_cache(synth, smoke_cfg, tmp_path):
+    from k4d_worldmodel.training.train import train
+
+    (tmp_path / "encoded").write_text("a file where the cache's folder would go")
+    msgs = []
+    m = train(synth, smoke_cfg, tmp_path, max_steps=2, progress=False, log=msgs.append)
+    assert m["steps"] == 2 and (tmp_path / "pipeline" / "model_index.json").is_file()
+    assert m["encoded_cache"].startswith("not written") and any("could not be written" in x for x in msgs)
 
 
 def test_lora_on_our_checkpoint(trained, synth, tmp_path):

@@ -116,6 +116,10 @@ class TrainConfig:
     save_max_shard_mb: shard size of the saved safetensors (every file <= this). save_dtype: float32 | bfloat16
         for the saved transformer. load_workers: processes reading the episodes at start-up (0 = this one).
     encode_batch_size: clips per frozen-encoder (VAE) call when the clips are encoded once before training.
+    cache_encoded: keep those encodings in ``OUT/encoded/`` (safetensors, one file per process) with a
+        fingerprint of the clip files, the geometry, the pipeline's config and its frozen VAE and image-encoder
+        weights; a later run into the same ``OUT`` (``--resume``) with an equal fingerprint reads them instead of
+        reading and encoding the clips again (k4d episode folders only). Costs disk: about the clips' latents.
     """
 
     mode: str = "full"
@@ -160,6 +164,7 @@ class TrainConfig:
     save_dtype: str = "float32"
     load_workers: int = 0
     encode_batch_size: int = 32
+    cache_encoded: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.vae, Mapping):

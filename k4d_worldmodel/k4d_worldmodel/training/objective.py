@@ -288,3 +288,81 @@ def flow_matching_step(transformer: torch.nn.Module, batch: dict[str, torch.Tens
         w = (1.0 + float(change_weight) * batch["change_mask"].float()).expand_as(err)
         return (err * w).sum() / w.sum()
     return err.mean()
+
+
+# ------------------------------------------------------------------------------------------------ encoded cache
+def encoded_fingerprint(ds, pipe: K4DPipeline, process: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """What [`encode_clips`]' output depends on: the clip files (name, size, mtime), the geometry and pointmap
+    code, the pipeline's config and a digest of its frozen VAE and image-encoder weights, and this process's share
+    (``(index, count)``). Two runs with equal fingerprints encode to the same tensors."""
+    import hashlib
+    import json
+
+    files = []
+    for name in ds.names:
+        path = ds.root / f"{name}.npz"
+        st = path.stat() if path.is_file() else None
+        files.append([str(name), st.st_size if st else -1, st.st_mtime_ns if st else -1])
+    digest = hashlib.sha256()
+    for module in (pipe.vae, pipe.image_encoder):
+        for key, value in sorted(module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    config = json.loads(json.dumps({name: {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+                                    for name, cfg in (("pipeline", pipe.config), ("vae", pipe.vae.config))},
+                                   default=str, sort_keys=True))
+    return {"root": str(ds.root.resolve()), "files": files, "geometry": [ds.num_frames, ds.height, ds.width],
+            "pointmap_encoding": json.loads(json.dumps(vars(ds.pointmap_encoding), default=str, sort_keys=True)),
+            "pipeline_config": config, "frozen_weights_sha256": digest.hexdigest(), "process": list(process)}
+
+
+def save_encoded(path, encoded: list[dict[str, torch.Tensor]], fingerprint: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> None:
+    """Write [`encode_clips`]' output to ``path`` (safetensors, keys ``<clip>/<field>``) and its fingerprint and
+    ``extra`` (JSON-able) next to it (``path`` with ``.json``); the JSON is written last, so a cut-off write is
+    never read back as complete. Raises OSError when either cannot be written."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = path.with_suffix(".json")
+    meta.unlink(missing_ok=True)
+    try:
+        save_file({f"{i:07d}/{k}": v.contiguous() for i, item in enumerate(encoded) for k, v in item.items()},
+                  str(path))
+    except SafetensorError as exc:  # e.g. the disk filled up mid-write: an OSError like the others
+        raise OSError(f"writing {path}: {exc}") from exc
+    meta.write_text(json.dumps({"fingerprint": fingerprint, "count": len(encoded), "extra": extra or {}}))
+
+
+def load_encoded(path, fingerprint: dict[str, Any]) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]] | None:
+    """[`save_encoded`]'s clips and ``extra`` if ``path`` holds a complete cache made with an equal
+    ``fingerprint``; ``None`` otherwise (no cache, another fingerprint, or an unreadable or incomplete file)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("fingerprint") != fingerprint:
+            return None
+        flat = load_file(str(path))
+    except (OSError, ValueError, SafetensorError):
+        return None
+    items: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        idx, _, field_name = key.partition("/")
+        items.setdefault(int(idx), {})[field_name] = value
+    if sorted(items) != list(range(int(info.get("count", -1)))):
+        return None
+    return [items[i] for i in range(len(items))], dict(info.get("extra", {}))

@@ -33,6 +33,7 @@ says (DDP, FSDP or DeepSpeed); the VAE, a few million parameters, always trains 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -247,7 +248,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     from .data import open_dataset
     from .lora import add_lora, lora_module_names, merge_lora, save_released_lora, set_trainable
-    from .objective import encode_clips, flow_matching_step, stack_encoded
+    from .objective import encode_clips, encoded_fingerprint, flow_matching_step, load_encoded, save_encoded, \
+        stack_encoded
     from .distributed import any_rank, check_replicas
     from .vae import train_vae
 
@@ -326,27 +328,50 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
                       pointmap_encoding=encoding)
     if cfg.data_format != "auto" and ds.format != cfg.data_format:
         raise ValueError(f"data_format is {cfg.data_format!r} but {data} holds the {ds.format!r} format")
-    t_load = time.perf_counter()
-    clips = load_clips(ds, cfg.load_workers)
-    metrics["load_s"] = time.perf_counter() - t_load
-    metrics["train_episodes"] = int(acc.reduce(torch.tensor(len(clips), device=acc.device), "sum"))
+    if cfg.mode == "full" and not continued and vae is not None:
+        pipe = build_full_pipeline(cfg, vae)  # before the data: its frozen encoders key the encoded cache
+    # the encodings of an earlier run on the same clips with the same frozen encoders (a --resume call): reading
+    # and encoding them again would cost minutes at 192 x 128 (step 3)
+    cache_path = out / "encoded" / f"process{acc.process_index}-of-{acc.num_processes}.safetensors"
+    fingerprint = cached = None
+    t_load = time.perf_counter()  # load_s: reading the clips, or the fingerprint and the cached encodings
+    if cfg.cache_encoded and ds.format == "k4d" and (cfg.mode != "full" or continued or vae is not None):
+        fingerprint = encoded_fingerprint(ds, pipe, (acc.process_index, acc.num_processes))
+        cached = load_encoded(cache_path, fingerprint)
+    hit = not any_rank([cached is None], acc.device)[0]  # every process has its share, or all read the clips
+    metrics["encoded_cache"] = "hit" if hit else ("miss" if fingerprint is not None else "off")
     metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
+    if hit:
+        cache, extra = cached
+        skipped = [tuple(x) for x in extra.get("skipped", [])]
+        n_clips = len(cache) + len(skipped)
+        metrics["pointmap_clipped"] = dict(extra.get("pointmap_clipped", {}))
+    else:
+        cached = None  # all processes read their clips when any of them found no cache of its share
+        clips = load_clips(ds, cfg.load_workers)
+        n_clips = len(clips)
+    metrics["load_s"] = time.perf_counter() - t_load
+    metrics["train_episodes"] = int(acc.reduce(torch.tensor(n_clips, device=acc.device), "sum"))
     say(f"train: {metrics['train_episodes']} training clips of {geom[0]} x {geom[1]} x {geom[2]} from {data}"
-        + (f" ({len(clips)} in process 0 of {acc.num_processes})" if acc.num_processes > 1 else ""))
-    metrics["pointmap_clipped"] = check_pointmap_code(ds, clips, say)
+        + (f" ({n_clips} in process 0 of {acc.num_processes})" if acc.num_processes > 1 else "")
+        + (f"; their encodings read from {cache_path.parent}" if hit else ""))
+    if not hit:
+        metrics["pointmap_clipped"] = check_pointmap_code(ds, clips, say)
 
-    if cfg.mode == "full" and not continued:
-        if vae is None:
-            if cfg.vae.train:  # data-parallel like the transformer: every process trains on its shard
-                vae, vae_metrics = train_vae(clips, cfg.vae, vae_dir, device=acc.device, mixed_precision=precision,
-                                             seed=cfg.seed, progress=progress, log=say)
-                metrics["vae"] = {k: v for k, v in vae_metrics.items() if k not in ("latents_mean", "latents_std")}
-            else:
-                from .vae import build_vae
+    if cfg.mode == "full" and not continued and vae is None:
+        if cfg.vae.train:  # data-parallel like the transformer: every process trains on its shard
+            vae, vae_metrics = train_vae(clips, cfg.vae, vae_dir, device=acc.device, mixed_precision=precision,
+                                         seed=cfg.seed, progress=progress, log=say)
+            metrics["vae"] = {k: v for k, v in vae_metrics.items() if k not in ("latents_mean", "latents_std")}
+        else:
+            from .vae import build_vae
 
-                torch.manual_seed(cfg.seed)
-                vae = build_vae(cfg.vae).eval()
+            torch.manual_seed(cfg.seed)
+            vae = build_vae(cfg.vae).eval()
         pipe = build_full_pipeline(cfg, vae)
+        if cfg.cache_encoded and ds.format == "k4d":  # written after step 3 for a later run to read
+            fingerprint = encoded_fingerprint(ds, pipe, (acc.process_index, acc.num_processes))
+            metrics["encoded_cache"] = "miss"
     transformer = pipe.transformer
     for module in (pipe.vae, pipe.image_encoder):
         module.requires_grad_(False).eval()
@@ -375,10 +400,21 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     # 3. Encode every clip once with the frozen VAE / CLIP (the pipeline's conditioning code)
     t_enc = time.perf_counter()
-    cache, skipped = encode_clips(pipe, clips, cfg.encode_batch_size)
+    if not hit:
+        cache, skipped = encode_clips(pipe, clips, cfg.encode_batch_size)
+        del clips
+        if fingerprint is not None:
+            try:
+                save_encoded(cache_path, cache, fingerprint,
+                             {"skipped": skipped, "pointmap_clipped": metrics["pointmap_clipped"]})
+            except OSError as exc:  # a full disk costs the next run its encodings, not this run its training
+                with contextlib.suppress(OSError):
+                    cache_path.unlink(missing_ok=True)
+                metrics["encoded_cache"] = f"not written: {exc}"
+                say(f"train: the encodings could not be written to {cache_path} ({exc}); training goes on, a "
+                    f"later run encodes the clips again")
     for name, why in skipped:  # a clip without a visible robot cannot be conditioned on
         say(f"train: skipping clip {name}: {why}")
-    del clips
     if any_rank([not cache], acc.device)[0]:
         raise ValueError(f"no usable training clip in {data}"
                          + (" for one of the processes" if acc.num_processes > 1 else ""))
