@@ -23,6 +23,8 @@ conditioning code, soft mask, robot-condition dropout), AdamW, linear warm-up, g
 (bf16 on GPU), optional gradient checkpointing, resumable ``accelerate`` checkpoints in ``OUT/checkpoints/``
 (``--resume`` continues from the newest; only trainable parameters are written, so a 14B LoRA state stays small),
 a tqdm bar with the loss, and ``OUT/train_metrics.json`` (loss history, loss on a fixed batch before/after, timing).
+The encodings are kept in ``OUT/encoded/`` (``cache_encoded``), so a resumed run on the same clips with the same
+frozen encoders starts training at once (``encoded_cache``: hit / miss / off in the metrics).
 
 Several processes: each reads its own share of the clips (``load_clips``) and draws ``batch_size`` of them per
 step, so the global batch is ``num_processes x batch_size``. The time budget and a non-finite loss are decided
