@@ -40,13 +40,15 @@
 # it for S seconds (and then starts the transformer afresh: its latents would have moved), 0 (the default on
 # --resume) keeps it as it is. The transformer then trains with that VAE frozen (vae.pretrained).
 # Environment: OUT (output folder, required unless --smoke), PYTHON (default python3), WORK (scratch,
-# default /tmp/k4d_device), K4D_WHEELS (folder of wheels to install first; default <repo>/.whl if present; a
-# --resume call without them reuses what an earlier call installed in /tmp/k4d_site).
+# default /tmp/k4d_device), K4D_WHEELS (folder of wheels to install first; default <repo>/.whl, else
+# <repo>/.whl_train, if present; a --resume call without them reuses what an earlier call installed in
+# /tmp/k4d_site).
 # It does not need the project venv: PYTHONPATH is set to the three repo packages (k4d_kinematics,
 # k4d_bringup, k4d_worldmodel). Python packages the GPU image lacks must be carried as wheels (cp312,
 # manylinux x86_64): diffusers, mujoco, yourdfpy, trimesh, ruckig, imageio-ffmpeg (+ their missing deps);
 # torch, accelerate, peft, transformers, safetensors, numba, scipy, imageio, pyyaml, tqdm are in the image.
-# Rendering: MUJOCO_GL=egl, falling back to osmesa when no EGL context can be made (as here on CPU).
+# Rendering: MUJOCO_GL=egl (on a GPU machine without libEGL, run as root, the carried <repo>/.gl/*.deb are
+# unpacked first), falling back to osmesa when no EGL context can be made (as here on CPU).
 #
 # $OUT receives at most 8 files (the device tool's limit), each <= 16 MiB (--vae-only: vae/ with the VAE, its
 # config and vae_metrics.json, plus log.txt and phases.json):
@@ -117,7 +119,9 @@ finish() { tail -c 2000000 "$FULL_LOG" > "$OUT/log.txt" 2>/dev/null || true; ech
 phase_done() { PHASES=$("$PY" -c "import json,sys; d=json.loads(sys.argv[1]); d[sys.argv[2]]=int(sys.argv[3]); print(json.dumps(d))" "$PHASES" "$1" "$((SECONDS - T0))"); finish; }
 trap finish EXIT
 
+# the wheels: K4D_WHEELS, else the repo's .whl/ or .whl_train/ (the folder docs/GPU_RUNS.md makes), if carried
 WHEELS=${K4D_WHEELS:-$REPO/.whl}
+[ -z "${K4D_WHEELS:-}" ] && ! compgen -G "$WHEELS/*.whl" >/dev/null && WHEELS=$REPO/.whl_train
 if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/k4d_site \
       "$WHEELS"/*.whl; then
@@ -143,9 +147,20 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 cd "$WORK"   # never the repo root: its package folders would shadow the Python packages
 
 export MUJOCO_GL=egl
-if ! "$PY" -c "import sys; from k4d_bringup.sim.render import gl_available; ok, why = gl_available(); print('MUJOCO_GL=egl:', ok, why); sys.exit(0 if ok else 1)"; then
-  export MUJOCO_GL=osmesa
-  echo "falling back to MUJOCO_GL=osmesa"
+egl_ok() { "$PY" -c "import sys; from k4d_bringup.sim.render import gl_available; ok, why = gl_available(); print('MUJOCO_GL=egl:', ok, why); sys.exit(0 if ok else 1)"; }
+if ! egl_ok; then
+  # the GPU image has no libEGL: the carried .gl/ packages (docs/GPU_RUNS.md) are unpacked here, as root on a
+  # machine with a GPU only (never on a workstation running --smoke); two sessions lost calls without them
+  if [ "$SMOKE" = 0 ] && [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null && compgen -G "$REPO/.gl/*.deb" >/dev/null \
+      && "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "device_train.sh: unpacking the GL packages of $REPO/.gl (EGL for headless rendering)"
+    for f in "$REPO"/.gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+  fi
+  if ! egl_ok; then
+    export MUJOCO_GL=osmesa
+    echo "falling back to MUJOCO_GL=osmesa"
+  fi
 fi
 "$PY" -c "import torch, diffusers, mujoco; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'mujoco', mujoco.__version__)"
 # Several GPUs: one process per GPU through accelerate's launcher (torch elastic underneath, NCCL). NVLink
