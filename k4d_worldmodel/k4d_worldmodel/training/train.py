@@ -409,6 +409,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             try:
                 save_encoded(cache_path, cache, fingerprint,
                              {"skipped": skipped, "pointmap_clipped": metrics["pointmap_clipped"]})
+                say(f"train: encodings kept in {cache_path} ({cache_path.stat().st_size / 2**30:.2f} GiB) for a "
+                    f"resumed run (cache_encoded: false keeps none)")
             except OSError as exc:  # a full disk costs the next run its encodings, not this run its training
                 with contextlib.suppress(OSError):
                     cache_path.unlink(missing_ok=True)
