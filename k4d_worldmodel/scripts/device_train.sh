@@ -172,8 +172,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 if [ "$MUJOCO_GL" = egl ] && [ "$GPUS" -gt 1 ] && [ "$RESUME" = 0 ]; then
   EGL_OK=()
   for d in $(seq 0 $((GPUS - 1))); do
-    MUJOCO_EGL_DEVICE_ID=$d "$PY" -c "import sys; from k4d_bringup.sim.render import gl_available; sys.exit(0 if gl_available()[0] else 1)" \
-      2>/dev/null && EGL_OK+=("$d")
+    MUJOCO_EGL_DEVICE_ID=$d egl_ok >/dev/null 2>&1 && EGL_OK+=("$d")
   done
   if [ "${#EGL_OK[@]}" -gt 0 ]; then
     export K4D_EGL_DEVICES=$(IFS=,; echo "${EGL_OK[*]}")

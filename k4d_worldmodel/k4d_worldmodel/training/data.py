@@ -194,11 +194,15 @@ class EpisodeDataset(ClipDataset):
     def list_names(self) -> list[str]:
         return _episode_names(self.root)
 
+    def path(self, name: str) -> Path:
+        """The file of episode ``name``."""
+        return self.root / f"{name}.npz"
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         from k4d_bringup.dataset.generate import load_episode
 
         name = self.names[i]
-        ep = load_episode(self.root / f"{name}.npz")
+        ep = load_episode(self.path(name))
         clip = {
             "name": name, "rgb": ep["rgb"], "world_xyz": ep["world_xyz"], "robot_xyz": ep["robot_xyz"],
             "robot_mask": ep["robot_mask"], "robot_link": ep["robot_link"].astype(np.int16),

@@ -292,17 +292,17 @@ def flow_matching_step(transformer: torch.nn.Module, batch: dict[str, torch.Tens
 
 # ------------------------------------------------------------------------------------------------ encoded cache
 def encoded_fingerprint(ds, pipe: K4DPipeline, process: tuple[int, int] = (0, 1)) -> dict[str, Any]:
-    """What [`encode_clips`]' output depends on: the clip files (name, size, mtime), the geometry and pointmap
-    code, the pipeline's config and a digest of its frozen VAE and image-encoder weights, and this process's share
+    """What [`encode_clips`]' output depends on: the clip files of ``ds`` (an ``EpisodeDataset``: name, size,
+    mtime), the geometry and pointmap code, the pipeline's config and a digest of its frozen VAE and image-encoder
+    weights (in memory: a from-scratch run's encoders have no file), and this process's share
     (``(index, count)``). Two runs with equal fingerprints encode to the same tensors."""
     import hashlib
     import json
 
     files = []
     for name in ds.names:
-        path = ds.root / f"{name}.npz"
-        st = path.stat() if path.is_file() else None
-        files.append([str(name), st.st_size if st else -1, st.st_mtime_ns if st else -1])
+        st = ds.path(name).stat()
+        files.append([str(name), st.st_size, st.st_mtime_ns])
     digest = hashlib.sha256()
     for module in (pipe.vae, pipe.image_encoder):
         for key, value in sorted(module.state_dict().items()):
@@ -312,7 +312,7 @@ def encoded_fingerprint(ds, pipe: K4DPipeline, process: tuple[int, int] = (0, 1)
                                     for name, cfg in (("pipeline", pipe.config), ("vae", pipe.vae.config))},
                                    default=str, sort_keys=True))
     return {"root": str(ds.root.resolve()), "files": files, "geometry": [ds.num_frames, ds.height, ds.width],
-            "pointmap_encoding": json.loads(json.dumps(vars(ds.pointmap_encoding), default=str, sort_keys=True)),
+            "pointmap_encoding": ds.pointmap_encoding.to_dict(),
             "pipeline_config": config, "frozen_weights_sha256": digest.hexdigest(), "process": list(process)}
 
 

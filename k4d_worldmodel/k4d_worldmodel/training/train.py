@@ -335,13 +335,15 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     # the encodings of an earlier run on the same clips with the same frozen encoders (a --resume call): reading
     # and encoding them again would cost minutes at 192 x 128 (step 3)
     cache_path = out / "encoded" / f"process{acc.process_index}-of-{acc.num_processes}.safetensors"
+    use_cache = cfg.cache_encoded and ds.format == "k4d"
+    cache_key = functools.partial(encoded_fingerprint, ds, process=(acc.process_index, acc.num_processes))
     fingerprint = cached = None
     t_load = time.perf_counter()  # load_s: reading the clips, or the fingerprint and the cached encodings
-    if cfg.cache_encoded and ds.format == "k4d" and (cfg.mode != "full" or continued or vae is not None):
-        fingerprint = encoded_fingerprint(ds, pipe, (acc.process_index, acc.num_processes))
+    if use_cache and (cfg.mode != "full" or continued or vae is not None):  # the frozen encoders exist already
+        fingerprint = cache_key(pipe)
         cached = load_encoded(cache_path, fingerprint)
     hit = not any_rank([cached is None], acc.device)[0]  # every process has its share, or all read the clips
-    metrics["encoded_cache"] = "hit" if hit else ("miss" if fingerprint is not None else "off")
+    metrics["encoded_cache"] = "hit" if hit else ("miss" if use_cache else "off")
     metrics["geometry"] = {"num_frames": geom[0], "height": geom[1], "width": geom[2]}
     if hit:
         cache, extra = cached
@@ -371,9 +373,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             torch.manual_seed(cfg.seed)
             vae = build_vae(cfg.vae).eval()
         pipe = build_full_pipeline(cfg, vae)
-        if cfg.cache_encoded and ds.format == "k4d":  # written after step 3 for a later run to read
-            fingerprint = encoded_fingerprint(ds, pipe, (acc.process_index, acc.num_processes))
-            metrics["encoded_cache"] = "miss"
+        if use_cache:  # the encodings are written after step 3 for a later run to read
+            fingerprint = cache_key(pipe)
     transformer = pipe.transformer
     for module in (pipe.vae, pipe.image_encoder):
         module.requires_grad_(False).eval()
