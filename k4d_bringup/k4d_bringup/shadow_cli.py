@@ -3,6 +3,7 @@
     k4d shadow report out/shadow/shadow_log.jsonl --out out/shadow/report   # index.html + assets/
     k4d shadow replay run.mcap --checkpoint ckpt/ --log out/replay.jsonl    # evaluate a recording in batch
     k4d shadow calibrate calib_log.jsonl --json calib.json                 # imagined_min_points from known outcomes
+    k4d shadow calibrate calib_log.jsonl --probability --json fit.json     # a calibrated success probability
     k4d shadow run --params k4d_bringup/config/robot.yaml                   # the k4d nodes beside a robot (pip-only)
     k4d calib check run.mcap --extrinsics config/extrinsics.yaml            # per-frame robot/image alignment
 
@@ -53,7 +54,20 @@ def _parse_set(items: list) -> dict:
 def cmd_report(args) -> int:
     from k4d_bringup.shadow.report import write_report
 
-    index = write_report(args.log, args.out, videos=not args.no_videos, max_videos=args.max_videos)
+    fit = None
+    if args.probability_fit:
+        try:
+            fit = json.loads(Path(args.probability_fit).read_text())
+            fit = fit.get("probability", fit)
+        except (OSError, ValueError) as exc:
+            print(f"k4d shadow report: cannot read --probability-fit {args.probability_fit}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        index = write_report(args.log, args.out, videos=not args.no_videos, max_videos=args.max_videos,
+                             probability_fit=fit)
+    except ValueError as exc:
+        print(f"k4d shadow report: {exc}", file=sys.stderr)
+        return 2
     print(f"k4d shadow report: {index}")
     return 0
 
@@ -177,6 +191,31 @@ def cmd_calib_check(args) -> int:
     return 0
 
 
+def _calibrate_probability(args) -> int:
+    from k4d_bringup.shadow.aggregate import ranking
+    from k4d_bringup.shadow.calibrate import apply_probability, fit_probability
+    from k4d_bringup.shadow.log import read_log
+
+    try:
+        recs = read_log(args.log)
+        fit = fit_probability(recs)
+        rank = ranking(apply_probability(recs, fit), rate="probability")
+    except ValueError as exc:
+        print(f"k4d shadow calibrate: {exc}", file=sys.stderr)
+        return 2
+    print(f"k4d shadow calibrate: P(success) = sigmoid({fit['intercept']:.4f} + {fit['slope']:.4f} * log(1 + n)), "
+          f"n = imagined zone points in the last frame; {fit['episodes']} episodes, log loss {fit['log_loss']:.3f}, "
+          f"Brier {fit['brier']:.3f} (on the episodes it was fitted on)")
+    for s, d in sorted(rank.items()):
+        print(f"  {s}: actual {d['gt_rate']:.3f}, mean probability {d['imagined_rate']:.3f} ({d['diff']:+.3f}), "
+              f"Pearson r {d['pearson_r']:.2f}, MMRV {d['mmrv']:.3f}")
+    print("k4d shadow calibrate: pass the JSON to `k4d shadow report --probability-fit` for other episodes")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"log": str(args.log), "probability": fit, "ranking": rank},
+                                              indent=1))
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from k4d_bringup.shadow.calibrate import choose_threshold, threshold_table
     from k4d_bringup.shadow.log import read_log
@@ -184,6 +223,8 @@ def cmd_calibrate(args) -> int:
     if not Path(args.log).is_file():
         print(f"k4d shadow calibrate: log not found: {args.log}", file=sys.stderr)
         return 2
+    if args.probability:
+        return _calibrate_probability(args)
     if not 1 <= args.min_points <= args.max_points:
         print(f"k4d shadow calibrate: need 1 <= --min-points <= --max-points, got {args.min_points} and "
               f"{args.max_points}", file=sys.stderr)
@@ -227,6 +268,9 @@ def add_commands(sub) -> None:
     r.add_argument("--no-videos", action="store_true", help="skip the per-episode real|imagined videos")
     r.add_argument("--max-videos", type=int, default=None, metavar="N",
                    help="at most N episode videos, the first ones (default: every live episode)")
+    r.add_argument("--probability-fit", metavar="FIT.json",
+                   help="calibrated success probability from `k4d shadow calibrate --probability` (fitted on other "
+                        "episodes): the report adds policy rates from it and its reliability diagram")
     r.set_defaults(func=cmd_report)
 
     rp = ss.add_parser("replay", help="evaluate an MCAP recording offline, in batch")
@@ -253,6 +297,9 @@ def add_commands(sub) -> None:
     cb.add_argument("--min-points", type=int, default=1, help="smallest threshold tried (default 1)")
     cb.add_argument("--max-points", type=int, default=30, help="largest threshold tried (default 30)")
     cb.add_argument("--json", metavar="FILE", help="write the table and the choice here")
+    cb.add_argument("--probability", action="store_true",
+                    help="fit a success probability to the imagined count instead of choosing a threshold (Platt "
+                         "scaling); its JSON is what `k4d shadow report --probability-fit` takes")
     cb.set_defaults(func=cmd_calibrate)
 
     rn = ss.add_parser("run", help="start shadow_node, pointmap_node and overlay_node (pip-only shadow.launch.py)")

@@ -349,6 +349,83 @@ def test_shadow_calibrate_rescoring_and_choice():
         rescore(recs, 0)
 
 
+def test_shadow_calibrated_probability_fit_apply_and_ranking(tmp_path):
+    """k4d shadow calibrate --probability: the logistic fit on log(1 + count) recovers the parameters the outcomes
+    were drawn with; applied to other episodes it replaces the imagined probability (chunk and episode, the last
+    chunk's), leaves the hard answer alone, and ranking(rate="probability") ranks by the mean probability; logs it
+    cannot fit are refused by name; the CLI writes the fit and the report shows the calibrated ranking."""
+    from k4d_bringup.shadow.calibrate import apply_probability, fit_probability, probability_of
+    from k4d_bringup.shadow_cli import add_commands
+    import argparse
+
+    rng = np.random.default_rng(0)
+    a, b = -2.0, 1.2
+
+    def draw(prefix, n, policy, mean_count):
+        out = []
+        for i in range(n):
+            c = int(rng.poisson(mean_count))
+            actual = rng.random() < 1 / (1 + math.exp(-(a + b * math.log1p(c))))
+            recs = _chunk_and_episode(f"{prefix}{i}", "s", policy, actual, [c])
+            recs[0].update(imagined_success=c >= 3, chunk_start_ns=i * 10**9, stamp_ns=i * 10**9 + 1)
+            recs[1].update(imagined_success=c >= 3, stamp_ns=i * 10**9 + 1)
+            out += recs
+        return out
+
+    calib = draw("c", 1500, "good", 12) + draw("d", 1500, "bad", 2)
+    fit = fit_probability(calib)
+    assert fit["converged"] and fit["episodes"] == 3000
+    assert fit["intercept"] == pytest.approx(a, abs=0.3) and fit["slope"] == pytest.approx(b, abs=0.15)
+    assert probability_of(0, fit) == pytest.approx(1 / (1 + math.exp(-fit["intercept"])))
+
+    other = draw("g", 40, "good", 12) + draw("h", 40, "bad", 2)
+    judged = apply_probability(other, fit)
+    eps = {r["episode_id"]: r for r in judged if r["kind"] == "episode"}
+    chunks = {r["episode_id"]: r for r in judged if r["kind"] == "chunk"}
+    for eid, e in eps.items():
+        n = chunks[eid]["predicate"]["imagined"]["counts"][-1]
+        assert e["imagined_success_probability"] == pytest.approx(probability_of(n, fit))
+        assert chunks[eid]["imagined_success_probability"] == e["imagined_success_probability"]
+        assert e["imagined_success"] == (n >= 3)  # the hard answer is untouched
+    assert "imagined_success_probability" not in other[1]  # copies
+    by_p = ranking(judged, rate="probability")["s"]
+    by_s = ranking(judged)["s"]
+    good = [r["imagined_success_probability"] for r in judged if r["kind"] == "episode" and r["policy"] == "good"]
+    assert by_p["imagined"][by_p["policies"].index("good")] == pytest.approx(np.mean(good))
+    assert by_p["imagined"] != by_s["imagined"] and by_p["real"] == by_s["real"]
+    with pytest.raises(ValueError, match="'success' or 'probability'"):
+        ranking(judged, rate="mean")
+
+    with pytest.raises(ValueError, match="same actual outcome"):
+        fit_probability(sum((_chunk_and_episode(f"x{i}", "s", "p", True, [i]) for i in range(12)), []))
+    with pytest.raises(ValueError, match="at least 10"):
+        fit_probability(sum((_chunk_and_episode(f"x{i}", "s", "p", i % 2, [i]) for i in range(4)), []))
+    with pytest.raises(ValueError, match="success_relative"):
+        fit_probability(sum((_chunk_and_episode(f"x{i}", "s", "p", i % 2, [i], reason="relative to 2 points")
+                             for i in range(12)), []))
+
+    calib_log, other_log = tmp_path / "calib.jsonl", tmp_path / "other.jsonl"
+    for path, recs in ((calib_log, calib), (other_log, other)):
+        with ShadowLog(path) as lg:
+            for r in recs:
+                lg.append(r)
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["shadow", "calibrate", str(calib_log), "--probability", "--json",
+                              str(tmp_path / "fit.json")])
+    assert args.func(args) == 0
+    saved = json.loads((tmp_path / "fit.json").read_text())["probability"]
+    assert saved["slope"] == pytest.approx(fit["slope"], rel=1e-3)
+    args = parser.parse_args(["shadow", "report", str(other_log), "--out", str(tmp_path / "rep"), "--no-videos",
+                              "--probability-fit", str(tmp_path / "fit.json")])
+    assert args.func(args) == 0
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "with the calibrated success probability" in html and f"{saved['slope']:.3f}" in html
+    args = parser.parse_args(["shadow", "report", str(other_log), "--out", str(tmp_path / "rep2"), "--no-videos",
+                              "--probability-fit", str(tmp_path / "missing.json")])
+    assert args.func(args) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Calibration check
 # ---------------------------------------------------------------------------------------------

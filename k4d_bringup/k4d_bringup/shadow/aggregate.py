@@ -62,7 +62,13 @@ def table3(records: list[dict]) -> list[dict]:
     return rows
 
 
-def ranking(records: list[dict]) -> dict:
+def ranking(records: list[dict], rate: str = "success") -> dict:
+    """Per scenario, across its live policies. ``rate="probability"``: a policy's imagined rate is the mean
+    imagined success probability of its paired episodes (``mean_probability``) instead of the share judged
+    successful; Pearson r, MMRV and the pooled difference then compare those."""
+    if rate not in ("success", "probability"):
+        raise ValueError(f"rate must be 'success' or 'probability', got {rate!r}")
+    key = "imagined_rate" if rate == "success" else "mean_probability"
     out: dict = {}
     weights: dict[str, list[int]] = {}
     for row in table3(records):
@@ -71,7 +77,7 @@ def ranking(records: list[dict]) -> dict:
         d = out.setdefault(row["scenario"], {"policies": [], "real": [], "imagined": []})
         d["policies"].append(row["policy"])
         d["real"].append(row["gt_rate"])
-        d["imagined"].append(row["imagined_rate"])
+        d["imagined"].append(row[key])
         weights.setdefault(row["scenario"], []).append(row["paired"])
     for scenario, d in out.items():
         d["pearson_r"] = pearson_r(d["real"], d["imagined"])

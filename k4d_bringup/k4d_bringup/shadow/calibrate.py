@@ -11,14 +11,26 @@ running the model: the predicate's own rule (``predicate.success_from_counts``) 
 episode takes its last evaluated chunk's answer, as the session does. ``choose_threshold`` picks the
 threshold with the smallest mean over scenarios of |imagined - actual| pooled success rate (ties: the smaller
 threshold). Calibrate on episodes other than those you then judge: this fits one number to the log.
+
+A calibrated success probability instead of a threshold (Platt scaling):
+
+    fit = fit_probability(read_log("calib.jsonl"))   # P(success) = sigmoid(a + b * log(1 + last-frame count))
+    judged = apply_probability(read_log("other.jsonl"), fit)   # imagined_success_probability replaced
+    ranking(judged, rate="probability")              # imagined rates = mean calibrated probability
+
+The logistic model is fitted by maximum likelihood on the live paired episodes' actual outcomes (their last
+evaluated chunk's imagined count in its last frame). It leaves ``imagined_success`` as it was, so the
+per-episode answer and the hard-threshold Table 3 stay; what changes is the probability, which the report's
+reliability diagram and the probability-rate columns show.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
+from scipy.optimize import minimize
 
 from .aggregate import episode_records, ranking, table3
 from .predicate import RELATIVE_PREFIX, success_from_counts
@@ -31,13 +43,9 @@ def rescore(records: list[dict], imagined_min_points: int) -> list[dict]:
     if int(imagined_min_points) < 1:
         raise ValueError(f"imagined_min_points must be >= 1, got {imagined_min_points!r}")
     out = copy.deepcopy(records)
-    last: dict[tuple, dict] = {}
     for r in out:
         if r.get("kind") != "chunk" or r.get("status") != "ok":
             continue
-        key = (r.get("episode_id"), r.get("mode", "live"))
-        if key not in last or r.get("chunk_index", 0) >= last[key].get("chunk_index", 0):
-            last[key] = r  # the episode's answer is its last evaluated chunk's, valid or not
         pred = (r.get("predicate") or {}).get("imagined") or {}
         if not pred.get("valid"):
             continue
@@ -49,6 +57,7 @@ def rescore(records: list[dict], imagined_min_points: int) -> list[dict]:
         if not counts:
             raise ValueError(f"chunk {r.get('episode_id')}/{r.get('chunk_index')} has no imagined counts")
         r["imagined_success"], r["imagined_success_probability"] = success_from_counts(counts, imagined_min_points)
+    last = _last_ok_chunks(out)  # the episode's answer is its last evaluated chunk's, valid or not
     for e in episode_records(out):
         c = last.get((e.get("episode_id"), e.get("mode", "live")))
         if c is not None and e.get("status") == "ok":
@@ -87,3 +96,96 @@ def choose_threshold(table: list[dict]) -> dict:
     if not usable:
         raise ValueError("no paired live episodes in the log (imagined and actual outcome both known)")
     return min(usable, key=lambda r: (round(r["mean_abs_scenario_diff"], 9), r["imagined_min_points"]))
+
+
+PROBABILITY_FEATURE = "log1p_last_frame_count"
+
+
+def _last_count(chunk: dict) -> Optional[int]:
+    pred = (chunk.get("predicate") or {}).get("imagined") or {}
+    counts = pred.get("counts") or []
+    if not pred.get("valid") or not counts:
+        return None
+    if str(pred.get("reason", "")).startswith(RELATIVE_PREFIX):
+        raise ValueError(f"chunk {chunk.get('episode_id')}/{chunk.get('chunk_index')} was counted relative to its "
+                         "first frame (success_relative): calibrate a log made with success_relative false")
+    return int(counts[-1])
+
+
+def _last_ok_chunks(records: list[dict]) -> dict[tuple, dict]:
+    """(episode_id, mode) -> that episode's OK chunk of the highest index."""
+    last: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("kind") != "chunk" or r.get("status") != "ok":
+            continue
+        key = (r.get("episode_id"), r.get("mode", "live"))
+        if key not in last or r.get("chunk_index", 0) >= last[key].get("chunk_index", 0):
+            last[key] = r
+    return last
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def probability_of(count: int, fit: dict) -> float:
+    """The calibrated success probability of an imagined zone count."""
+    if fit.get("feature") != PROBABILITY_FEATURE:
+        raise ValueError(f"unknown probability feature {fit.get('feature')!r} (expected {PROBABILITY_FEATURE!r})")
+    return float(_sigmoid(float(fit["intercept"]) + float(fit["slope"]) * math.log1p(max(int(count), 0))))
+
+
+def fit_probability(records: list[dict]) -> dict:
+    """Logistic fit of the actual outcome on log(1 + imagined count in the last frame) over the live paired
+    episodes; ValueError when fewer than 10 episodes or only one outcome is present."""
+    last = _last_ok_chunks(records)
+    xs, ys = [], []
+    for e in episode_records(records):
+        if (e.get("mode", "live") != "live" or e.get("status") != "ok" or not e.get("has_actual")
+                or not e.get("imagined_valid", True)):
+            continue
+        c = last.get((e.get("episode_id"), "live"))
+        n = _last_count(c) if c is not None else None
+        if n is None:
+            continue
+        xs.append(math.log1p(n))
+        ys.append(float(bool(e["actual_success"])))
+    if len(xs) < 10:
+        raise ValueError(f"need at least 10 live paired episodes with imagined counts to fit a probability, got "
+                         f"{len(xs)}")
+    x, y = np.asarray(xs), np.asarray(ys)
+    if y.min() == y.max():
+        raise ValueError("every episode in the log has the same actual outcome: a probability cannot be fitted")
+
+    def nll(w):
+        z = w[0] + w[1] * x
+        return float(np.sum(np.logaddexp(0.0, z) - y * z))
+
+    def grad(w):
+        r = _sigmoid(w[0] + w[1] * x) - y
+        return np.array([r.sum(), (r * x).sum()])
+
+    res = minimize(nll, np.zeros(2), jac=grad, method="BFGS")
+    p = _sigmoid(res.x[0] + res.x[1] * x)
+    return {"feature": PROBABILITY_FEATURE, "intercept": float(res.x[0]), "slope": float(res.x[1]),
+            "episodes": int(len(x)), "success_rate": float(y.mean()), "log_loss": float(res.fun / len(x)),
+            "brier": float(np.mean((p - y) ** 2)), "converged": bool(res.success)}
+
+
+def apply_probability(records: list[dict], fit: dict) -> list[dict]:
+    """Copies of ``records`` whose chunks and episodes carry the calibrated ``imagined_success_probability``
+    (an episode: its last OK chunk's); chunks without a valid imagined count keep theirs."""
+    out = copy.deepcopy(records)
+    for r in out:
+        if r.get("kind") == "chunk" and r.get("status") == "ok":
+            n = _last_count(r)
+            if n is not None:
+                r["imagined_success_probability"] = probability_of(n, fit)
+                r["probability_fit"] = PROBABILITY_FEATURE
+    last = _last_ok_chunks(out)
+    for e in episode_records(out):
+        c = last.get((e.get("episode_id"), e.get("mode", "live")))
+        if c is not None and e.get("status") == "ok" and c.get("probability_fit"):
+            e["imagined_success_probability"] = c["imagined_success_probability"]
+            e["probability_fit"] = PROBABILITY_FEATURE
+    return out

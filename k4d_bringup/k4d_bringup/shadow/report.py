@@ -186,11 +186,17 @@ def _table(headers: list[str], rows: list[list], cls: str = "") -> str:
 
 
 def write_report(log_path: str | os.PathLike, out_dir: str | os.PathLike, videos: bool = True,
-                 max_videos: int | None = None) -> Path:
-    """Write ``out_dir/index.html`` (+ ``out_dir/assets``) for the shadow log; returns the index path."""
+                 max_videos: int | None = None, probability_fit: Optional[dict] = None) -> Path:
+    """Write ``out_dir/index.html`` (+ ``out_dir/assets``) for the shadow log; returns the index path.
+    ``probability_fit`` (``calibrate.fit_probability`` on other episodes) replaces the imagined success
+    probability by the calibrated one and adds the policy ranking by mean probability."""
     log_path, out = Path(log_path), Path(out_dir)
     stats: dict = {}
     records = read_log(log_path, stats)
+    if probability_fit is not None:
+        from .calibrate import apply_probability
+
+        records = apply_probability(records, probability_fit)
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
     eps, chunks = episode_records(records), chunk_records(records)
@@ -225,11 +231,27 @@ def write_report(log_path: str | os.PathLike, out_dir: str | os.PathLike, videos
     parts.append("<p>Pooled: over all the scenario's paired live episodes, whatever the policy. "
                  "Pearson r needs at least two policies with different success rates. References: SimplerEnv "
                  "r 0.85–0.91 and MMRV 0.028–0.053; Veo 0.88 / 0.03 (in distribution).</p>")
+    if probability_fit is not None:
+        prank = ranking(records, rate="probability")
+        parts.append("<h3>The same, with the calibrated success probability</h3>")
+        parts.append(f"<p>P(success) = sigmoid({probability_fit['intercept']:.3f} + {probability_fit['slope']:.3f} "
+                     f"· log(1 + n)), n = imagined points in the goal region in the last frame, fitted on "
+                     f"{probability_fit.get('episodes', '?')} other episodes (<code>k4d shadow calibrate "
+                     "--probability</code>). A policy's imagined rate is its episodes' mean probability.</p>")
+        parts.append(_table(["scenario", "policies", "real", "imagined (mean p)", "Pearson r", "MMRV",
+                             "GT success, pooled", "mean p, pooled", "mean p − GT, pooled"],
+                            [[_fmt(s), html.escape(", ".join(d["policies"])),
+                              ", ".join(_fmt(x) for x in d["real"]), ", ".join(_fmt(x) for x in d["imagined"]),
+                              _fmt(d["pearson_r"], 3), _fmt(d["mmrv"], 3), _fmt(d["gt_rate"]),
+                              _fmt(d["imagined_rate"]), _fmt(d["diff"])] for s, d in prank.items()], "prank"))
 
     # 3. Calibration
     parts.append("<h2>Calibration of the imagined success probability</h2>")
+    what = ("the calibrated probability of the imagined zone count (fitted on other episodes)"
+            if probability_fit is not None else
+            "the fraction of the last frames in which the success predicate holds")
     parts.append(f"<p>{cal['count']} live episodes; ECE {_fmt(cal['ece'], 3)}, Brier {_fmt(cal['brier'], 3)}. "
-                 "The probability is the fraction of the last frames in which the success predicate holds.</p>")
+                 f"The probability is {what}.</p>")
     parts.append(_table(["p bin", "episodes", "mean p", "actual success rate"],
                         [[f"{b['lo']:.1f}–{b['hi']:.1f}", b["count"], _fmt(b["mean_prob"]), _fmt(b["success_rate"])]
                          for b in cal["bins"]], "cal"))
