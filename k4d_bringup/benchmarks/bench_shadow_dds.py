@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--server-wait-s", type=float, default=180.0, help="how long to wait for the node to serve")
+    p.add_argument("--work", default="", help="folder for the logs of both runs and the node's log (default: a new "
+                   "temporary folder)")
     args = p.parse_args(argv)
 
     from k4d_bringup.shadow.predicate import min_points_for
@@ -82,11 +84,23 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID") or str(random.randint(101, 200)),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1"}
-    work = Path(tempfile.mkdtemp(prefix="k4d_shadow_dds_"))
+    if args.work:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="k4d_shadow_dds_"))
     results = {"checkpoint": ckpt, "episodes": str(args.episodes), "max_episodes": args.max_episodes,
                "steps": args.steps, "device": args.device, "model": f"{frames} x {height} x {width}",
                "min_points": min_points, "ros_domain_id": int(env["ROS_DOMAIN_ID"]), "machine": platform.node(),
-               "cpu_count": os.cpu_count()}
+               "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    if args.device.startswith("cuda"):
+        import torch
+
+        results["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+        results["torch"] = torch.__version__
+    import rclpy
+
+    results["rclpy_from"] = str(Path(rclpy.__file__).parent)
 
     node_cmd = [sys.executable, "-m", "k4d_worldmodel.ros.imagine_node", "--ros-args",
                 "-r", "__node:=k4d_imagine_bench", "-p", f"checkpoint_dir:={ckpt}", "-p", f"device:={args.device}",
