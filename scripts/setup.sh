@@ -59,15 +59,7 @@ fi
 # ---- 3. repair the wheels' CMake include paths ---------------------------------------------
 # The wheels' exported targets name include dirs of the machine they were built on
 # (/opt/python/cpXY-cpXY/...). Point them at this interpreter and this numpy (files in .venv only).
-PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-NPINC=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
-mapfile -t bad < <(grep -rl '/opt/python/cp3' "$VENV/share" --include='*.cmake' 2>/dev/null || true)
-if [ ${#bad[@]} -gt 0 ]; then
-  log "repairing CMake paths in ${#bad[@]} files"
-  sed -i -E \
-    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#${NPINC}#g" \
-    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#${PYINC}#g" "${bad[@]}"
-fi
+"$ROOT/scripts/repair_ros_cmake.sh" "$VENV"
 
 # ---- 4. colcon build ---------------------------------------------------------------------
 export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"

@@ -58,7 +58,8 @@ def cmd_report(args) -> int:
     if args.probability_fit:
         try:
             fit = json.loads(Path(args.probability_fit).read_text())
-            fit = fit.get("probability", fit)
+            if isinstance(fit, dict) and "probability" in fit:  # the file `calibrate --probability --json` writes
+                fit = fit["probability"]
         except (OSError, ValueError) as exc:
             print(f"k4d shadow report: cannot read --probability-fit {args.probability_fit}: {exc}", file=sys.stderr)
             return 2

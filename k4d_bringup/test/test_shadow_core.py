@@ -424,6 +424,12 @@ def test_shadow_calibrated_probability_fit_apply_and_ranking(tmp_path):
     args = parser.parse_args(["shadow", "report", str(other_log), "--out", str(tmp_path / "rep2"), "--no-videos",
                               "--probability-fit", str(tmp_path / "missing.json")])
     assert args.func(args) == 2
+    (tmp_path / "bad_fit.json").write_text(json.dumps({"feature": "count", "intercept": 0, "slope": 1}))
+    args = parser.parse_args(["shadow", "report", str(other_log), "--out", str(tmp_path / "rep3"), "--no-videos",
+                              "--probability-fit", str(tmp_path / "bad_fit.json")])
+    assert args.func(args) == 2
+    with pytest.raises(ValueError, match="numeric intercept"):
+        apply_probability(other, {"feature": fit["feature"], "intercept": "a", "slope": 1.0})
 
 
 # ---------------------------------------------------------------------------------------------

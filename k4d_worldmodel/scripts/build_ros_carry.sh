@@ -26,15 +26,8 @@ log "downloading the cp312 wheels of requirements-ros.txt"
 "$V/bin/python" -m pip download -q -d "$WORK/wheels" -r "$REPO/requirements-ros.txt" numpy==2.2.6 2> >(grep -v "is ignored" >&2)
 "$V/bin/python" -m pip install -q --no-index --find-links "$WORK/wheels" -r "$REPO/requirements-ros.txt" numpy==2.2.6 \
     2> >(grep -v "is ignored" >&2)
-# The same repair of the wheels' CMake include paths as scripts/setup.sh, for this interpreter.
-PYINC=$("$V/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-NPINC=$("$V/bin/python" -c 'import numpy; print(numpy.get_include())')
-mapfile -t bad < <(grep -rl '/opt/python/cp3' "$V/share" --include='*.cmake' 2>/dev/null || true)
-if [ ${#bad[@]} -gt 0 ]; then
-  sed -i -E \
-    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#${NPINC}#g" \
-    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#${PYINC}#g" "${bad[@]}"
-fi
+# The wheels' CMake include paths, repaired for this interpreter as scripts/setup.sh does for .venv.
+"$REPO/scripts/repair_ros_cmake.sh" "$V"
 log "colcon build of k4d_msgs with Python 3.12"
 mkdir -p "$WORK/ws/src"
 ln -sfn "$REPO/k4d_msgs" "$WORK/ws/src/k4d_msgs"

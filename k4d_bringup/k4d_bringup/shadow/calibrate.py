@@ -31,8 +31,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import expit
 
-from .aggregate import episode_records, ranking, table3
+from .aggregate import _paired, episode_records, ranking, table3
 from .predicate import RELATIVE_PREFIX, success_from_counts
 
 
@@ -44,26 +45,52 @@ def rescore(records: list[dict], imagined_min_points: int) -> list[dict]:
         raise ValueError(f"imagined_min_points must be >= 1, got {imagined_min_points!r}")
     out = copy.deepcopy(records)
     for r in out:
+        if r.get("kind") == "chunk" and r.get("status") == "ok":
+            counts = _imagined_counts(r)
+            if counts is not None:
+                r["imagined_success"], r["imagined_success_probability"] = success_from_counts(
+                    counts, imagined_min_points)
+    _episodes_take_last_chunk(out, ("imagined_success", "imagined_success_probability"))
+    return out
+
+
+def _imagined_counts(chunk: dict) -> Optional[list]:
+    """The logged imagined counts of an OK chunk; None when its imagined predicate was not valid. ValueError
+    when it was counted relative to its first frame (the baseline count is not logged) or has no counts."""
+    pred = (chunk.get("predicate") or {}).get("imagined") or {}
+    if not pred.get("valid"):
+        return None
+    if str(pred.get("reason", "")).startswith(RELATIVE_PREFIX):
+        raise ValueError(f"chunk {chunk.get('episode_id')}/{chunk.get('chunk_index')} was counted relative to its "
+                         "first frame (success_relative): its baseline count is not logged; calibrate a log made "
+                         "with success_relative false")
+    counts = pred.get("counts") or []
+    if not counts:
+        raise ValueError(f"chunk {chunk.get('episode_id')}/{chunk.get('chunk_index')} has no imagined counts")
+    return list(counts)
+
+
+def _last_ok_chunks(records: list[dict]) -> dict[tuple, dict]:
+    """(episode_id, mode) -> that episode's OK chunk of the highest index."""
+    last: dict[tuple, dict] = {}
+    for r in records:
         if r.get("kind") != "chunk" or r.get("status") != "ok":
             continue
-        pred = (r.get("predicate") or {}).get("imagined") or {}
-        if not pred.get("valid"):
-            continue
-        if str(pred.get("reason", "")).startswith(RELATIVE_PREFIX):
-            raise ValueError(f"chunk {r.get('episode_id')}/{r.get('chunk_index')} was counted relative to its first "
-                             "frame (success_relative): its baseline count is not logged; calibrate a log made "
-                             "with success_relative false")
-        counts = pred.get("counts") or []
-        if not counts:
-            raise ValueError(f"chunk {r.get('episode_id')}/{r.get('chunk_index')} has no imagined counts")
-        r["imagined_success"], r["imagined_success_probability"] = success_from_counts(counts, imagined_min_points)
-    last = _last_ok_chunks(out)  # the episode's answer is its last evaluated chunk's, valid or not
-    for e in episode_records(out):
+        key = (r.get("episode_id"), r.get("mode", "live"))
+        if key not in last or r.get("chunk_index", 0) >= last[key].get("chunk_index", 0):
+            last[key] = r
+    return last
+
+
+def _episodes_take_last_chunk(records: list[dict], keys: tuple) -> None:
+    """An OK episode's answer is its last evaluated chunk's, as in the session: copy ``keys`` from it (in place)."""
+    last = _last_ok_chunks(records)
+    for e in episode_records(records):
         c = last.get((e.get("episode_id"), e.get("mode", "live")))
         if c is not None and e.get("status") == "ok":
-            e["imagined_success"] = c["imagined_success"]
-            e["imagined_success_probability"] = c["imagined_success_probability"]
-    return out
+            for k in keys:
+                if k in c:
+                    e[k] = c[k]
 
 
 def threshold_table(records: list[dict], thresholds: Iterable[int]) -> list[dict]:
@@ -101,38 +128,24 @@ def choose_threshold(table: list[dict]) -> dict:
 PROBABILITY_FEATURE = "log1p_last_frame_count"
 
 
-def _last_count(chunk: dict) -> Optional[int]:
-    pred = (chunk.get("predicate") or {}).get("imagined") or {}
-    counts = pred.get("counts") or []
-    if not pred.get("valid") or not counts:
-        return None
-    if str(pred.get("reason", "")).startswith(RELATIVE_PREFIX):
-        raise ValueError(f"chunk {chunk.get('episode_id')}/{chunk.get('chunk_index')} was counted relative to its "
-                         "first frame (success_relative): calibrate a log made with success_relative false")
-    return int(counts[-1])
-
-
-def _last_ok_chunks(records: list[dict]) -> dict[tuple, dict]:
-    """(episode_id, mode) -> that episode's OK chunk of the highest index."""
-    last: dict[tuple, dict] = {}
-    for r in records:
-        if r.get("kind") != "chunk" or r.get("status") != "ok":
-            continue
-        key = (r.get("episode_id"), r.get("mode", "live"))
-        if key not in last or r.get("chunk_index", 0) >= last[key].get("chunk_index", 0):
-            last[key] = r
-    return last
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+def _check_fit(fit: dict) -> tuple[float, float]:
+    """(intercept, slope) of a ``fit_probability`` result; ValueError naming what is wrong with it."""
+    if not isinstance(fit, dict) or fit.get("feature") != PROBABILITY_FEATURE:
+        got = fit.get("feature") if isinstance(fit, dict) else type(fit).__name__
+        raise ValueError(f"not a probability fit of feature {PROBABILITY_FEATURE!r}: got {got!r}")
+    try:
+        a, b = float(fit["intercept"]), float(fit["slope"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"probability fit without a numeric intercept and slope: {exc}") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"probability fit with a non-finite intercept or slope: {a}, {b}")
+    return a, b
 
 
 def probability_of(count: int, fit: dict) -> float:
     """The calibrated success probability of an imagined zone count."""
-    if fit.get("feature") != PROBABILITY_FEATURE:
-        raise ValueError(f"unknown probability feature {fit.get('feature')!r} (expected {PROBABILITY_FEATURE!r})")
-    return float(_sigmoid(float(fit["intercept"]) + float(fit["slope"]) * math.log1p(max(int(count), 0))))
+    a, b = _check_fit(fit)
+    return float(expit(a + b * math.log1p(max(int(count), 0))))
 
 
 def fit_probability(records: list[dict]) -> dict:
@@ -141,14 +154,13 @@ def fit_probability(records: list[dict]) -> dict:
     last = _last_ok_chunks(records)
     xs, ys = [], []
     for e in episode_records(records):
-        if (e.get("mode", "live") != "live" or e.get("status") != "ok" or not e.get("has_actual")
-                or not e.get("imagined_valid", True)):
+        if e.get("mode", "live") != "live" or not _paired(e):
             continue
         c = last.get((e.get("episode_id"), "live"))
-        n = _last_count(c) if c is not None else None
-        if n is None:
+        counts = _imagined_counts(c) if c is not None else None
+        if counts is None:
             continue
-        xs.append(math.log1p(n))
+        xs.append(math.log1p(counts[-1]))
         ys.append(float(bool(e["actual_success"])))
     if len(xs) < 10:
         raise ValueError(f"need at least 10 live paired episodes with imagined counts to fit a probability, got "
@@ -162,11 +174,11 @@ def fit_probability(records: list[dict]) -> dict:
         return float(np.sum(np.logaddexp(0.0, z) - y * z))
 
     def grad(w):
-        r = _sigmoid(w[0] + w[1] * x) - y
+        r = expit(w[0] + w[1] * x) - y
         return np.array([r.sum(), (r * x).sum()])
 
     res = minimize(nll, np.zeros(2), jac=grad, method="BFGS")
-    p = _sigmoid(res.x[0] + res.x[1] * x)
+    p = expit(res.x[0] + res.x[1] * x)
     return {"feature": PROBABILITY_FEATURE, "intercept": float(res.x[0]), "slope": float(res.x[1]),
             "episodes": int(len(x)), "success_rate": float(y.mean()), "log_loss": float(res.fun / len(x)),
             "brier": float(np.mean((p - y) ** 2)), "converged": bool(res.success)}
@@ -174,18 +186,15 @@ def fit_probability(records: list[dict]) -> dict:
 
 def apply_probability(records: list[dict], fit: dict) -> list[dict]:
     """Copies of ``records`` whose chunks and episodes carry the calibrated ``imagined_success_probability``
-    (an episode: its last OK chunk's); chunks without a valid imagined count keep theirs."""
+    (an episode: its last OK chunk's); chunks without a valid imagined prediction keep theirs. ValueError for a
+    malformed fit."""
+    _check_fit(fit)
     out = copy.deepcopy(records)
     for r in out:
         if r.get("kind") == "chunk" and r.get("status") == "ok":
-            n = _last_count(r)
-            if n is not None:
-                r["imagined_success_probability"] = probability_of(n, fit)
+            counts = _imagined_counts(r)
+            if counts is not None:
+                r["imagined_success_probability"] = probability_of(counts[-1], fit)
                 r["probability_fit"] = PROBABILITY_FEATURE
-    last = _last_ok_chunks(out)
-    for e in episode_records(out):
-        c = last.get((e.get("episode_id"), e.get("mode", "live")))
-        if c is not None and e.get("status") == "ok" and c.get("probability_fit"):
-            e["imagined_success_probability"] = c["imagined_success_probability"]
-            e["probability_fit"] = PROBABILITY_FEATURE
+    _episodes_take_last_chunk(out, ("imagined_success_probability", "probability_fit"))
     return out
