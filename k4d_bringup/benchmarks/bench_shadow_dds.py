@@ -3,11 +3,16 @@
 
     .venv/bin/python k4d_bringup/benchmarks/bench_shadow_dds.py EPISODES_DIR --checkpoint default \\
         --max-episodes 12 --json k4d_worldmodel/benchmarks/results/shadow_dds_cpu_v2.json
+    sudo .venv/bin/python k4d_bringup/benchmarks/bench_shadow_dds.py EPISODES_DIR --netns 1gbit ...   # two hosts
 
 The deployment this measures: the shadow node beside the robot, the imagine node on another machine (a GPU
-workstation), the Imagine action between them over DDS. Here both run on one host, so the figure is the cost
-of the action path itself (goal and result serialisation, DDS transport over loopback, the node's queue and
-threads), not of a network.
+workstation), the Imagine action between them over DDS. By default both run on one host, so the figure is the
+cost of the action path itself (goal and result serialisation, DDS transport over loopback, the node's queue and
+threads), not of a network. ``--netns RATE`` (root, Linux) puts the node and the client on two hosts of their
+own instead: two network namespaces joined by a veth link whose both ends are shaped to RATE by a token bucket
+(``tc tbf``, e.g. ``1gbit`` for a gigabit LAN). DDS then crosses a real IP link: UDPv4 only (no shared memory
+between the two, as between two machines), subnet discovery with each host as the other's static peer. The bytes
+that crossed the link are read from its counters and reported, so the figure is known to be a network's.
 
 1. ``served``: the real ``imagine_node`` is started as its own process (``checkpoint_dir``, ``device``, the
    sampling of the in-process run: 20 steps, no CFG, seed 42), on a ROS domain of its own (``ROS_DOMAIN_ID``
@@ -25,6 +30,7 @@ are the same, so any difference is a fault of the message path). Not collected b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -45,11 +51,12 @@ def _chunks(log: Path) -> dict[str, dict]:
     return {f"{r['episode_id']}/{r['chunk_index']}": r for r in read_log(log) if r.get("kind") == "chunk"}
 
 
-def _bench(args, extra: list[str], log: Path, env: dict) -> dict:
-    """One ``k4d shadow bench`` run in a fresh interpreter; its --json summary."""
+def _bench(args, extra: list[str], log: Path, env: dict, wrap=None) -> dict:
+    """One ``k4d shadow bench`` run in a fresh interpreter (through ``wrap``, if given); its --json summary."""
     summary = log.with_suffix(".json")
     cmd = [sys.executable, "-m", "k4d_bringup.shadow.simbench", str(args.episodes), "--log", str(log), "--json",
            str(summary), "--steps", str(args.steps), "--max-episodes", str(args.max_episodes), *extra]
+    cmd = wrap(cmd) if wrap else cmd
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=tempfile.gettempdir())
     out = json.loads(summary.read_text())
@@ -66,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--server-wait-s", type=float, default=180.0, help="how long to wait for the node to serve")
+    p.add_argument("--netns", default="", metavar="RATE",
+                   help="serve across two network namespaces joined by a link shaped to RATE (tc tbf, e.g. 1gbit); "
+                   "root only")
     p.add_argument("--work", default="", help="folder for the logs of both runs and the node's log (default: a new "
                    "temporary folder)")
     args = p.parse_args(argv)
+    args.episodes = str(Path(args.episodes).resolve())  # the runs start in another folder
 
     from k4d_bringup.shadow.predicate import min_points_for
     from k4d_worldmodel.config import DEFAULT_CHECKPOINT, default_checkpoint_dir
@@ -106,13 +117,26 @@ def main(argv: list[str] | None = None) -> int:
                 "-r", "__node:=k4d_imagine_bench", "-p", f"checkpoint_dir:={ckpt}", "-p", f"device:={args.device}",
                 "-p", "autostart:=true", "-p", "preview:=false", "-p", f"num_inference_steps:={args.steps}",
                 "-p", "guidance_scale:=1.0", "-p", "seed:=42", "-p", "action_name:=/k4d/imagine"]
+    from k4d_bringup.testing import TwoHosts
+
+    hosts = TwoHosts(args.netns) if args.netns else contextlib.nullcontext()
     t0 = time.perf_counter()
     node_log = work / "imagine_node.log"  # a file, not a pipe: a long run's log would fill a pipe and stall the node
-    with open(node_log, "w") as fh:
-        node = subprocess.Popen(node_cmd, env=env, cwd=str(work), stdout=fh, stderr=subprocess.STDOUT)
+    with hosts, open(node_log, "w") as fh:
+        node_env, client_env, wrap_node, wrap_client = env, env, None, None
+        if args.netns:
+            node_env, client_env = hosts.env(hosts.server, env), hosts.env(hosts.client, env)
+            wrap_node, wrap_client = (lambda c: hosts.wrap(hosts.server, c)), (lambda c: hosts.wrap(hosts.client, c))
+            results["network"] = {"link": f"veth between two network namespaces, tc tbf {args.netns} each way",
+                                  "server": hosts.server[2], "client": hosts.client[2],
+                                  "transport": "UDPv4 only (FASTDDS_BUILTIN_TRANSPORTS)",
+                                  "discovery": "ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET, ROS_STATIC_PEERS=the other host"}
+        node = subprocess.Popen(wrap_node(node_cmd) if wrap_node else node_cmd, env=node_env, cwd=str(work),
+                                stdout=fh, stderr=subprocess.STDOUT)
         try:
             served = _bench(args, ["--served", "--frames", str(frames), "--min-points", str(min_points),
-                                   "--wait-server-s", str(args.server_wait_s)], work / "served.jsonl", env)
+                                   "--wait-server-s", str(args.server_wait_s)], work / "served.jsonl", client_env,
+                            wrap_client)
         finally:
             node.send_signal(signal.SIGINT)
             try:
@@ -120,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 node.kill()
                 node.wait()
+        if args.netns:
+            moved = hosts.bytes_moved()
+            results["network"]["bytes"] = moved
+            results["network"]["udp_receive_buffer_drops"] = hosts.udp_receive_drops()
+            results["network"]["mb_per_chunk"] = {k: v / 1e6 / max(served["chunks"], 1) for k, v in moved.items()}
     node_out = node_log.read_text()
     results["node_process_s"] = time.perf_counter() - t0
     local = _bench(args, ["--checkpoint", ckpt, "--device", args.device], work / "in_process.jsonl", env)

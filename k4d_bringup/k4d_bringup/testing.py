@@ -4,6 +4,7 @@ Used by the packages' tests and the cross-package integration tests in ``tests/`
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,82 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> str:
             proc.wait()
     out = proc.stdout.read() if proc.stdout else ""
     return out or ""
+
+
+class TwoHosts:
+    """Two hosts on one machine: network namespaces joined by a veth pair, both ends shaped by ``tc tbf`` to
+    ``rate`` (e.g. ``1gbit``); removed on exit. Linux, root, iproute2.
+
+    ``server`` and ``client`` are ``(namespace, interface, address)``; ``wrap(host, cmd)`` runs ``cmd`` on that host
+    and ``env(host, base)`` gives it the DDS settings of a two-machine deployment: UDPv4 only (shared memory would
+    bypass the link), subnet discovery, the other host as static peer. ``bytes_moved()`` reads the link's counters,
+    the proof that traffic crossed it."""
+
+    def __init__(self, rate: str, subnet: str = "10.231.77"):
+        tag = f"{os.getpid() % 100000}"
+        self.rate = rate
+        self.server = (f"k4d_gpu{tag}", f"k4dg{tag}", f"{subnet}.1")
+        self.client = (f"k4d_robot{tag}", f"k4dr{tag}", f"{subnet}.2")
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+    def __enter__(self) -> "TwoHosts":
+        (ns_s, if_s, ip_s), (ns_c, if_c, ip_c) = self.server, self.client
+        try:
+            self._ip("netns", "add", ns_s)
+            self._ip("netns", "add", ns_c)
+            self._ip("link", "add", if_s, "type", "veth", "peer", "name", if_c)
+            for ns, dev, addr in (self.server, self.client):
+                self._ip("link", "set", dev, "netns", ns)
+                self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+                self._ip("-n", ns, "link", "set", dev, "up")
+                self._ip("-n", ns, "link", "set", "lo", "up")
+                self._ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)  # SPDP multicast leaves by the link
+                subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+                                self.rate, "burst", "256kb", "latency", "50ms"], check=True, capture_output=True,
+                               text=True)
+        except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+            self.__exit__(None, None, None)
+            detail = getattr(exc, "stderr", "") or str(exc)
+            raise RuntimeError(f"cannot build two hosts from network namespaces (needs root, iproute2 and tc): "
+                               f"{detail.strip()}") from exc
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for ns, _, _ in (self.server, self.client):
+            try:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # takes its end of the veth along
+            except FileNotFoundError:  # no iproute2: nothing was made
+                pass
+
+    def wrap(self, host: tuple[str, str, str], cmd: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", host[0], *cmd]
+
+    def env(self, host: tuple[str, str, str], base: dict) -> dict:
+        peer = self.client if host is self.server else self.server
+        # no profile file: k4d's own (fastdds_large_data.xml) adds shared memory, which Fast DDS would use between
+        # the namespaces (one machine id), bypassing the link
+        env = {k: v for k, v in base.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+        return {**env, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "ROS_STATIC_PEERS": peer[2],
+                "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
+
+    def udp_receive_drops(self) -> dict:
+        """Datagrams each host's kernel dropped for a full socket receive buffer (``Udp: RcvbufErrors``): DDS
+        resends the fragments, so drops cost bytes and time but not correctness."""
+        out = {}
+        for name, (ns, _, _) in (("server", self.server), ("client", self.client)):
+            lines = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], check=True,
+                                   capture_output=True, text=True).stdout.splitlines()
+            head, vals = [ln.split()[1:] for ln in lines if ln.startswith("Udp:")][:2]
+            out[name] = int(dict(zip(head, vals)).get("RcvbufErrors", 0))
+        return out
+
+    def bytes_moved(self) -> dict:
+        """Bytes sent each way over the link so far (the veth counters of the server's end)."""
+        ns, dev, _ = self.server
+        out = subprocess.run(["ip", "-j", "-s", "-n", ns, "link", "show", "dev", dev], check=True,
+                             capture_output=True, text=True).stdout
+        stats = json.loads(out)[0]["stats64"]
+        return {"server_to_client": int(stats["tx"]["bytes"]), "client_to_server": int(stats["rx"]["bytes"])}

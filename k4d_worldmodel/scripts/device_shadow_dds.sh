@@ -9,7 +9,8 @@
 #          K4D_WHEELS (default <repo>/.whl_slim) diffusers, peft and the other wheels the image lacks.
 #          Installs both sets into a prefix of their own (/tmp/k4d_rosenv), writes its env.sh (PYTHONPATH,
 #          LD_LIBRARY_PATH), then checks that rclpy, k4d_msgs, torch and diffusers import and a node publishes.
-#   run EPISODES_DIR [MAX_EPISODES]: the bench; writes $OUT/shadow_dds.json, $OUT/served.jsonl,
+#   run EPISODES_DIR [MAX_EPISODES]: the bench (K4D_NETNS=RATE: node and client on two hosts made of network
+#          namespaces, a link shaped to RATE, e.g. 1gbit; needs root and iproute2); writes $OUT/shadow_dds.json, $OUT/served.jsonl,
 #          $OUT/in_process.jsonl, $OUT/imagine_node.log.
 #
 # The two steps can be separate calls on one warm machine (the environment lives in /tmp), because the ROS
@@ -72,17 +73,21 @@ fi
 
 if [ "$cmd" = run ]; then
   : "${OUT:?set OUT}"
-  EPISODES=${1:?episodes folder}
+  EPISODES=$(realpath "${1:?episodes folder}")  # before the cd below
   MAX=${2:-1000000}
   [ -f "$ENV_DIR/env.sh" ] || { echo "run 'setup' first on this machine ($ENV_DIR/env.sh missing)" >&2; exit 2; }
   # shellcheck disable=SC1091
   . "$ENV_DIR/env.sh"
   export PYTHONUNBUFFERED=1
+  # The image has no iproute2: a carried .iproute/ (ip and tc with their libraries, RPATH $ORIGIN/../lib; how it
+  # is made: docs/GPU_RUNS.md, "Twenty-first session") serves K4D_NETNS.
+  if [ -x "$REPO/.iproute/bin/ip" ]; then export PATH=$REPO/.iproute/bin:$PATH; fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   cd /tmp
   set +e
   $PY "$REPO/k4d_bringup/benchmarks/bench_shadow_dds.py" "$EPISODES" --checkpoint "${CHECKPOINT:-default}" \
-      --device cuda --max-episodes "$MAX" --work "$OUT/work" --json "$OUT/shadow_dds.json"
+      --device cuda --max-episodes "$MAX" --work "$OUT/work" --json "$OUT/shadow_dds.json" \
+      ${K4D_NETNS:+--netns "$K4D_NETNS"}
   rc=$?
   set -e
   for f in served.jsonl in_process.jsonl imagine_node.log; do
