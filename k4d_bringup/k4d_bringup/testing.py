@@ -90,7 +90,7 @@ class TwoHosts:
         subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
     def __enter__(self) -> "TwoHosts":
-        (ns_s, if_s, ip_s), (ns_c, if_c, ip_c) = self.server, self.client
+        (ns_s, if_s, _), (ns_c, if_c, _) = self.server, self.client
         try:
             self._ip("netns", "add", ns_s)
             self._ip("netns", "add", ns_c)
