@@ -24,45 +24,27 @@ pytestmark = pytest.mark.ros
 NODE = "k4d_imagine_far"
 SEED = 11
 
-# Runs on the robot's host: one Imagine goal (the tiny model's own synthetic inputs), the result to an npz.
+K = [[40, 0, 23.5], [0, 40, 15.5], [0, 0, 1]]
+# Runs on the robot's host: the shadow session's own action client (ActionImaginer, as `k4d shadow replay` and
+# `k4d shadow bench --served` use it) sends one chunk of the tiny model's synthetic inputs; the rollout to an npz.
 CLIENT = textwrap.dedent(
-    """
-    import json, sys, time
-    import numpy as np, rclpy
-    from rclpy.action import ActionClient
-    from k4d_msgs.action import Imagine
-    from k4d_bringup.ros.shadow_node import rollout_from_result
-    from k4d_kinematics.ros.conversions import numpy_to_image, pointmap_sequence_to_msg
+    f"""
+    import json, sys
+    import numpy as np
+    from k4d_bringup.shadow.config import ShadowConfig
+    from k4d_bringup.shadow.imaginers import ActionImaginer
     from k4d_worldmodel.engine import sequence_from_arrays
     from k4d_worldmodel.tiny import build_tiny_pipeline, tiny_inputs
 
     out_path, seed = sys.argv[1], int(sys.argv[2])
     inp = tiny_inputs(build_tiny_pipeline("pmcond", seed=0))
-    seq = sequence_from_arrays(inp["robot_xyz"], inp["robot_link"],
-                               K=np.array([[40, 0, 23.5], [0, 40, 15.5], [0, 0, 1]]))
-    goal = Imagine.Goal()
-    goal.initial_image = numpy_to_image(inp["image"], "rgb8")
-    goal.condition_type = Imagine.Goal.CONDITION_POINTMAPS
-    goal.pointmaps = pointmap_sequence_to_msg(seq)
-    goal.sampling.num_inference_steps, goal.sampling.guidance_scale, goal.sampling.seed = 3, 1.0, seed
-    rclpy.init()
-    node = rclpy.create_node("k4d_far_client")
-    client = ActionClient(node, Imagine, "/k4d/imagine")
-    t0 = time.monotonic()
-    if not client.wait_for_server(timeout_sec=90.0):
-        print(json.dumps({"error": "no Imagine server seen from this host"}), flush=True)
-        sys.exit(3)
-    found_s = time.monotonic() - t0
-    fut = client.send_goal_async(goal)
-    rclpy.spin_until_future_complete(node, fut, timeout_sec=30.0)
-    res = fut.result().get_result_async()
-    rclpy.spin_until_future_complete(node, res, timeout_sec=60.0)
-    ro = rollout_from_result(res.result().result)
+    seq = sequence_from_arrays(inp["robot_xyz"], inp["robot_link"], K=np.array({K}))
+    cfg = ShadowConfig(num_frames=len(inp["robot_xyz"]), num_inference_steps=3, guidance_scale=1.0, seed=seed)
+    imaginer = ActionImaginer(cfg, wait_server_s=90.0)
+    ro = imaginer(inp["image"], seq)
+    imaginer.close()
     np.savez(out_path, rgb=ro.rgb, xyz=ro.xyz)
-    print(json.dumps({"found_server_s": found_s, "frames": int(ro.rgb.shape[0]), "model_id": ro.model_id}),
-          flush=True)
-    node.destroy_node()
-    rclpy.shutdown()
+    print(json.dumps({{"frames": int(ro.rgb.shape[0]), "model_id": ro.model_id}}), flush=True)
     """
 )
 
@@ -80,13 +62,15 @@ def hosts():
         h.__exit__(None, None, None)
 
 
-def test_the_world_model_serves_a_rollout_to_another_host(hosts, tmp_path):
-    from k4d_worldmodel.engine import ImagineEngine, ImagineRequest, SamplingOverrides, sequence_from_arrays
-    from k4d_worldmodel.config import WorldModelConfig
+def test_the_world_model_serves_a_rollout_to_another_host(hosts, tmp_path, monkeypatch):
+    from k4d_bringup.shadow.imaginers import EngineImaginer
+    from k4d_worldmodel.engine import sequence_from_arrays
     from k4d_worldmodel.tiny import build_tiny_pipeline, tiny_inputs
 
     model_dir = tmp_path / "tiny_model"
     build_tiny_pipeline("pmcond", seed=0).save_pretrained(model_dir)
+    # a Fast DDS profile with shared memory (k4d's own adds it) would let the two hosts bypass the link
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
     base = {"PYTHONUNBUFFERED": "1"}
     node_args = hosts.wrap(hosts.server, [
         sys.executable, "-m", "k4d_worldmodel.ros.imagine_node", "--ros-args", "-r", f"__node:={NODE}",
@@ -112,15 +96,10 @@ def test_the_world_model_serves_a_rollout_to_another_host(hosts, tmp_path):
     summary = json.loads(client_out.strip().splitlines()[-1])
     moved = {k: hosts.bytes_moved()[k] - before[k] for k in before}
 
-    # the same request in this process, outside both namespaces
+    # the same chunk in this process, outside both namespaces: the shadow bench's in-process path
     inp = tiny_inputs(build_tiny_pipeline("pmcond", seed=0))
-    engine = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu"))
-    engine.load()
-    local = engine.run(ImagineRequest(
-        image=inp["image"],
-        sequence=sequence_from_arrays(inp["robot_xyz"], inp["robot_link"],
-                                      K=np.array([[40, 0, 23.5], [0, 40, 15.5], [0, 0, 1]])),
-        sampling=SamplingOverrides(num_inference_steps=3, guidance_scale=1.0, seed=SEED)))
+    local = EngineImaginer(str(model_dir), "cpu", 3, 1.0, SEED)(
+        inp["image"], sequence_from_arrays(inp["robot_xyz"], inp["robot_link"], K=np.array(K)))
     served = np.load(out)
     assert summary["frames"] == local.rgb.shape[0], node_out[-2000:]
     np.testing.assert_array_equal(served["rgb"], local.rgb)

@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.netns:
             node_env, client_env = hosts.env(hosts.server, env), hosts.env(hosts.client, env)
             wrap_node, wrap_client = (lambda c: hosts.wrap(hosts.server, c)), (lambda c: hosts.wrap(hosts.client, c))
-            results["network"] = {"link": f"veth between two network namespaces, tc tbf {args.netns} each way",
-                                  "server": hosts.server[2], "client": hosts.client[2],
-                                  "transport": "UDPv4 only (FASTDDS_BUILTIN_TRANSPORTS)",
-                                  "discovery": "ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET, ROS_STATIC_PEERS=the other host"}
+            results["network"] = hosts.describe()
         node = subprocess.Popen(wrap_node(node_cmd) if wrap_node else node_cmd, env=node_env, cwd=str(work),
                                 stdout=fh, stderr=subprocess.STDOUT)
         try:

@@ -129,6 +129,13 @@ class TwoHosts:
         return {**env, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "ROS_STATIC_PEERS": peer[2],
                 "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
 
+    def describe(self) -> dict:
+        """What the two hosts are, for a benchmark's record."""
+        return {"link": f"veth between two network namespaces, tc tbf {self.rate} each way",
+                "server": self.server[2], "client": self.client[2],
+                "transport": "UDPv4 only (FASTDDS_BUILTIN_TRANSPORTS)",
+                "discovery": "ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET, ROS_STATIC_PEERS=the other host"}
+
     def udp_receive_drops(self) -> dict:
         """Datagrams each host's kernel dropped for a full socket receive buffer (``Udp: RcvbufErrors``): DDS
         resends the fragments, so drops cost bytes and time but not correctness."""
