@@ -27,6 +27,9 @@
 #            every latent frame of the condition; with --init-from a model trained on the other one switches)
 #          | --change-weight W (change_weight: the latent cells where the world itself moves, mostly the
 #            manipulated object, weigh 1 + W in the transformer's loss; objective.change_mask)
+#          | --lr-decay-steps N (lr_schedule cosine: the transformer's lr falls from the config's to min_lr_ratio of
+#            it over the N steps after this call's start, e.g. a last --resume call annealing a model trained at a
+#            constant lr; the --condition-fill / --change-weight of earlier calls must be given again with it)
 #          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed)
 #          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml)
 #          | --width W --height H --fy F (episode geometry; default 96 64 80, the models'; configs/metric_hr.yaml
@@ -63,7 +66,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; RAISED_WEIGHT=""; COND_FILL=""; CHANGE_WEIGHT=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
+VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; RAISED_WEIGHT=""; COND_FILL=""; CHANGE_WEIGHT=""; LR_DECAY=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -73,6 +76,7 @@ while [ $# -gt 0 ]; do
     --vae-from) VAE_FROM=$2; shift ;;
     --init-from) INIT_FROM=$2; shift ;;
     --condition-fill) COND_FILL=$2; shift ;;
+    --lr-decay-steps) LR_DECAY=$2; shift ;;
     --change-weight) CHANGE_WEIGHT=$2; shift ;;
     --vae-depth-weight) DEPTH_WEIGHT=$2; shift ;;
     --vae-lr) VAE_LR=$2; shift ;;
@@ -187,7 +191,7 @@ else
   LAUNCH=("$PY")
 fi
 
-if [ -n "$DEPTH_WEIGHT$VAE_LR$RAISED_WEIGHT$COND_FILL$CHANGE_WEIGHT" ]; then  # the config with these fields changed, saved beside the run
+if [ -n "$DEPTH_WEIGHT$VAE_LR$RAISED_WEIGHT$COND_FILL$CHANGE_WEIGHT$LR_DECAY" ]; then  # the config with these fields changed, saved beside the run
   "$PY" - <<PYEOF
 import yaml
 from k4d_worldmodel.training.config import TrainConfig
@@ -202,12 +206,14 @@ if "$COND_FILL":
     cfg.condition_fill = "$COND_FILL"
 if "$CHANGE_WEIGHT":
     cfg.change_weight = float("$CHANGE_WEIGHT")
+if "$LR_DECAY":
+    cfg.lr_schedule, cfg.lr_decay_steps = "cosine", int("$LR_DECAY")
 cfg = TrainConfig.from_dict(cfg.to_dict())  # validated: a bad value stops here, by name
 open("$WORK/config.yaml.new", "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 PYEOF
   mv "$WORK/config.yaml.new" "$WORK/config.yaml"
   CONFIG="$WORK/config.yaml"
-  echo "config: $CONFIG (${DEPTH_WEIGHT:+vae.pointmap_depth_weight $DEPTH_WEIGHT }${VAE_LR:+vae.lr $VAE_LR }${RAISED_WEIGHT:+vae.pointmap_raised_weight $RAISED_WEIGHT }${COND_FILL:+condition_fill $COND_FILL }${CHANGE_WEIGHT:+change_weight $CHANGE_WEIGHT})"
+  echo "config: $CONFIG (${DEPTH_WEIGHT:+vae.pointmap_depth_weight $DEPTH_WEIGHT }${VAE_LR:+vae.lr $VAE_LR }${RAISED_WEIGHT:+vae.pointmap_raised_weight $RAISED_WEIGHT }${COND_FILL:+condition_fill $COND_FILL }${CHANGE_WEIGHT:+change_weight $CHANGE_WEIGHT }${LR_DECAY:+lr_schedule cosine over $LR_DECAY steps})"
 elif [ "$RESUME" = 1 ] && [ -f "$WORK/config.yaml" ]; then
   # a --resume call that changes no field keeps the earlier call's config (a transformer continued on another
   # condition_fill, or a VAE on another depth weight, would be silently trained on a different objective)

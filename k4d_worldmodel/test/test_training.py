@@ -640,3 +640,43 @@ def test_change_weight_weighs_the_changing_cells_and_is_reported(synth, pmcond_p
         flow_matching_step(tr, {k: v for k, v in batch.items() if k != "change_mask"}, change_weight=1.0, **kw)
     with pytest.raises(ValueError, match="change_weight"):
         TrainConfig.from_dict({"change_weight": -1})
+
+
+def test_lr_factor_warms_up_then_holds_or_anneals_from_the_runs_start():
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.train import lr_factor
+
+    const = TrainConfig.from_dict({"warmup_steps": 4})
+    assert [lr_factor(s, const) for s in (0, 1, 3, 500)] == [0.25, 0.5, 1.0, 1.0]
+    cos = TrainConfig.from_dict({"warmup_steps": 0, "lr_schedule": "cosine", "lr_decay_steps": 100,
+                                 "min_lr_ratio": 0.1})
+    # counted from the step the run starts at (a resumed call at 1000 anneals over 1000..1100)
+    assert lr_factor(1000, cos, 1000) == pytest.approx(1.0)
+    assert lr_factor(1050, cos, 1000) == pytest.approx(0.55)
+    assert lr_factor(1100, cos, 1000) == pytest.approx(0.1) == lr_factor(5000, cos, 1000)
+    # 0 decay steps: up to max_steps
+    assert lr_factor(500, TrainConfig.from_dict({"warmup_steps": 0, "lr_schedule": "cosine", "max_steps": 1000,
+                                                 "min_lr_ratio": 0.0})) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig.from_dict({"lr_schedule": "linear_warmup_cosine"})
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        TrainConfig.from_dict({"min_lr_ratio": 1.5})
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        TrainConfig.from_dict({"lr_decay_steps": -3})
+
+
+def test_a_resumed_run_anneals_the_lr_a_constant_run_trained(trained, synth, smoke_cfg, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from k4d_worldmodel.training.train import train
+
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-8", ignore_errors=True)  # the resume test's, if it ran first
+    cfg = replace(smoke_cfg, lr_schedule="cosine", lr_decay_steps=4, min_lr_ratio=0.1, log_every=1)
+    m = train(synth, cfg, out, resume=True, max_steps=12, progress=False, log=lambda x: None)
+    assert m["start_step"] == 6 and m["steps"] == 12
+    lrs = [h["lr"] for h in m["history"] if h["step"] > 6]
+    assert len(lrs) == 6 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert cfg.lr * 0.1 < lrs[0] < cfg.lr and lrs[-1] == pytest.approx(cfg.lr * 0.1)

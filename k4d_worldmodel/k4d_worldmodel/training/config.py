@@ -23,6 +23,7 @@ from .vae import VAEConfig
 MODES = ("full", "lora")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 DATA_FORMATS = ("auto", "k4d", "kinema4d")
+LR_SCHEDULES = ("constant", "cosine")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -94,7 +95,11 @@ class TrainConfig:
         pretrained CLIP can be downloaded here; the first frame mainly enters through the condition latent).
     seed: everything random (weights, batches, noise, split). batch_size: clips per optimiser step and process.
     grad_accum: gradient accumulation steps. max_steps / time_budget_s: stop at the first reached (0 = no
-        time limit). lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up then constant.
+        time limit). lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up, then the lr_schedule.
+    lr_schedule: "constant" (the lr after warm-up) or "cosine" (after warm-up, a half cosine from lr down to
+        lr * min_lr_ratio over lr_decay_steps steps, then flat there). The decay is counted from the step the run
+        starts at, so a resumed run (``--resume``) can anneal a model that earlier calls trained at a constant lr.
+        lr_decay_steps 0 means up to max_steps.
     mixed_precision: auto (bf16 on cuda, none on cpu) | no | bf16 | fp16. gradient_checkpointing: recompute
         block activations in backward. flow_shift: sigma shift of the objective (and of the saved scheduler).
     soft_mask_fraction: release soft mask (0.1). cond_dropout: robot-condition dropout for CFG.
@@ -143,6 +148,9 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 50
+    lr_schedule: str = "constant"
+    lr_decay_steps: int = 0
+    min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
@@ -175,7 +183,8 @@ class TrainConfig:
             self.base = _from_mapping(BaseConfig, self.base, "base")
         for name, allowed in (("mode", MODES), ("variant", ("pmcond", "full", "jointemb")),
                               ("convert_variant", ("", "pmcond", "full", "jointemb")), ("mixed_precision", PRECISIONS),
-                              ("data_format", DATA_FORMATS), ("save_dtype", ("float32", "bfloat16"))):
+                              ("data_format", DATA_FORMATS), ("save_dtype", ("float32", "bfloat16")),
+                              ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (isinstance(self.num_frames, int) and self.num_frames >= 1 and (self.num_frames - 1) % 4 == 0):
@@ -188,7 +197,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("max_steps", "warmup_steps", "checkpoint_every", "keep_checkpoints", "seed", "split_seed",
+        for name in ("max_steps", "warmup_steps", "lr_decay_steps", "checkpoint_every", "keep_checkpoints", "seed", "split_seed",
                      "load_workers"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 0):
@@ -200,6 +209,10 @@ class TrainConfig:
             setattr(self, name, v)
         if self.flow_shift <= 0:
             raise ValueError(f"flow_shift must be > 0, got {self.flow_shift!r}")
+        ratio = float(self.min_lr_ratio)
+        if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        self.min_lr_ratio = ratio
         encoding = PointmapEncoding.from_config(self.pointmap_encoding)
         self.pointmap_encoding = encoding.to_dict() if encoding.metric else encoding.kind
         if not isinstance(self.first_xyz_condition, bool):

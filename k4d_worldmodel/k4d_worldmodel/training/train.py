@@ -235,6 +235,19 @@ def _latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------ training
+def lr_factor(step: int, cfg: TrainConfig, decay_from: int = 0) -> float:
+    """The multiplier of ``cfg.lr`` at optimiser step ``step`` (``LambdaLR``): linear warm-up over
+    ``cfg.warmup_steps``, then ``cfg.lr_schedule``: 1 ("constant"), or a half cosine from 1 at ``decay_from``
+    (the step the run started at) down to ``cfg.min_lr_ratio`` after ``cfg.lr_decay_steps`` steps (0: up to
+    ``cfg.max_steps``), flat afterwards ("cosine")."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.lr_schedule == "constant":
+        return warm
+    span = cfg.lr_decay_steps or max(cfg.max_steps - decay_from, 1)
+    frac = min(max((step - decay_from) / span, 0.0), 1.0)
+    return warm * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
 def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out: str | os.PathLike,
           resume: bool = False, max_steps: int | None = None, time_budget_s: float | None = None,
           progress: bool = True, log=None) -> dict:
@@ -429,8 +442,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     # 4. Optimiser, schedule, accelerate
     params = [p for p in transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    warm = max(cfg.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    decay_from = [0]  # the step this run starts at, known once a checkpoint is resumed (below)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, decay_from[0]))
     transformer, opt, sched = acc.prepare(transformer, opt, sched)
 
     def save_hook(models, weights, output_dir):
@@ -466,6 +479,11 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             state = json.loads((latest / STATE_FILE).read_text())
             step, history = int(state["step"]), list(state.get("history", []))
             say(f"train: resumed from {latest} at step {step}")
+    decay_from[0] = step
+    if cfg.lr_schedule != "constant":
+        span = cfg.lr_decay_steps or max(cfg.max_steps - step, 1)
+        say(f"train: lr {cfg.lr_schedule} from {cfg.lr:g} at step {step} to {cfg.lr * cfg.min_lr_ratio:g} "
+            f"at step {step + span}")
     metrics["start_step"] = step
     with acc.autocast():
         metrics["fixed_batch_loss_before"] = _fixed_batch_loss(acc.unwrap_model(transformer), fixed, cfg.seed + 99)
@@ -525,7 +543,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         bar.set_postfix(loss=f"{loss_v:.4f}")
         bar.update()
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop})
+            history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop,
+                            "lr": float(sched.get_last_lr()[0])})
             window = []
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save_checkpoint(step)
