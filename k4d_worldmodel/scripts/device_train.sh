@@ -273,7 +273,6 @@ fi
 # GPUs, where an estimate made for 96 x 64 (27 s) let the ninth session's transformer call overrun 600 s
 NP=$(( GPUS > 1 ? GPUS : 1 ))
 EVAL_EST=$(( EVAL_EPISODES > 0 ? (SMOKE == 1 ? 20 : 90) : 0 ))
-ENC_EST=$(( SMOKE == 1 ? 5 : (10 + 35 / NP) * W * H / 6144 + 10 ))
 # reading the clips and the VAE's end (latent statistics, save) grow with the pixels too: at 192 x 128 on one GPU
 # 2,131 clips took 111-120 s to read and the end about 70 s, where 80 and 30 had been reserved (a thirteenth-
 # session call overran 600 s that way). PXF: 1 up to 128 x 96 pixels (the reserves as before), 2 at 192 x 128
@@ -282,7 +281,12 @@ PXF=$(( W * H > 12288 ? W * H / 12288 : 1 ))
 # pickles from the reading processes); the VAE reads only the RGB and pointmap code of each (6 MB), counted at
 # 0.013 s a clip at PXF 1 and twice that at PXF 2 (on one GPU; shared by the processes of several)
 N_CLIPS=$(find "$WORK/train" -name '*.npz' ! -name '.*' 2>/dev/null | wc -l)
-BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 20 + 60 * PXF / NP ))
+# Both the transformer's reading and the encoding scale with the clips (sized for 2,000; floor 600 clips):
+# 1,775 clips of 192 x 128 were read in 77 s and encoded in 155 s on one H100, so a call that generated fewer
+# clips than that gets the time back for training instead of reserving it for clips that do not exist
+N_EST=$(( N_CLIPS > 600 ? N_CLIPS : 600 ))
+ENC_EST=$(( SMOKE == 1 ? 5 : (10 + 35 / NP) * W * H * N_EST / (6144 * 2000) + 10 ))
+BENCH_EST=$(( BENCH == 1 ? (SMOKE == 1 ? 5 : 60) : 0 )); LOAD_EST=$(( SMOKE == 1 ? 2 : 20 + 60 * PXF * N_EST / (NP * 2000) ))
 VAE_LOAD_EST=$(( SMOKE == 1 ? 2 : 15 + N_CLIPS * PXF * 13 / (1000 * NP) ))
 VAE_TAIL=$(( 30 + 45 * (PXF - 1) ))
 if [ -n "$VAE_FROM" ]; then
