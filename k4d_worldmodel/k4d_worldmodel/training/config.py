@@ -197,8 +197,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("max_steps", "warmup_steps", "lr_decay_steps", "checkpoint_every", "keep_checkpoints", "seed", "split_seed",
-                     "load_workers"):
+        for name in ("max_steps", "warmup_steps", "lr_decay_steps", "checkpoint_every", "keep_checkpoints", "seed",
+                     "split_seed", "load_workers"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
