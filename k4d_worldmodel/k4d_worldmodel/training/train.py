@@ -235,16 +235,20 @@ def _latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------ training
+def _decay_span(cfg: TrainConfig, decay_from: int) -> int:
+    return cfg.lr_decay_steps or max(cfg.max_steps - decay_from, 1)
+
+
 def lr_factor(step: int, cfg: TrainConfig, decay_from: int = 0) -> float:
     """The multiplier of ``cfg.lr`` at optimiser step ``step`` (``LambdaLR``): linear warm-up over
     ``cfg.warmup_steps``, then ``cfg.lr_schedule``: 1 ("constant"), or a half cosine from 1 at ``decay_from``
     (the step the run started at) down to ``cfg.min_lr_ratio`` after ``cfg.lr_decay_steps`` steps (0: up to
-    ``cfg.max_steps``), flat afterwards ("cosine")."""
+    ``cfg.max_steps``), flat afterwards ("cosine"). Not diffusers' ``get_scheduler``: its cosine counts from step
+    0 and ends at 0, where a resumed call must anneal from the step it resumes at to a floor."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.lr_schedule == "constant":
         return warm
-    span = cfg.lr_decay_steps or max(cfg.max_steps - decay_from, 1)
-    frac = min(max((step - decay_from) / span, 0.0), 1.0)
+    frac = min(max((step - decay_from) / _decay_span(cfg, decay_from), 0.0), 1.0)
     return warm * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
@@ -481,9 +485,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             say(f"train: resumed from {latest} at step {step}")
     decay_from[0] = step
     if cfg.lr_schedule != "constant":
-        span = cfg.lr_decay_steps or max(cfg.max_steps - step, 1)
         say(f"train: lr {cfg.lr_schedule} from {cfg.lr:g} at step {step} to {cfg.lr * cfg.min_lr_ratio:g} "
-            f"at step {step + span}")
+            f"at step {step + _decay_span(cfg, step)}")
     metrics["start_step"] = step
     with acc.autocast():
         metrics["fixed_batch_loss_before"] = _fixed_batch_loss(acc.unwrap_model(transformer), fixed, cfg.seed + 99)
