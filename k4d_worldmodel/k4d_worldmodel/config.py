@@ -125,6 +125,10 @@ class WorldModelConfig:
             with native bfloat16 (AVX512-BF16 or AMX), where it makes encoding and decoding about 5x faster.
         cuda_graphs: on a cuda device, record the transformer's forward once per rollout shape as a CUDA graph
             and replay it at every denoising step (the small default model is launch-bound). No effect on CPU.
+        complete_unreachable: for a transformer whose tokens carry more output values than its hidden size
+            (k4d's z_dim-32 models, v3 to v15), predict the flow velocity in the directions it cannot produce
+            exactly, for data that is 0 there (``K4DPipeline.__call__``). Off, the sampler leaves the initial
+            noise in them, half of every latent at unit variance. No effect on v2 or the released 14B model.
         num_inference_steps, guidance_scale, seed: sampling (release: 50, 5.0, 42).
         scheduler: "unipc" (Wan2.1 flow UniPC) or "euler" (flow-matching Euler); flow_shift 3.0 for 480p.
         cfg_mode: "correct" (uncond pass drops the robot condition) or "released" (reproduce the release defect).
@@ -157,6 +161,7 @@ class WorldModelConfig:
     vae_dtype: str = "auto"
     vae_autocast: str = "auto"
     cuda_graphs: bool = True
+    complete_unreachable: bool = True
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
     seed: int = 42
@@ -202,6 +207,8 @@ class WorldModelConfig:
             _fail("compose_margin_px", self.compose_margin_px, "an integer >= 0 (pixels)")
         if not isinstance(self.cuda_graphs, bool):
             _fail("cuda_graphs", self.cuda_graphs, "true or false")
+        if not isinstance(self.complete_unreachable, bool):
+            _fail("complete_unreachable", self.complete_unreachable, "true or false")
         if not isinstance(self.seed, int):
             _fail("seed", self.seed, "an integer")
         if not (math.isfinite(self.flow_shift) and self.flow_shift > 0):

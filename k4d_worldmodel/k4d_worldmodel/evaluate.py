@@ -470,6 +470,20 @@ def write_report(out: Path, summary: dict, rows: list[dict], header: dict, video
     return text
 
 
+@contextlib.contextmanager
+def _completion(pipes, on: bool):
+    """Within the block the ``pipes`` sample with ``complete_unreachable = on``; their settings are restored
+    after it (a caller's pipeline is not left changed)."""
+    before = [p.complete_unreachable for p in pipes]
+    for p in pipes:
+        p.complete_unreachable = on
+    try:
+        yield
+    finally:
+        for p, b in zip(pipes, before):
+            p.complete_unreachable = b
+
+
 # --------------------------------------------------------------------------------------------- entry point
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "heldout",
              heldout_fraction: float = 0.2, split_seed: int = 0, steps: int = 20, guidance: float = 1.0,
@@ -477,7 +491,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
              videos: int = 4, base_model_dir: str = "", variant: str | None = None, device: str = "auto",
              tau: float = 0.01, max_points: int = 4096, progress: bool = True, pipe=None,
              emb_checkpoint: str | Path | None = None, emb_pipe=None, resume: bool = False,
-             save_rollouts: bool = False, register: bool = True) -> dict:
+             save_rollouts: bool = False, register: bool = True, complete_unreachable: bool = True) -> dict:
     """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
 
     ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
@@ -493,7 +507,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     W, 3)`, for every method but ``copy_first``), before its log line, for analyses this report does not make.
     ``register``: register every method's lifted frames to frame 0's measured pointmap on the still scene
     (``WorldModelConfig.metric_register``, the engine's default); False scores the lift alone, as before it
-    existed.
+    existed. ``complete_unreachable``: the pipeline's completion of the output directions the transformer cannot
+    reach (``WorldModelConfig.complete_unreachable``); recorded as ``unreachable_completed``, true only where it
+    acts (a model with such directions).
     """
     from tqdm.auto import tqdm
 
@@ -523,6 +539,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                                device=device)
         pipe = load_pipeline(cfg)
     pipe.set_progress_bar_config(disable=True)
+    completed = bool(complete_unreachable) and pipe.transformer.reachable_basis() is not None
     if "emb" in methods:
         emb_pipe = emb_pipe if emb_pipe is not None else _load_emb(emb_checkpoint, device)
         if emb_pipe.variant != "jointemb":
@@ -546,6 +563,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
            "seed": seed, "methods": list(methods), "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
            "pointmap_encoding": pipe.pointmap_encoding.kind, "tau": tau, "max_points": max_points,
            "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None, "register_block_px": reg}
+    if completed:  # only then, so that the logs of models it does not touch (v2) resume as before
+        run["unreachable_completed"] = True
     rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
     done = {r["name"] for r in rows}
     video_names = [r["video"] for r in rows if r.get("video")]
@@ -553,7 +572,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
         (out / "rollouts").mkdir(exist_ok=True)
     if rows:
         print(f"eval: resuming {out}: {len(rows)} episodes already evaluated", file=sys.stderr)
-    with log:  # closed on any exit; every line already written is on disk
+    sampled = [p for p in (pipe, emb_pipe) if p is not None]
+    with log, _completion(sampled, bool(complete_unreachable)):  # log closed on any exit, lines already on disk
         for i in tqdm(range(n), desc="eval", disable=not progress):
             clip = ds[i]
             if clip["name"] in done:
@@ -623,7 +643,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
               "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
               "zone_min_points": zone_min_points(pipe.height, pipe.width), "register_block_px": reg,
-              "commit": _commit()}
+              "unreachable_completed": completed, "commit": _commit()}
     if "emb" in methods:
         header["emb_checkpoint"] = str(emb_checkpoint or "(given pipeline)")
     result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}
@@ -650,7 +670,7 @@ def _open_episode_log(path: Path, run: dict, resume: bool):
         if header is None:
             raise ValueError(f"{path} has no run record: not a k4d eval log; choose another --out")
         old = header["run"]
-        diff = {k: (old.get(k), v) for k, v in run.items() if old.get(k) != v}
+        diff = {k: (old.get(k), run.get(k)) for k in {**old, **run} if old.get(k) != run.get(k)}
         if diff:
             raise ValueError(f"cannot resume {path}: it was written by another run; differs in "
                              + ", ".join(f"{k} (log {a!r}, now {b!r})" for k, (a, b) in diff.items()))

@@ -322,12 +322,14 @@ def load_released(
 
 # ------------------------------------------------------------------------------------------------ entry point
 def _finish(pipe: K4DPipeline, config: WorldModelConfig, device) -> None:
-    """Runtime settings of a loaded pipeline: VAE autocast, CUDA graphs, and on a CPU the fast VAE norm
-    (``models.vae_norm``: same function, 10-15 % off a CPU rollout)."""
+    """Runtime settings of a loaded pipeline: VAE autocast, CUDA graphs, the completion of the transformer's
+    unreachable output directions, and on a CPU the fast VAE norm (``models.vae_norm``: same function, 10-15 % off
+    a CPU rollout)."""
     from .models.vae_norm import use_fast_vae_norm
 
     pipe.vae_autocast = config.resolved_vae_autocast()
     pipe.cuda_graphs = config.cuda_graphs
+    pipe.complete_unreachable = config.complete_unreachable
     if torch.device(device).type == "cpu":
         use_fast_vae_norm(pipe.vae)
 

@@ -36,7 +36,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                       max_episodes=args.max_episodes, methods=methods, videos=args.videos,
                       base_model_dir=args.base_model, variant=args.variant, device=args.device,
                       progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint, resume=args.resume,
-                      save_rollouts=args.save_rollouts, register=not args.no_register)
+                      save_rollouts=args.save_rollouts, register=not args.no_register,
+                      complete_unreachable=not args.no_complete_unreachable)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -87,6 +88,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-register", action="store_true",
                    help="score the lifted frames as they are, without registering them to frame 0's measured "
                         "pointmap on the still scene (WorldModelConfig.metric_register; the earlier reports)")
+    p.add_argument("--no-complete-unreachable", action="store_true",
+                   help="sample a z_dim-32 model as before the completion of the output directions its transformer "
+                        "cannot reach (WorldModelConfig.complete_unreachable; the reports before it existed)")
     p.set_defaults(func=_run_eval)
 
 

@@ -145,3 +145,18 @@ def test_eval_log_survives_a_crash_and_resumes(synth, pmcond_pipe, tmp_path):
     # without --resume the log starts afresh
     evaluate("tiny-random", synth, tmp_path, **{**kw, "max_episodes": 1})
     assert [r["kind"] for r in read_log(log)] == ["run", "episode"]
+
+
+def test_eval_records_and_switches_the_completion(synth, pmcond_pipe, tmp_path):
+    """The tiny model has unreachable output directions: its report says the completion acted, the switch turns it
+    off for that run only (the caller's pipeline keeps its setting), and the two runs' rollouts differ."""
+    from k4d_worldmodel.evaluate import evaluate
+
+    kw = dict(split="all", steps=2, pipe=pmcond_pipe, videos=0, progress=False, methods=("k4d",), max_episodes=1)
+    on = evaluate("tiny-random", synth, tmp_path / "on", **kw)
+    off = evaluate("tiny-random", synth, tmp_path / "off", complete_unreachable=False, **kw)
+    assert on["header"]["unreachable_completed"] is True and off["header"]["unreachable_completed"] is False
+    assert pmcond_pipe.complete_unreachable is True
+    assert on["episodes"][0]["k4d"]["psnr"] != off["episodes"][0]["k4d"]["psnr"]
+    with pytest.raises(ValueError, match="unreachable_completed"):  # a resumed log must be of the same sampling
+        evaluate("tiny-random", synth, tmp_path / "on", resume=True, complete_unreachable=False, **kw)

@@ -163,3 +163,51 @@ def test_vae_autocast_changes_precision_not_results(pmcond_pipe):
     assert fast.rgb.dtype == np.uint8 and fast.xyz.dtype == np.float32
     assert np.abs(fast.rgb.astype(float) - ref.rgb).mean() < 3.0
     assert np.abs(fast.xyz - ref.xyz).mean() < 0.02
+
+
+def test_reachable_basis_spans_what_the_transformer_outputs(pmcond_pipe):
+    """The tiny transformer puts 16 channels x 2 x 2 = 64 values per token out of a 24-wide hidden state: two
+    outputs differ only inside the reachable span, and a model as wide as its outputs has no unreachable part."""
+    from k4d_worldmodel.models.transformer_k4d import K4DTransformer3DModel
+    from k4d_worldmodel.pipelines.pipeline_k4d import complete_velocity
+    from k4d_worldmodel.tiny import tiny_transformer_config
+
+    tr = pmcond_pipe.transformer
+    basis = tr.reachable_basis()
+    assert basis.shape == (64, 24)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(24), atol=1e-5, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    c = tr.config
+    shape = (1, c.in_channels, *tr.latent_shape[1:])
+    rc = torch.randn(1, *tr.robot_condition_shape, generator=g)
+    img = torch.randn(1, 5, c.image_dim, generator=g)
+    with torch.no_grad():
+        outs = [tr(hidden_states=torch.randn(shape, generator=g), timestep=torch.tensor([500.0 + 300 * k]),
+                   encoder_hidden_states_image=img, robot_condition=rc, return_dict=False)[0] for k in range(2)]
+    diff = outs[0] - outs[1]
+    assert diff.abs().mean() > 1e-3
+    assert tr.unreachable_part(diff, basis).abs().max() < 1e-4 * diff.abs().max()
+    noise = torch.randn(outs[0].shape, generator=g)
+    assert tr.unreachable_part(noise, basis).square().mean() > 0.5  # 40 of 64 directions per token
+
+    wide = K4DTransformer3DModel(**{**tiny_transformer_config("pmcond"), "attention_head_dim": 32})  # 64 -> 64
+    assert wide.reachable_basis() is None and wide.unreachable_part(noise) is None
+    assert complete_velocity(wide, noise, noise, 0.5) is noise
+
+
+def test_completion_removes_the_noise_the_model_cannot_reach(pmcond_pipe):
+    """Without completion the sampler returns the initial noise's unreachable part unchanged (up to the output
+    bias); with it that part follows the schedule to 0, and the reachable part is still the model's."""
+    tr = pmcond_pipe.transformer
+    inp = tiny_inputs(pmcond_pipe)
+    noise = torch.randn(1, *tr.latent_shape, generator=torch.Generator().manual_seed(5))
+    runs = {comp: pmcond_pipe(**inp, num_inference_steps=4, latents=noise, output_type="latent",
+                              complete_unreachable=comp).latents for comp in (False, True)}
+    n_out = tr.unreachable_part(noise)
+    kept = tr.unreachable_part(runs[False])
+    corr = float((kept * n_out).sum() / (kept.norm() * n_out.norm()))
+    assert corr > 0.9, corr
+    assert float(tr.unreachable_part(runs[True]).square().mean()) < 1e-8 * float(n_out.square().mean())
+    assert pmcond_pipe.complete_unreachable  # the default
+    default = pmcond_pipe(**inp, num_inference_steps=4, latents=noise, output_type="latent").latents
+    torch.testing.assert_close(default, runs[True])

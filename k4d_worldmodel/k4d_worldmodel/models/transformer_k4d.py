@@ -378,6 +378,41 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         c = self.config
         return (c.out_channels, c.num_latent_frames, c.latent_height, 2 * c.latent_width)
 
+    def reachable_basis(self) -> torch.Tensor | None:
+        """Orthonormal basis `(P, r)` (float32) of the per-token outputs the model can produce, or None when it
+        can produce every direction.
+
+        A token's output is ``proj_out(h)``: ``P = out_channels * prod(patch_size)`` values from an ``inner_dim``
+        hidden state, so it lies in the ``rank(proj_out.weight)``-dimensional column space of that weight plus the
+        bias. With ``P > inner_dim`` (k4d's z_dim-32 configs: 512 values from 256) the other directions are out of
+        reach: the flow velocity's component there is never predicted, and a sampler leaves the initial noise in
+        them untouched. The 14B model (5,120 -> 64) and v2 (256 -> 256) have none. A patch vector is ordered
+        ``(p_t, p_h, p_w, channel)``, as ``proj_out``'s output (see ``unreachable_part``)."""
+        w = self.proj_out.weight.detach().float()
+        if w.shape[1] >= w.shape[0]:  # not rank-limited by its shape; a rank-deficient square weight is not a design
+            return None
+        u, s, _ = torch.linalg.svd(w, full_matrices=False)
+        rank = int((s > s[0] * 1e-6).sum()) if s.numel() and float(s[0]) > 0 else 0
+        return u[:, :rank]
+
+    def unreachable_part(self, latents: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The component of ``latents`` `[B, out_channels, F, h, W]` outside the span of the model's outputs
+        (``reachable_basis``), same shape and float32; None for a model that can produce every direction.
+        ``basis`` saves recomputing ``reachable_basis`` inside a loop."""
+        basis = self.reachable_basis() if basis is None else basis
+        if basis is None:
+            return None
+        pt, ph, pw = self.config.patch_size
+        b, c, f, h, w = latents.shape
+        x = latents.float().reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
+        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b, F', h', w', pt, ph, pw, c: proj_out's output order
+        grid = x.shape[:4]
+        v = x.reshape(-1, pt * ph * pw * c)
+        basis = basis.to(v.device)
+        perp = v - (v @ basis) @ basis.T
+        perp = perp.reshape(*grid, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return perp.reshape(b, c, f, h, w)
+
     @property
     def robot_condition_shape(self) -> tuple[int, int, int, int]:
         """Shape of ``robot_condition`` without batch: ``(mask + latent channels, F, h, w_cond)``; ``(T, num_joints)``

@@ -248,6 +248,9 @@ class K4DPipeline(DiffusionPipeline):
     # replay the transformer's forward as a CUDA graph on cuda devices (``TransformerGraph``); set by
     # ``loading.load_pipeline`` from ``WorldModelConfig.cuda_graphs``. Ignored on other devices.
     cuda_graphs: bool = False
+    # complete the velocity in the output directions the transformer cannot reach (``complete_unreachable`` in
+    # ``__call__``); only acts on a model with such directions (``K4DTransformer3DModel.reachable_basis``)
+    complete_unreachable: bool = True
 
     def __init__(
         self,
@@ -590,6 +593,7 @@ class K4DPipeline(DiffusionPipeline):
         output_type: str = "np",
         robot_joints: np.ndarray | torch.Tensor | None = None,
         first_xyz: np.ndarray | None = None,
+        complete_unreachable: bool | None = None,
     ) -> K4DPipelineOutput:
         r"""Imagine a rollout.
 
@@ -628,6 +632,13 @@ class K4DPipeline(DiffusionPipeline):
             first_xyz: `(H, W, 3)` measured pointmap of the first frame, metres, camera optical frame, NaN where
                 unknown (an RGB-D camera's depth, back-projected). Only for a model with ``first_xyz_condition``
                 (ValueError otherwise); it then replaces the release's dummy in the condition video.
+            complete_unreachable: override the pipeline's ``complete_unreachable`` (default True). A transformer
+                whose tokens carry more output values than its hidden size (``reachable_basis`` is not None) cannot
+                predict the velocity in the other directions, and the sampler would keep the initial noise there
+                (unit variance, where the training latents hold under 0.01). With it, the velocity there is the
+                exact flow-matching one for data that is zero in those directions, ``x_t / sigma``, so those
+                components follow the noise schedule to 0 and every step sees the input it was trained on. No
+                effect on a model without unreachable directions (v2, the 14B).
 
         Returns:
             [`K4DPipelineOutput`] with ``rgb (T, H, W, 3) uint8``, ``xyz (T, H, W, 3) float32 in [0, 1]`` (decoded
@@ -678,6 +689,8 @@ class K4DPipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=torch.float32).clone()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        complete = self.complete_unreachable if complete_unreachable is None else bool(complete_unreachable)
+        reachable = self.transformer.reachable_basis() if complete else None
 
         # 4. Per-pass robot scales: cond (tokens 1, injection 1); uncond per cfg_mode
         do_cfg = guidance_scale > 1.0
@@ -719,6 +732,9 @@ class K4DPipeline(DiffusionPipeline):
                     noise_cond = predict(latent_in, t, [(1.0, 1.0)])
                     noise_uncond = predict(latent_in, t, [uncond_scale])
                     noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                if reachable is not None:
+                    noise_pred = complete_velocity(self.transformer, noise_pred, latents,
+                                                   float(self.scheduler.sigmas[i]), reachable)
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
                 progress.update()
                 if callback is not None:
@@ -748,6 +764,19 @@ class K4DPipeline(DiffusionPipeline):
         }
         return K4DPipelineOutput(rgb=rgb, xyz=xyz_out, robot_mask=mask, robot_xyz_lo=lo, robot_xyz_hi=hi,
                                  latents=latents.cpu(), timings=timings)
+
+
+def complete_velocity(transformer: K4DTransformer3DModel, velocity: torch.Tensor, latents: torch.Tensor,
+                      sigma: float, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """``velocity`` (the transformer's flow prediction at noise level ``sigma``) with its part outside the model's
+    reachable outputs replaced by ``x_t / sigma``, the flow velocity ``noise - x0`` of data that is 0 there
+    (``x_t = (1 - sigma) x0 + sigma noise``). See ``K4DPipeline.__call__``'s ``complete_unreachable``."""
+    v = velocity.float()
+    v_out = transformer.unreachable_part(v, basis)
+    if v_out is None:
+        return velocity
+    x_out = transformer.unreachable_part(latents, basis)
+    return v - v_out + x_out / max(float(sigma), 1e-6)
 
 
 def make_scheduler(kind: str = "unipc", flow_shift: float = 3.0, num_train_timesteps: int = 1000):

@@ -417,6 +417,15 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         transformer.enable_gradient_checkpointing()
     say(f"train: mode {cfg.mode} ({layout}), transformer {metrics['params_total'] / 1e6:.2f} M params, "
         f"{n_train / 1e6:.2f} M trainable, precision {precision}, device {acc.device}")
+    reach = transformer.reachable_basis()
+    if reach is not None:  # the velocity has directions this model cannot output (K4DTransformer3DModel)
+        out_dim = transformer.proj_out.weight.shape[0]
+        metrics["unreachable_fraction"] = 1.0 - reach.shape[1] / out_dim
+        say(f"train: warning: each token outputs {out_dim} values from a {transformer.proj_out.weight.shape[1]}-wide "
+            f"hidden state, so {out_dim - reach.shape[1]} of its directions are out of reach: the loss cannot fall "
+            f"under about {metrics['unreachable_fraction']:.2f} (the noise's share there), and sampling completes "
+            "them (complete_unreachable). num_attention_heads x attention_head_dim >= out_channels x "
+            "prod(patch_size) removes the limit")
 
     # 3. Encode every clip once with the frozen VAE / CLIP (the pipeline's conditioning code)
     t_enc = time.perf_counter()
