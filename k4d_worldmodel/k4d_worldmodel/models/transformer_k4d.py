@@ -404,14 +404,18 @@ class K4DTransformer3DModel(WanTransformer3DModel):
             return None
         pt, ph, pw = self.config.patch_size
         b, c, f, h, w = latents.shape
-        x = latents.float().reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw)
-        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b, F', h', w', pt, ph, pw, c: proj_out's output order
-        grid = x.shape[:4]
-        v = x.reshape(-1, pt * ph * pw * c)
+        grid = (f // pt, h // ph, w // pw)
+        x = latents.float().reshape(b, c, grid[0], pt, grid[1], ph, grid[2], pw)
+        v = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, -1, pt * ph * pw * c)  # the inverse of _unpatchify
         basis = basis.to(v.device)
-        perp = v - (v @ basis) @ basis.T
-        perp = perp.reshape(*grid, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return perp.reshape(b, c, f, h, w)
+        return self._unpatchify(v - (v @ basis) @ basis.T, grid)
+
+    def _unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """`[B, F' * h' * w', p_t * p_h * p_w * C]` per-token outputs (``proj_out``'s order) -> `[B, C, F, h, w]`
+        on the ``grid`` `(F', h', w')` of tokens."""
+        pt, ph, pw = self.config.patch_size
+        x = tokens.reshape(tokens.shape[0], *grid, pt, ph, pw, -1)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     @property
     def robot_condition_shape(self) -> tuple[int, int, int, int]:
@@ -582,8 +586,7 @@ class K4DTransformer3DModel(WanTransformer3DModel):
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         x = (self.norm_out(x.float()) * (1 + scale.to(x.device)) + shift.to(x.device)).type_as(x)
         x = self.proj_out(x)  # batch, seq_len, out_channels * p_t * p_h * p_w
-        x = x.reshape(batch_size, post_f, post_h, post_w, p_t, p_h, p_w, -1)
-        output = x.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        output = self._unpatchify(x, (post_f, post_h, post_w))
 
         if not return_dict:
             return (output,)

@@ -772,11 +772,9 @@ def complete_velocity(transformer: K4DTransformer3DModel, velocity: torch.Tensor
     reachable outputs replaced by ``x_t / sigma``, the flow velocity ``noise - x0`` of data that is 0 there
     (``x_t = (1 - sigma) x0 + sigma noise``). See ``K4DPipeline.__call__``'s ``complete_unreachable``."""
     v = velocity.float()
-    v_out = transformer.unreachable_part(v, basis)
-    if v_out is None:
-        return velocity
-    x_out = transformer.unreachable_part(latents, basis)
-    return v - v_out + x_out / max(float(sigma), 1e-6)
+    # the projection is linear: v - P(v) + P(x) / sigma in one projection
+    gap = transformer.unreachable_part(v - latents.float() / max(float(sigma), 1e-6), basis)
+    return velocity if gap is None else v - gap
 
 
 def make_scheduler(kind: str = "unipc", flow_shift: float = 3.0, num_train_timesteps: int = 1000):
