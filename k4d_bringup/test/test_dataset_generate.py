@@ -39,6 +39,9 @@ def test_episode_content(dataset):
     assert ep["q"].shape == (T, 8) and ep["times"][0] == 0 and np.all(np.diff(ep["times"]) > 0)
     assert ep["traj_positions"].shape[1] == 8 and len(ep["traj_times"]) > T
     assert ep["meta"]["label"] in ("success", "near_miss", "failure")
+    from k4d_bringup.sim.policies import LABEL_RULE
+
+    assert ep["meta"]["label_rule"] == LABEL_RULE and "relabelled" not in ep["meta"]  # written by the current rule
     assert ep["meta"]["camera"]["cx"] == pytest.approx((W - 1) / 2)
     # world pointmap is depth back-projected with K
     K = ep["K"]

@@ -434,7 +434,10 @@ def write_report(out: Path, summary: dict, rows: list[dict], header: dict, video
     if succ:
         md += ["", "## Policy success (4D predicate on pointmaps vs simulator label)", "",
                f"Simulator success rate {succ['sim_overall']:.3f}; the 4D predicate on ground-truth pointmaps "
-               f"gives {succ['gt_4d_overall']:.3f} (agreement with the simulator {succ['gt_4d_agreement_with_sim']:.3f}).",
+               f"gives {succ['gt_4d_overall']:.3f} (agreement with the simulator {succ['gt_4d_agreement_with_sim']:.3f}). "
+               f"Simulator labels by outcome rule {header.get('label_rule', 1)}"
+               + (f" ({header['relabelled']} episodes of an older dataset relabelled on loading)."
+                  if header.get("relabelled") else "."),
                "", "| method | success rate | difference vs sim | agreement vs sim | its 95 % interval | "
                "agreement vs GT 4D | Pearson r (sigma groups) | MMRV |", "|---|---|---|---|---|---|---|---|"]
         for m in summary["methods"]:
@@ -511,6 +514,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     reach (``WorldModelConfig.complete_unreachable``); recorded as ``unreachable_completed``, true only where it
     acts (a model with such directions).
     """
+    from k4d_bringup.sim.policies import LABEL_RULE  # the outcome rule the simulator's labels follow
     from tqdm.auto import tqdm
 
     from .config import WorldModelConfig
@@ -562,7 +566,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
            "heldout_fraction": heldout_fraction, "split_seed": split_seed, "steps": steps, "guidance": guidance,
            "seed": seed, "methods": list(methods), "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
            "pointmap_encoding": pipe.pointmap_encoding.kind, "tau": tau, "max_points": max_points,
-           "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None, "register_block_px": reg}
+           "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None, "register_block_px": reg,
+           "label_rule": LABEL_RULE}
     if completed:  # only then, so that the logs of models it does not touch (v2) resume as before
         run["unreachable_completed"] = True
     rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
@@ -582,6 +587,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
             row: dict[str, Any] = {"name": clip["name"], "task": meta.get("task", ""), "sigma": meta.get("sigma", 0.0)}
             if "success" in meta:
                 row["sim_success"] = bool(meta["success"])
+                if meta.get("relabelled"):  # an older dataset's label, recomputed by the current rule
+                    row["label_recorded"] = meta.get("label_recorded")
             info = object_info(clip)
             gt_track = None
             if info is not None:
@@ -643,7 +650,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
               "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
               "zone_min_points": zone_min_points(pipe.height, pipe.width), "register_block_px": reg,
-              "unreachable_completed": completed, "commit": _commit()}
+              "unreachable_completed": completed, "label_rule": LABEL_RULE,
+              "relabelled": sum(1 for r in rows if "label_recorded" in r), "commit": _commit()}
     if "emb" in methods:
         header["emb_checkpoint"] = str(emb_checkpoint or "(given pipeline)")
     result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}

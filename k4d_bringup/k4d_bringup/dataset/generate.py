@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..sim.policies import LABEL_RULE, relabel_metrics
+
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
 FORMAT_VERSION = 1
@@ -173,7 +175,8 @@ def generate_episode(index: int, seed: int, out_dir: str | Path, opts: GenerateO
     os.replace(tmp, out_dir / f"{name}.npz")
     lay = sim.layout
     meta = {
-        "format_version": FORMAT_VERSION, "name": name, **spec, "label": result.outcome.label,
+        "format_version": FORMAT_VERSION, "label_rule": LABEL_RULE, "name": name, **spec,
+        "label": result.outcome.label,
         "success": result.outcome.success, "near_miss": result.outcome.near_miss, "metrics": result.outcome.metrics,
         "noise_segment": result.noise_segment, "ik_failures": result.ik_failures,
         "duration_s": float(times[-1]), "num_frames": T, "fps_effective": float((T - 1) / max(times[-1], 1e-9)),
@@ -325,5 +328,34 @@ def load_episode(path: str | Path) -> dict:
     ep["world_xyz"] = depth_to_xyz(ep["depth"], ep["K"])
     ep["robot_mask"] = ep["robot_link"] >= 0
     meta = path.with_suffix(".json")
-    ep["meta"] = json.loads(meta.read_text()) if meta.is_file() else {}
+    ep["meta"] = relabel_meta(json.loads(meta.read_text())) if meta.is_file() else {}
     return ep
+
+
+def target_rest_height(meta: dict) -> float:
+    """Resting centre height (m) of an episode's target (``meta["objects"][0]``): a cube's half edge, a
+    cylinder's half height (``size`` = (radius, half_height))."""
+    obj = meta["objects"][0]
+    size = [float(v) for v in obj["size"]]
+    return size[0] if obj.get("kind") == "cube" else size[1 if len(size) > 1 else 0]
+
+
+def relabel_meta(meta: dict) -> dict:
+    """An episode's metadata with its outcome (``label``, ``success``, ``near_miss``) by the current rule
+    (``sim.policies.LABEL_RULE``), recomputed from its recorded outcome ``metrics`` when it was written under
+    an older rule. A changed outcome keeps the recorded one as ``label_recorded`` and sets ``relabelled``;
+    ``label_rule`` is then the current rule. Metadata without the metrics to recompute from (synthetic test
+    data, the Kinema4D layout) is returned unchanged."""
+    if int(meta.get("label_rule", 1)) >= LABEL_RULE or "metrics" not in meta or not meta.get("objects") \
+            or "zone" not in meta or meta.get("task") not in ("pick_place", "push"):
+        return meta
+    try:
+        out = relabel_metrics(meta["task"], meta["metrics"], float(meta["zone"]["radius"]), target_rest_height(meta))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"episode {meta.get('name', '?')}: cannot recompute its outcome by label rule "
+                         f"{LABEL_RULE}: {exc}") from None
+    meta = dict(meta, label_rule=LABEL_RULE)
+    if out.label != meta.get("label"):
+        meta.update(label_recorded=meta.get("label"), relabelled=True, label=out.label, success=out.success,
+                    near_miss=out.near_miss)
+    return meta
