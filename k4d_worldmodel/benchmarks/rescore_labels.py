@@ -21,7 +21,7 @@ from pathlib import Path
 
 from k4d_bringup.dataset.generate import episode_paths, relabel_meta
 from k4d_bringup.sim.policies import LABEL_RULE
-from k4d_worldmodel.evaluate import summarize
+from k4d_worldmodel.evaluate import read_episode_rows, summarize
 
 
 def episode_labels(data: str | Path) -> dict[str, tuple[bool, bool]]:
@@ -43,12 +43,7 @@ def episode_labels(data: str | Path) -> dict[str, tuple[bool, bool]]:
 
 def rescore(log_dir: str | Path, labels: dict[str, tuple[bool, bool]]) -> dict:
     log_dir = Path(log_dir)
-    log = log_dir / "episodes.jsonl"
-    if log.is_file():
-        rows = [json.loads(line)["row"] for line in log.read_text().splitlines()
-                if line.strip() and json.loads(line).get("kind") == "episode"]
-    else:  # logs of the first sessions kept only the report's copy of the rows
-        rows = json.loads((log_dir / "metrics.json").read_text()).get("episodes", [])
+    rows = read_episode_rows(log_dir)
     if not rows:
         raise ValueError(f"{log_dir}: no episode rows")
     missing = [r["name"] for r in rows if r["name"] not in labels]

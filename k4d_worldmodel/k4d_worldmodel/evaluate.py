@@ -198,12 +198,9 @@ def object_info(clip: dict[str, Any]) -> dict | None:
     meta = clip.get("meta") or {}
     if not meta.get("objects") or "object_pos" not in clip or "T_base_cam" not in clip or "zone" not in meta:
         return None
-    obj = meta["objects"][0]
-    size = list(obj.get("size", []))
-    if obj.get("kind") == "cube":
-        hh = float(size[0])
-    else:  # cylinder: (radius, half_height)
-        hh = float(size[1] if len(size) > 1 else size[0])
+    from k4d_bringup.dataset.generate import target_rest_height
+
+    hh = target_rest_height(meta)
     return {"task": meta.get("task", "pick_place"), "half_height": hh, "init": clip["object_pos"][0, 0],
             "goal": meta["zone"]["center_base"], "radius": float(meta["zone"]["radius"]),
             "T_base_cam": np.asarray(clip["T_base_cam"], np.float64)}
@@ -682,7 +679,7 @@ def _open_episode_log(path: Path, run: dict, resume: bool):
         if diff:
             raise ValueError(f"cannot resume {path}: it was written by another run; differs in "
                              + ", ".join(f"{k} (log {a!r}, now {b!r})" for k, (a, b) in diff.items()))
-        rows = [_nan_for_none(r["row"]) for r in records if r.get("kind") == "episode"]
+        rows = _episode_rows(records)
         if stats.get("skipped_torn"):
             print(f"eval: {path}: skipped a torn last line (the episode in progress when it stopped)",
                   file=sys.stderr)
@@ -692,6 +689,25 @@ def _open_episode_log(path: Path, run: dict, resume: bool):
     log = ShadowLog(path)
     log.append({"kind": "run", "run": run})
     return rows, log
+
+
+def _episode_rows(records: list[dict]) -> list[dict]:
+    return [_nan_for_none(r["row"]) for r in records if r.get("kind") == "episode"]
+
+
+def read_episode_rows(out: str | Path) -> list[dict]:
+    """The per-episode rows of a finished or interrupted ``k4d eval`` in folder ``out``: from its
+    ``episodes.jsonl`` (a torn last line skipped, logged NaNs back as NaN), or, for the first sessions' reports
+    that kept no log, from ``metrics.json``'s copy."""
+    from k4d_bringup.shadow.log import read_log
+
+    out = Path(out)
+    if (out / "episodes.jsonl").is_file():
+        return _episode_rows(read_log(out / "episodes.jsonl", {}))
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{out} has neither episodes.jsonl nor metrics.json: not a k4d eval output")
+    return [_nan_for_none(r) for r in json.loads(metrics.read_text()).get("episodes", [])]
 
 
 def _load_emb(checkpoint: str | Path | None, device: str):

@@ -138,6 +138,15 @@ def test_eval_log_survives_a_crash_and_resumes(synth, pmcond_pipe, tmp_path):
     assert resumed["episodes"][1]["k4d"]["psnr"] == pytest.approx(full["episodes"][1]["k4d"]["psnr"])  # re-run
     assert resumed["episodes"][1]["k4d"]["chamfer_l1"] == pytest.approx(full["episodes"][1]["k4d"]["chamfer_l1"])
     assert len([r for r in read_log(log) if r["kind"] == "episode"]) == 2
+    from k4d_worldmodel.evaluate import read_episode_rows
+
+    rows = read_episode_rows(tmp_path)  # what rescore_labels.py reads: the log's rows, the marker kept
+    assert [r["name"] for r in rows] == [r["name"] for r in resumed["episodes"]] and rows[0]["k4d"]["psnr"] == 99.0
+    (tmp_path / "episodes.jsonl").rename(tmp_path / "kept.jsonl")  # an old report without a log: metrics.json
+    assert read_episode_rows(tmp_path)[1]["k4d"]["psnr"] == pytest.approx(resumed["episodes"][1]["k4d"]["psnr"])
+    (tmp_path / "kept.jsonl").rename(tmp_path / "episodes.jsonl")
+    with pytest.raises(FileNotFoundError, match="not a k4d eval output"):
+        read_episode_rows(tmp_path / "nowhere")
 
     # another run's log is not silently mixed in
     with pytest.raises(ValueError, match=r"steps \(log 2, now 3\)"):

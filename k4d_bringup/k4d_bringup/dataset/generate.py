@@ -334,10 +334,14 @@ def load_episode(path: str | Path) -> dict:
 
 def target_rest_height(meta: dict) -> float:
     """Resting centre height (m) of an episode's target (``meta["objects"][0]``): a cube's half edge, a
-    cylinder's half height (``size`` = (radius, half_height))."""
-    obj = meta["objects"][0]
-    size = [float(v) for v in obj["size"]]
-    return size[0] if obj.get("kind") == "cube" else size[1 if len(size) > 1 else 0]
+    cylinder's half height (``size`` = (radius, half_height)). ValueError naming the episode when the metadata
+    lacks it."""
+    try:
+        obj = meta["objects"][0]
+        size = [float(v) for v in obj["size"]]
+        return size[0] if obj.get("kind") == "cube" else size[1 if len(size) > 1 else 0]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"episode {meta.get('name', '?')}: no target size in its metadata ({exc!r})") from None
 
 
 def relabel_meta(meta: dict) -> dict:
@@ -351,7 +355,7 @@ def relabel_meta(meta: dict) -> dict:
         return meta
     try:
         out = relabel_metrics(meta["task"], meta["metrics"], float(meta["zone"]["radius"]), target_rest_height(meta))
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"episode {meta.get('name', '?')}: cannot recompute its outcome by label rule "
                          f"{LABEL_RULE}: {exc}") from None
     meta = dict(meta, label_rule=LABEL_RULE)

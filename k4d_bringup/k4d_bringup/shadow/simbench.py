@@ -70,9 +70,10 @@ def zone_box(meta: dict, object_height_m: float) -> dict:
 
 
 def object_height(meta: dict) -> float:
-    obj = meta["objects"][0]
-    size = list(obj.get("size", [0.02]))
-    return 2.0 * float(size[0] if obj.get("kind") == "cube" else (size[1] if len(size) > 1 else size[0]))
+    """Full height (m) of the episode's target: twice its resting centre height."""
+    from k4d_bringup.dataset.generate import target_rest_height
+
+    return 2.0 * target_rest_height(meta)
 
 
 def _kinematics(model, ep: dict) -> Kinematics:

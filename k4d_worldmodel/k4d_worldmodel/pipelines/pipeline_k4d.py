@@ -774,7 +774,7 @@ def complete_velocity(transformer: K4DTransformer3DModel, velocity: torch.Tensor
     v = velocity.float()
     # the projection is linear: v - P(v) + P(x) / sigma in one projection
     gap = transformer.unreachable_part(v - latents.float() / max(float(sigma), 1e-6), basis)
-    return velocity if gap is None else v - gap
+    return velocity if gap is None else (v - gap).to(velocity.dtype)
 
 
 def make_scheduler(kind: str = "unipc", flow_shift: float = 3.0, num_train_timesteps: int = 1000):
