@@ -7,7 +7,9 @@ For every held-out clip the model imagines the rollout from the first frame and 
 sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps`` (robot pixels); then, on frames
 1..T-1 (frame 0 is given):
 
-* RGB: PSNR and SSIM (``metrics.psnr`` / ``metrics.ssim``, per frame, averaged).
+* RGB: PSNR and SSIM (``metrics.psnr`` / ``metrics.ssim``, per frame, averaged), and ``arm_psnr``: PSNR pooled
+  over the pixels whose robot occupancy differs from frame 0's (where the commanded motion shows), which tells
+  whether the model follows its robot condition at all.
 * Geometry: Chamfer L1/L2 and F-score@0.01 m between the imagined metric points and the simulator's world
   pointmap (depth back-projection) per frame, on pixels where the ground truth has depth, up to
   ``max_points`` random points per frame and side. The imagined XYZ is lifted to metres as in shadow mode: on
@@ -229,6 +231,19 @@ def geometry_metrics(pred_xyz: np.ndarray, gt_xyz: np.ndarray, tau: float = 0.01
     return {k: float(np.mean(v)) if v else float("nan") for k, v in out.items()}
 
 
+def arm_psnr(rgb: np.ndarray, gt_rgb: np.ndarray, robot_mask: np.ndarray) -> float:
+    """RGB PSNR over the pixels of frames 1..T-1 whose robot occupancy differs from frame 0's: where the arm has
+    gone and where it has left, i.e. where the commanded motion shows in the image. It measures whether a model
+    follows its robot condition (copy-first is wrong there by construction); NaN when the arm never moves."""
+    mask = np.asarray(robot_mask, bool)
+    if mask.shape != rgb.shape[:3] or rgb.shape != gt_rgb.shape:
+        raise ValueError(f"robot_mask {mask.shape} must be the videos' (T, H, W); videos {rgb.shape}, {gt_rgb.shape}")
+    changed = mask[1:] != mask[:1]
+    if not changed.any():
+        return float("nan")
+    return min(M.psnr(rgb[1:][changed], gt_rgb[1:][changed]), 100.0)
+
+
 def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], gt_track: np.ndarray | None,
                  info: dict | None, tau: float, max_points: int) -> dict[str, Any]:
     """All per-clip metrics of one method's `(T, H, W, 3)` uint8 RGB and metric XYZ."""
@@ -236,6 +251,7 @@ def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], gt_tr
     row: dict[str, Any] = {
         "psnr": M.psnr_video(rgb[1:], gt_rgb[1:]),
         "ssim": M.ssim_video(rgb[1:], gt_rgb[1:]),
+        "arm_psnr": arm_psnr(rgb, gt_rgb, clip["robot_mask"]),
         **geometry_metrics(xyz_m, clip["world_xyz"], tau, max_points),
     }
     if info is not None and gt_track is not None:
@@ -353,7 +369,7 @@ def _fmt(v: Any) -> str:
 
 def summarize(rows: list[dict], methods: Iterable[str]) -> dict:
     """Means per method and the success-rate comparison (see module docstring)."""
-    keys = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
+    keys = ("psnr", "ssim", "arm_psnr", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
             "raised_height_err_m")
     summary: dict[str, Any] = {"episodes": len(rows), "methods": {}}
     for m in methods:
@@ -419,12 +435,13 @@ def _md_to_html(lines: list[str]) -> str:
 
 def write_report(out: Path, summary: dict, rows: list[dict], header: dict, videos: list[str]) -> str:
     """``report.md`` and ``report.html``; returns the Markdown."""
-    cols = ("psnr", "ssim", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
+    cols = ("psnr", "ssim", "arm_psnr", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
             "raised_height_err_m", "lift_anchored", "lift_failed")
     md = ["# k4d world-model evaluation", "",
           "| " + " | ".join(f"{k}: {_fmt(v)}" for k, v in header.items()) + " |", "|" + "---|" * len(header), "",
           "## Video and geometry (frames 1..T-1; PSNR/SSIM higher is better, Chamfer lower, F-score@0.01 higher)",
-          "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+          "", "arm_psnr: PSNR on the pixels where the arm has gone or has left since frame 0, i.e. whether the "
+          "imagined arm follows the commanded motion.", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m, v in summary["methods"].items():
         md.append(f"| {m} | " + " | ".join(_fmt(v[c]) for c in cols) + " |")
     succ = summary.get("success")

@@ -48,6 +48,32 @@ def test_raised_height_error_sees_objects_sink(synth):
     assert np.isnan(raised_height_error(gt, gt, np.ones(mask.shape, np.uint8), T))
 
 
+def test_arm_psnr_scores_only_where_the_arm_moved(synth):
+    """arm_psnr pools the pixels whose robot occupancy changed since frame 0: the truth is perfect there,
+    copy-first is not, an error outside those pixels does not count, and a still arm gives NaN."""
+    from k4d_worldmodel.evaluate import arm_psnr
+    from k4d_worldmodel.training.data import open_dataset
+
+    c = open_dataset(synth, 9, 32, 48, split="all")[0]
+    gt, mask = c["rgb"], np.asarray(c["robot_mask"], bool)
+    changed = mask[1:] != mask[:1]
+    assert changed.any()
+    assert arm_psnr(gt, gt, mask) == 100.0
+    copy = np.repeat(gt[:1], len(gt), 0)
+    assert arm_psnr(copy, gt, mask) < 40.0
+    elsewhere = gt.copy()
+    elsewhere[1:][~changed] = 255 - elsewhere[1:][~changed]  # wrong everywhere the arm did not move
+    elsewhere[0] = 0                                          # and frame 0 is never scored
+    assert arm_psnr(elsewhere, gt, mask) == 100.0
+    wrong = gt.copy()
+    wrong[1:][changed] = np.clip(gt[1:][changed].astype(int) + 10, 0, 255).astype(np.uint8)
+    assert 26.0 < arm_psnr(wrong, gt, mask) < 29.0  # an error of about 10 / 255 there: about 28 dB
+    still = np.repeat(mask[:1], len(mask), 0)
+    assert np.isnan(arm_psnr(gt, gt, still))
+    with pytest.raises(ValueError, match="robot_mask"):
+        arm_psnr(gt, gt, mask[:, :-1])
+
+
 def test_robot_condition_removed_is_the_unconditional_path(pmcond_pipe):
     from k4d_worldmodel.evaluate import robot_condition_removed
     from k4d_worldmodel.tiny import tiny_inputs
@@ -74,7 +100,7 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
     assert s["success"]["copy_first"]["overall"] == 0.0  # nothing moves -> the push never succeeds
     assert s["success"]["sim_overall"] == 0.5
     for m in s["methods"].values():
-        assert np.isfinite(m["psnr"]) and np.isfinite(m["chamfer_l1"])
+        assert np.isfinite(m["psnr"]) and np.isfinite(m["chamfer_l1"]) and np.isfinite(m["arm_psnr"])
     assert "pearson_r" in s["success"]["k4d"] and "mmrv" in s["success"]["k4d"]
     for m in s["methods"]:  # every agreement comes with its interval over these (2) episodes
         lo, hi = s["success"][m]["agreement_with_sim_ci95"]
@@ -85,6 +111,7 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
     assert saved["header"]["zone_min_points"] == max(1, round(3 * h * w / (96 * 64)))  # the threshold it used
     md = (tmp_path / "report.md").read_text()
     assert "| k4d |" in md and "copy_first" in md and "Pearson" in md and "raised_height_err_m" in md
+    assert "arm_psnr" in md
     assert "<table>" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "videos" / "000000.mp4").stat().st_size > 0
     print_summary(r)
