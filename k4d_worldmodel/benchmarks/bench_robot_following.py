@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from k4d_worldmodel import metrics as M
     from k4d_worldmodel.config import WorldModelConfig
-    from k4d_worldmodel.evaluate import _completion, arm_psnr, robot_condition_removed
+    from k4d_worldmodel.evaluate import _completion, arm_psnr, robot_condition_removed, rollout
     from k4d_worldmodel.loading import load_pipeline
     from k4d_worldmodel.training.data import open_dataset
 
@@ -53,12 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     with _completion([pipe], pipe.transformer.reachable_basis() is not None):
         for i in list(range(0, len(ds), stride))[: args.clips]:
             c = ds[i]
-            kw = dict(image=c["rgb"][0], robot_xyz=c["robot_xyz"], robot_link=c.get("robot_link"),
-                      num_inference_steps=args.steps, guidance_scale=1.0, seed=args.seed,
-                      first_xyz=c["world_xyz"][0] if pipe.config.first_xyz_condition else None)
-            with_robot = pipe(**kw)
+            with_robot = rollout(pipe, c, args.steps, 1.0, args.seed)
             with robot_condition_removed(pipe):
-                without = pipe(**kw)
+                without = rollout(pipe, c, args.steps, 1.0, args.seed)
             T = len(c["rgb"])
             outs = {"with_robot": (with_robot.rgb, with_robot.xyz), "without_robot": (without.rgb, without.xyz),
                     "copy_first": (np.repeat(c["rgb"][:1], T, 0), np.repeat(c["world01"][:1], T, 0))}

@@ -311,17 +311,24 @@ def _lift(xyz01: np.ndarray, robot_mask: np.ndarray, clip: dict[str, Any], seed:
     return xyz_m, {"lift": lifted, "lift_quality": fit.quality, "lift_residual_m": fit.residual_m}
 
 
-def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
-            anchor_config=None, register_block_px: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Run the pipeline on a clip: ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``, lifted by
-    ``_lift``. A ``jointemb`` model is given the clip's joint positions ``q``; a ``first_xyz_condition`` model
-    frame 0's measured pointmap (the same frame the anchored lift and copy-first use)."""
+def rollout(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int):
+    """The pipeline's output (``K4DPipelineOutput``: RGB and the pointmap in the model's own code) for a clip,
+    conditioned as the model's variant asks: a ``full`` model also gets the robot's RGB, a ``jointemb`` model the
+    clip's joint positions ``q``, a ``first_xyz_condition`` model frame 0's measured pointmap (the same frame the
+    anchored lift and copy-first use)."""
     robot_rgb = clip.get("robot_rgb") if pipe.variant == "full" else None
     joints = clip.get("q") if pipe.variant == "jointemb" else None
     first_xyz = clip["world_xyz"][0] if pipe.config.first_xyz_condition else None
-    out = pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
-               robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-               robot_joints=joints, first_xyz=first_xyz)
+    return pipe(image=clip["rgb"][0], robot_xyz=clip["robot_xyz"], robot_link=clip.get("robot_link"),
+                robot_rgb=robot_rgb, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                robot_joints=joints, first_xyz=first_xyz)
+
+
+def imagine(pipe, clip: dict[str, Any], steps: int, guidance: float, seed: int, lift_config=None,
+            anchor_config=None, register_block_px: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run the pipeline on a clip (``rollout``): ``(rgb (T, H, W, 3) uint8, xyz metres (T, H, W, 3), info)``,
+    lifted by ``_lift``."""
+    out = rollout(pipe, clip, steps, guidance, seed)
     xyz_m, info = _lift(out.xyz, out.robot_mask, clip, seed, lift_config, anchor_config, pipe.pointmap_encoding,
                         register_block_px)
     return out.rgb, xyz_m, {**info, "rollout_s": out.timings["total_s"]}

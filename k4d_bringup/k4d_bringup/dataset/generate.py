@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..sim.policies import LABEL_RULE, relabel_metrics
+from ..sim.scene import rest_half_height
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
@@ -333,13 +334,12 @@ def load_episode(path: str | Path) -> dict:
 
 
 def target_rest_height(meta: dict) -> float:
-    """Resting centre height (m) of an episode's target (``meta["objects"][0]``): a cube's half edge, a
-    cylinder's half height (``size`` = (radius, half_height)). ValueError naming the episode when the metadata
-    lacks it."""
+    """Resting centre height (m) of an episode's target (``meta["objects"][0]``), by the simulator's own rule
+    (``sim.scene.rest_half_height``, what ``TaskMonitor`` labels with). ValueError naming the episode when the
+    metadata lacks it."""
     try:
         obj = meta["objects"][0]
-        size = [float(v) for v in obj["size"]]
-        return size[0] if obj.get("kind") == "cube" else size[1 if len(size) > 1 else 0]
+        return rest_half_height(obj["kind"], [float(v) for v in obj["size"]])
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"episode {meta.get('name', '?')}: no target size in its metadata ({exc!r})") from None
 

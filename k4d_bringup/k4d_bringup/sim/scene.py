@@ -155,6 +155,12 @@ def _mesh_components(vertices: np.ndarray, faces: np.ndarray) -> list[np.ndarray
 # ----------------------------------------------------------------------------------------------
 # Randomised layout
 # ----------------------------------------------------------------------------------------------
+def rest_half_height(kind: str, size) -> float:
+    """Resting centre height (m) of an upright object from its MuJoCo geom ``size`` (cube: 3 half extents, the
+    third vertical; cylinder: radius, half height)."""
+    return float(size[2] if kind == "cube" else size[1])
+
+
 @dataclass(frozen=True)
 class ObjectSpec:
     """A free rigid object on the table.
@@ -177,7 +183,7 @@ class ObjectSpec:
 
     @property
     def half_height(self) -> float:
-        return float(self.size[2] if self.kind == "cube" else self.size[1])
+        return rest_half_height(self.kind, self.size)
 
     @property
     def radius(self) -> float:
