@@ -524,6 +524,25 @@ def test_builtin_full_configs_tile_their_latent_grid():
     assert (hr.height, hr.width) == (128, 192) and hr.pointmap_encoding == TrainConfig.from_yaml("metric").pointmap_encoding
 
 
+def test_metric_hr_wide_reaches_every_output_direction_and_fits_the_checkpoint_target():
+    """configs/metric_hr_wide.yaml is metric_hr's recipe (geometry, VAE, pointmap code) with a transformer whose
+    hidden state is as wide as a token's output (8 x 64 = 32 x 4 x 4), so it has no unreachable directions where
+    metric_hr's 256-wide model has 256 of 512; it saves in bfloat16, so its transformer stays under 50 MB."""
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.train import build_transformer
+
+    hr, wide = TrainConfig.from_yaml("metric_hr"), TrainConfig.from_yaml("metric_hr_wide")
+    for key in ("height", "width", "num_frames", "pointmap_encoding", "first_xyz_condition", "variant"):
+        assert getattr(wide, key) == getattr(hr, key), key
+    assert wide.vae.z_dim == hr.vae.z_dim == 32 and wide.save_dtype == "bfloat16"
+    narrow = build_transformer(hr).reachable_basis()
+    assert narrow is not None and narrow.shape == (512, 256)
+    t = build_transformer(wide)
+    assert t.reachable_basis() is None
+    n = sum(p.numel() for p in t.parameters())
+    assert 15e6 < n and 2 * n < 50e6, n
+
+
 def test_condition_fill_first_frame_repeats_the_scene_and_is_kept_through_training(trained, synth, tmp_path):
     """condition_fill "first_frame": every latent frame of the condition holds the still first frame (the release's
     "zeros" holds it in latent frame 0 only); the mask is unchanged; a full fine-tuning may switch a model to it,

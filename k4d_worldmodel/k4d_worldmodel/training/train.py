@@ -66,20 +66,28 @@ def build_image_encoder(cfg: TrainConfig, seed: int):
     return enc, proc
 
 
-def build_full_pipeline(cfg: TrainConfig, vae) -> "K4DPipeline":  # noqa: F821
-    """A fresh K4D pipeline of ``cfg``'s size around ``vae`` (float32, CPU)."""
+def build_transformer(cfg: TrainConfig, z_dim: int | None = None) -> "K4DTransformer3DModel":  # noqa: F821
+    """A fresh transformer of ``cfg``'s size (float32, CPU, seeded by ``cfg.seed``) for a VAE of ``z_dim``
+    latent channels (default: the config's VAE): it denoises those channels and is conditioned on them twice
+    plus the mask."""
     from ..models.transformer_k4d import K4DTransformer3DModel
-    from ..pipelines.pipeline_k4d import K4DPipeline, make_scheduler
 
     torch.manual_seed(cfg.seed)
     kw = cfg.transformer_kwargs()
-    z = int(vae.config.z_dim)
+    z = int(cfg.vae.z_dim if z_dim is None else z_dim)
     if kw.setdefault("out_channels", z) != z:
         raise ValueError(f"model.out_channels is {kw['out_channels']} but the VAE has z_dim {z}: the transformer "
                          "denoises the VAE's latent channels (leave model.out_channels out)")
     kw.setdefault("in_channels", 2 * z + kw.get("mask_channels", 4))
     kw.setdefault("image_dim", int(cfg.image_encoder.get("hidden_size", 64)))
-    transformer = K4DTransformer3DModel(**kw)
+    return K4DTransformer3DModel(**kw)
+
+
+def build_full_pipeline(cfg: TrainConfig, vae) -> "K4DPipeline":  # noqa: F821
+    """A fresh K4D pipeline of ``cfg``'s size around ``vae`` (float32, CPU)."""
+    from ..pipelines.pipeline_k4d import K4DPipeline, make_scheduler
+
+    transformer = build_transformer(cfg, int(vae.config.z_dim))
     enc, proc = build_image_encoder(cfg, cfg.seed + 7)
     pipe = K4DPipeline(vae=vae, transformer=transformer, scheduler=make_scheduler("unipc", cfg.flow_shift),
                        image_encoder=enc, image_processor=proc, pointmap_encoding=cfg.pointmap_encoding,
