@@ -144,10 +144,12 @@ class McapRecorder:
 
 
 def read_messages(path: str | os.PathLike, topics: Optional[Iterable[str]] = None) -> Iterator[tuple[str, str, int, bytes]]:
-    """Yield ``(topic, datatype, log_time_ns, cdr_bytes)`` in log-time order."""
+    """Yield ``(topic, datatype, log_time_ns, cdr_bytes)`` in log-time order: of every topic when ``topics`` is
+    None, of none when it is empty."""
     with open(path, "rb") as fh:
         reader = make_reader(fh)
-        for schema, channel, message in reader.iter_messages(topics=list(topics) if topics else None, log_time_order=True):
+        wanted = None if topics is None else list(topics)
+        for schema, channel, message in reader.iter_messages(topics=wanted, log_time_order=True):
             yield channel.topic, schema.name if schema else "", message.log_time, message.data
 
 
@@ -186,7 +188,11 @@ def replay(node, path: str | os.PathLike, rate: float = 1.0, topics: Optional[It
     if rate <= 0:
         raise ValueError(f"rate must be > 0, got {rate}")
     wanted = set(topics) if topics else None
-    types = {t: d for t, d in recording_topics(path).items() if wanted is None or t in wanted}
+    recorded = recording_topics(path)
+    if wanted is not None and not wanted <= recorded.keys():
+        raise ValueError(f"{path} has no topic {', '.join(sorted(wanted - recorded.keys()))}; it has "
+                         f"{', '.join(sorted(recorded)) or 'none'}")
+    types = {t: d for t, d in recorded.items() if wanted is None or t in wanted}
     pubs = {t: node.create_publisher(import_message_class(d), t, qos) for t, d in types.items()}
     counts = {t: 0 for t in pubs}
     deadline = time.monotonic() + discovery_wait_s

@@ -41,6 +41,10 @@ def test_written_file_decodes_with_standard_mcap_ros2_decoder(tmp_path):
     np.testing.assert_allclose([m.position[0] for t, m in decoded[:3]], [0.0, 0.1, 0.2])
     assert decoded[3][1].link_names == ["base", "link1"]
     assert [t for t, *_ in read_messages(path, topics=["/k4d/plan_pointmaps"])] == ["/k4d/plan_pointmaps"]
+    assert list(read_messages(path, topics=[])) == []  # no topic asked for is none, not all
+    # replaying a topic the recording lacks names it and what the recording has, before any publisher exists
+    with pytest.raises(ValueError, match=r"no topic /jointstates; it has /joint_states, /k4d/plan_pointmaps"):
+        replay(None, path, topics=["/jointstates"])
 
 
 @pytest.mark.ros

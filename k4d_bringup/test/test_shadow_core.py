@@ -56,7 +56,24 @@ def test_log_survives_a_crash_with_a_truncated_last_line(tmp_path):
     log.close()
     recs = read_log(path, stats)
     assert [r["episode_id"] for r in recs][-1] == "after_restart" and len(recs) == 6
-    assert path.read_bytes().startswith(good)
+    assert path.read_bytes().startswith(good) and stats["skipped_torn"] == 0  # the fragment was cut off ...
+    assert (tmp_path / "log.jsonl.torn").read_bytes() == b'{"v":1,"kind":"chunk","episode_id":"e5","psn\n'  # ... kept
+    # A tear right after a nested '}' looks like a record's end; after a restart it must not make the log
+    # unreadable (it would sit mid-file among good records).
+    with open(path, "ab") as fh:
+        fh.write(b'{"v":1,"kind":"chunk","episode_id":"e6","per_frame":{"k":[1]}')
+    log = ShadowLog(path)
+    assert log.torn_bytes == len(b'{"v":1,"kind":"chunk","episode_id":"e6","per_frame":{"k":[1]}')
+    log.append({"kind": "episode", "episode_id": "after_second_restart"})
+    log.close()
+    assert [r["episode_id"] for r in read_log(path)][-2:] == ["after_restart", "after_second_restart"]
+    # A record written whole but for its newline is a record: it is kept, and the next one starts a new line.
+    with open(path, "ab") as fh:
+        fh.write(b'{"v":1,"kind":"episode","episode_id":"no_newline"}')
+    with ShadowLog(path) as log:
+        assert log.torn_bytes == 0
+        log.append({"kind": "episode", "episode_id": "last"})
+    assert [r["episode_id"] for r in read_log(path)][-2:] == ["no_newline", "last"]
     # A complete but corrupt line in the middle is corruption, not a crash: it raises.
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"a":1}\n{"a":}\n{"a":2}\n')
@@ -89,6 +106,21 @@ def _chunk(dq=0.1, duration=0.8, n=8, q0=None):
     return JointTrajectoryData(ARM, t, start + np.outer(t / duration, [dq, 0, 0, 0, 0, 0]))
 
 
+def _region_cfg(scene, **kw):
+    """A shadow config whose success region is a 10 cm box around the scene's box, 3-12 cm above the table."""
+    box = scene.box_xy
+    return ShadowConfig(num_frames=9, success_predicate="region", success_min_points=2, settle_s=0.1,
+                        success_region_min=[box[0] - 0.05, box[1] - 0.05, 0.03],
+                        success_region_max=[box[0] + 0.05, box[1] + 0.05, 0.12], **kw)
+
+
+def _q_at(q0, t_s, dq=0.2, duration=0.8):
+    """The joint state ``t_s`` into a ``_chunk(dq)`` from q0 (joint1 moving linearly)."""
+    q = np.array(q0, dtype=float)
+    q[0] += dq * min(max(t_s / duration, 0), 1)
+    return q
+
+
 @pytest.mark.parametrize("policy,expected_skipped", [("drop_oldest", [1, 2]), ("drop_newest", [2, 3])])
 def test_session_skips_chunks_while_the_world_model_is_busy(scene, policy, expected_skipped):
     cfg = ShadowConfig(num_frames=9, queue_size=1, queue_policy=policy, save_frames=False)
@@ -118,11 +150,7 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_po
     """The box stands in the success region from the start: success as an absolute count; no success relative
     to the chunk's first frame (``success_relative``), in the imagination and in reality alike. An imagined-side
     threshold (``imagined_min_points``) that no frame reaches fails the imagination alone."""
-    box = scene.box_xy
-    cfg = ShadowConfig(num_frames=9, success_predicate="region", success_min_points=2, settle_s=0.1,
-                       success_region_min=[box[0] - 0.05, box[1] - 0.05, 0.03],
-                       success_region_max=[box[0] + 0.05, box[1] + 0.05, 0.12], success_relative=relative,
-                       imagined_min_points=imagined_points)
+    cfg = _region_cfg(scene, success_relative=relative, imagined_min_points=imagined_points)
     imagined_ok = not relative and not imagined_points
     out = []
     kin = Kinematics(scene.model, scene.camera, scene.extrinsics)
@@ -131,12 +159,6 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_po
     s.on_episode_event("start pick_box", 0)
     traj = _chunk(0.2, q0=q0)
     t0 = 100_000_000
-
-    def q_at(t_s):
-        q = q0.copy()
-        q[0] += 0.2 * min(max(t_s / 0.8, 0), 1)
-        return q
-
     rgb, depth = scene.render(q0)
     s.on_frame(t0 - 10_000_000, rgb, depth, q0)
     rec = s.on_chunk(traj, "live", t0, q0)
@@ -148,8 +170,8 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_po
     s.on_imagined(rec, imag, "", t0 + 50_000_000)
     for k in range(0, 11):  # the robot executes the chunk; the camera runs at 10 Hz (the imagined frames' rate)
         t = t0 + int(k * 1e8)
-        r, d = scene.render(q_at(k / 10))
-        s.on_frame(t, r, d, q_at(k / 10))
+        r, d = scene.render(_q_at(q0, k / 10))
+        s.on_frame(t, r, d, _q_at(q0, k / 10))
         s.tick(t)
     s.tick(t0 + 2_000_000_000)
     chunk = [r for r in out if r["kind"] == "chunk"]
@@ -169,6 +191,71 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_po
     ep = [r for r in out if r["kind"] == "episode"]
     assert len(ep) == 1 and ep[0]["status"] == "ok" and ep[0]["actual_source"] == "depth"
     assert ep[0]["imagined_success"] == imagined_ok and ep[0]["actual_success"] == (not relative)
+
+
+@pytest.mark.parametrize("start_depth", [True, False])
+def test_relative_success_counts_both_sides_from_the_chunks_first_frame(scene, start_depth):
+    """``success_relative``: the goal region is empty when the chunk starts and holds the box from the next frame
+    on. A perfect imagination and reality then agree (success), both counted against the chunk's first frame;
+    without depth at that frame reality cannot be counted so, and says why instead of using a later frame."""
+    out = []
+    s = ShadowSession(_region_cfg(scene, success_relative=True, save_frames=False),
+                      Kinematics(scene.model, scene.camera, scene.extrinsics), out.append)
+    q0 = scene.home_q()
+    s.on_episode_event("start place_box", 0)
+    t0 = 100_000_000
+    rgb, depth = scene.render(q0)
+    s.on_frame(t0, rgb, np.full_like(depth, np.nan) if start_depth else None, q0)  # nothing in the region yet
+    rec = s.on_chunk(_chunk(0.2, q0=q0), "live", t0, q0)
+    assert s.next_dispatch(t0, server_ready=True) is rec
+    frames = [scene.render(q) for q in rec.seq.positions]
+    xyz = np.stack([backproject_depth(f[1], scene.camera) for f in frames])
+    xyz[0] = np.nan  # the imagination's first frame is the empty one too
+    s.on_imagined(rec, RolloutData(np.stack([f[0] for f in frames]), xyz, True, "oracle"), "", t0 + 1)
+    for k in range(1, 11):
+        t = t0 + int(k * 1e8)
+        r, d = scene.render(_q_at(q0, k / 10))
+        s.on_frame(t, r, d, _q_at(q0, k / 10))
+        s.tick(t)
+    s.tick(t0 + 2_000_000_000)
+    (c,) = [r for r in out if r["kind"] == "chunk"]
+    assert c["status"] == "ok" and c["imagined_success"]
+    if start_depth:
+        assert c["has_actual"] and c["actual_success"]
+        assert "relative to 0 points" in c["predicate"]["actual"]["reason"]
+    else:
+        assert not c["has_actual"] and "depth at the chunk's first frame" in c["predicate"]["actual"]["reason"]
+
+
+def test_a_rollout_at_the_models_size_is_scored_and_a_scoring_defect_fails_only_its_chunk(scene, monkeypatch):
+    """A server that answers at its model's size (``adapt_inputs``) gives a rollout smaller than the camera: the
+    robot masks follow it and the chunk is scored. Any error while scoring fails that chunk by name; its episode
+    is still written and the session goes on."""
+    out = []
+    s = ShadowSession(_region_cfg(scene, save_frames=False), Kinematics(scene.model, scene.camera, scene.extrinsics), out.append)
+    q0 = scene.home_q()
+    h, w = scene.camera.height // 2, scene.camera.width // 2
+    frames = [scene.render(q) for q in [q0] * 9]
+    small = RolloutData(np.stack([f[0][::2, ::2] for f in frames]),
+                        np.stack([backproject_depth(f[1], scene.camera)[::2, ::2] for f in frames]), True, "half")
+    assert small.rgb.shape[1:3] == (h, w)
+    for i, fail in enumerate([False, True]):
+        t0 = i * 10_000_000_000
+        s.on_episode_event(f"start ep{i}", t0)
+        s.on_frame(t0 + 1, *scene.render(q0), q0)
+        rec = s.on_chunk(_chunk(0.0, q0=q0), "live", t0 + 2, q0)
+        assert s.next_dispatch(t0 + 2, server_ready=True) is rec
+        if fail:
+            monkeypatch.setattr(s, "_score", lambda rec, now: (_ for _ in ()).throw(RuntimeError("bad rollout")))
+        s.on_imagined(rec, small, "", t0 + 3)
+        s.tick(t0 + 2_000_000_000)
+        s.on_episode_event("end", t0 + 3_000_000_000)
+        s.tick(t0 + 4_000_000_000)
+    chunks = [r for r in out if r["kind"] == "chunk"]
+    assert [c["status"] for c in chunks] == ["ok", "failed_to_evaluate"]
+    assert chunks[0]["imagined_valid"] and chunks[0]["imagined_success"]  # the box stands in the region
+    assert "scoring failed: RuntimeError: bad rollout" in chunks[1]["status_message"]
+    assert [e["episode_id"] for e in out if e["kind"] == "episode"] == [c["episode_id"] for c in chunks]
 
 
 def test_failed_imagination_fails_chunk_and_episode_keeps_earlier(scene):
@@ -267,6 +354,10 @@ def test_table3_pearson_and_mmrv_on_constructed_inputs():
     assert pearson_r([0.1, 0.5, 0.9], [0.2, 0.6, 1.0]) == pytest.approx(1.0)
     assert pearson_r([0.1, 0.5, 0.9], [0.9, 0.5, 0.1]) == pytest.approx(-1.0)
     assert math.isnan(pearson_r([0.5], [0.4])) and math.isnan(pearson_r([0.5, 0.5], [0.1, 0.2]))
+    assert math.isnan(mmrv([], []))
+    for f in (pearson_r, mmrv):  # rates that do not pair up are a caller's bug, not a NaN
+        with pytest.raises(ValueError, match="got 3 and 2"):
+            f([0.9, 0.1, 0.5], [0.5, 0.2])
 
 
 def test_calibration_of_imagined_probabilities():
@@ -455,6 +546,29 @@ def test_calib_check_scores_correct_high_and_shifted_low(tmp_path):
     assert ok["summary"]["valid_frames"] == 6
     assert ok["summary"]["median_score"] > 0.8 > 0.6 > off["summary"]["median_score"]
     assert ok["summary"]["median_depth_fraction"] > 0.9 > off["summary"]["median_depth_fraction"]
+    # Unsynchronised RGB-D streams: depth stamped 1 ms after its colour image pairs as the live node pairs it
+    # (FramePairer, 20 ms), instead of silently dropping the depth check.
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from k4d_bringup.recording import McapRecorder, deserialize, read_messages
+    from k4d_kinematics.ros.conversions import time_from_ns, time_to_ns
+
+    depth_topic, late = "/camera/depth/image_rect_raw", tmp_path / "late_depth.mcap"
+    out = McapRecorder(late, compression="none")
+    kinds = {"/camera/color/image_raw": Image, "/camera/color/camera_info": CameraInfo, depth_topic: Image,
+             "/joint_states": JointState}
+    for topic, cls in kinds.items():
+        out.add_topic(topic, cls)
+    for topic, datatype, log_ns, data in read_messages(rec, list(kinds)):
+        if topic == depth_topic:
+            msg = deserialize(datatype, data)
+            msg.header.stamp = time_from_ns(time_to_ns(msg.header.stamp) + 1_000_000)
+            data = serialize_message(msg)
+        out.write(topic, data, log_ns)
+    out.close()
+    shifted = check_recording(late, sc.extrinsics, max_frames=6, depth_topic=depth_topic)["summary"]
+    assert shifted["median_depth_fraction"] == pytest.approx(ok["summary"]["median_depth_fraction"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,3 +646,30 @@ def test_report_from_constructed_log_has_table_rows(tmp_path):
     assert "real_ood" in html and "pi_a" in html and "pi_b" in html and "1 torn" in html
     assert "0.33" in html and "0.67" in html and "1.00" in html
     assert json.loads(log.read_text().splitlines()[0])["policy"] == "pi_a"
+
+
+def test_report_skips_an_unreadable_frames_file_and_names_it(tmp_path):
+    """A frames file cut short by a crash (empty, or not an npz) costs only its own frames: the report is written,
+    the readable chunk still makes the episode's video, and the unreadable file is named on the page."""
+    from k4d_bringup.shadow.report import side_by_side_frames, write_report
+
+    frames = tmp_path / "frames" / "e1"
+    frames.mkdir(parents=True)
+    rgb = np.zeros((3, 16, 24, 3), np.uint8)
+    np.savez_compressed(frames / "chunk_0000_live.npz", imagined_rgb=rgb, real_rgb=rgb[1:], real_k=np.array([1, 2]),
+                        times=np.arange(3.0), initial_rgb=rgb[0])
+    (frames / "chunk_0001_live.npz").write_bytes(b"")
+    (frames / "chunk_0002_live.npz").write_bytes(b"PK\x03\x04 cut short")
+    log = tmp_path / "log.jsonl"
+    with ShadowLog(log) as lg:
+        for i in range(3):
+            lg.append({"kind": "chunk", "episode_id": "e1", "chunk_index": i, "scenario": "s", "policy": "p",
+                       "mode": "live", "status": "ok", "chunk_start_ns": i * 10**9, "psnr_db": 30.0,
+                       "frames_file": f"frames/e1/chunk_{i:04d}_live.npz"})
+        lg.append({**_episodes("s", "p", [1], [1])[0], "episode_id": "e1", "chunk_index": -1})
+    bad = []
+    assert len(side_by_side_frames(sorted(frames.glob("*.npz")), unreadable=bad)) == 2
+    assert [p.name for p in bad] == ["chunk_0001_live.npz", "chunk_0002_live.npz"]
+    page = write_report(log, tmp_path / "rep").read_text()
+    assert "2 frames file(s) could not be read" in page and "frames/e1/chunk_0002_live.npz" in page
+    assert list((tmp_path / "rep" / "assets").glob("episode_e1.*"))  # the readable chunk's video

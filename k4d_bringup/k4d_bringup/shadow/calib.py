@@ -88,15 +88,26 @@ def check_recording(path, extrinsics, model=None, camera=None, image_topic: str 
     from k4d_kinematics.ros.conversions import camera_info_to_camera, depth_from_image, rgb_from_image, time_to_ns
     from k4d_kinematics.ros.node_logic import JointStateMerger
 
+    from .session import FramePairer
+
     model = model or RobotModel.yam()
     merger = JointStateMerger()
+    pairer = FramePairer(bool(depth_topic))  # the live node's and the replay's rule: nearest depth within 20 ms
     renderer = None
-    frames, depth_by_stamp, n_img = [], {}, 0
-    pending: dict[int, tuple[dict, np.ndarray]] = {}  # scored frames whose depth may still come
+    frames, n_img = [], 0
+    awaiting: dict[int, tuple[dict, np.ndarray]] = {}  # scored frames the pairer has not released yet
+
+    def paired(released) -> None:
+        for f in released:
+            row, robot_depth = awaiting.pop(f.stamp_ns, (None, None))
+            if row is not None and f.depth is not None:
+                da = depth_agreement(f.depth, robot_depth)
+                row.update(depth_fraction=da["fraction"], depth_median_abs_m=da["median_abs_m"])
+
     topics = [t for t in (image_topic, camera_info_topic, joint_states_topic, depth_topic) if t]
     for topic, datatype, log_ns, data in read_messages(path, topics):
         full = bool(max_frames) and len(frames) >= max_frames
-        if full and not pending:
+        if full and not awaiting:
             break
         if full and topic == image_topic:
             continue
@@ -109,14 +120,7 @@ def check_recording(path, extrinsics, model=None, camera=None, image_topic: str 
             except ValueError:
                 continue
         elif topic == depth_topic:
-            stamp = time_to_ns(msg.header.stamp)
-            depth_by_stamp[stamp] = depth_from_image(msg)
-            if len(depth_by_stamp) > 10:
-                depth_by_stamp.pop(next(iter(depth_by_stamp)))
-            if stamp in pending:  # the depth came after its colour image
-                row, robot_depth = pending.pop(stamp)
-                da = depth_agreement(depth_by_stamp[stamp], robot_depth)
-                row.update(depth_fraction=da["fraction"], depth_median_abs_m=da["median_abs_m"])
+            paired(pairer.depth(time_to_ns(msg.header.stamp) or log_ns, depth_from_image(msg)))
         elif topic == image_topic:
             n_img += 1
             if camera is None or not merger.values or (n_img - 1) % max(every, 1):
@@ -132,14 +136,10 @@ def check_recording(path, extrinsics, model=None, camera=None, image_topic: str 
             pm = renderer.render(merger.q(model, "zero", "clamp"))
             stamp = time_to_ns(msg.header.stamp) or log_ns
             row = {"stamp_ns": stamp, **alignment_score(rgb, pm.mask)}
-            if stamp in depth_by_stamp:
-                da = depth_agreement(depth_by_stamp[stamp], pm.depth)
-                row.update(depth_fraction=da["fraction"], depth_median_abs_m=da["median_abs_m"])
-            elif depth_topic:
-                pending[stamp] = (row, pm.depth.copy())
-                while len(pending) > 5:
-                    pending.pop(next(iter(pending)))
             frames.append(row)
+            if depth_topic:
+                awaiting[stamp] = (row, pm.depth.copy())
+                paired(pairer.image(stamp, rgb))
 
     if camera is None:
         raise ValueError(f"{path}: no CameraInfo on {camera_info_topic} (give --camera-info)")

@@ -8,7 +8,8 @@ Crash safety: every record is one ``json.dumps`` line written with a single ``os
 ``O_APPEND`` descriptor, followed by ``os.fsync``. A crash (power loss, SIGKILL) can only tear the line
 being written; all earlier lines are on disk. ``read_log`` skips a torn or unparsable LAST line (counted
 in ``read_log(..., stats=...)``) and raises on a bad line in the middle, which is corruption, not a crash.
-On re-opening, a log whose last line is torn gets a newline first, so the next record starts a fresh line.
+On re-opening, a torn last line is cut off (its bytes are kept in ``<log>.torn``), so the records written
+after a restart can never follow a fragment; a last record that is whole but lacks its newline keeps it.
 NaN / inf floats are written as ``null`` (strict JSON).
 """
 from __future__ import annotations
@@ -45,13 +46,39 @@ class ShadowLog:
         self.fsync = fsync
         self._lock = threading.Lock()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        size = os.fstat(self._fd).st_size
-        if size:
-            with open(self.path, "rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":  # a torn last line from a crash: start on a fresh line
-                    os.write(self._fd, b"\n")
         self.count = 0
+        self.torn_bytes = self._repair_tail()
+
+    def _repair_tail(self) -> int:
+        """Make the file end on a record boundary after a crash; returns the number of torn bytes cut off.
+        A torn fragment left in place would sit mid-file once new records follow it, where ``read_log`` can
+        only tell it from corruption by guessing (a tear right after a nested ``}`` looks like a record's end)."""
+        size = os.fstat(self._fd).st_size
+        if not size:
+            return 0
+        with open(self.path, "rb") as fh:
+            fh.seek(max(0, size - (1 << 20)))
+            tail = fh.read()
+            if b"\n" not in tail and len(tail) < size:  # a last line over 1 MiB: read it whole
+                fh.seek(0)
+                tail = fh.read()
+        if tail.endswith(b"\n"):
+            return 0
+        start = tail.rfind(b"\n") + 1  # 0 when the tail holds no newline: the fragment is the whole tail read
+        fragment = tail[start:]
+        try:
+            whole = isinstance(json.loads(fragment.decode("utf-8")), dict)
+        except (ValueError, UnicodeDecodeError):
+            whole = False
+        if whole:  # the record was written, only its newline was not
+            os.write(self._fd, b"\n")
+            os.fsync(self._fd)
+            return 0
+        with open(self.path.with_name(self.path.name + ".torn"), "ab") as fh:
+            fh.write(fragment + b"\n")
+        os.truncate(self.path, size - len(fragment))
+        os.fsync(self._fd)
+        return len(fragment)
 
     def append(self, record: dict) -> None:
         line = (json.dumps(_clean({"v": LOG_VERSION, **record}), allow_nan=False, separators=(",", ":")) + "\n")

@@ -52,17 +52,27 @@ def pointmap_error(xyz_a: np.ndarray, xyz_b: np.ndarray, mask: Optional[np.ndarr
 
 
 def pearson_r(real: Sequence[float], imagined: Sequence[float]) -> float:
-    """Pearson correlation of real vs imagined success rates across policies (NaN for fewer than 2)."""
-    if len(real) < 2 or len(real) != len(imagined):
+    """Pearson correlation of real vs imagined success rates across policies (NaN for fewer than 2; rates of
+    different lengths are an error)."""
+    _same_length(real, imagined)
+    if len(real) < 2:
         return float("nan")
     return _pearson_r(real, imagined)
 
 
 def mmrv(real: Sequence[float], imagined: Sequence[float]) -> float:
-    """SimplerEnv's mean maximum rank violation across policies (NaN for none)."""
-    if len(real) == 0 or len(real) != len(imagined):
+    """SimplerEnv's mean maximum rank violation across policies (NaN for none; rates of different lengths are an
+    error)."""
+    _same_length(real, imagined)
+    if len(real) == 0:
         return float("nan")
     return _mmrv(real, imagined)
+
+
+def _same_length(real: Sequence[float], imagined: Sequence[float]) -> None:
+    if len(real) != len(imagined):
+        raise ValueError(f"real and imagined rates are per policy and must pair up, got {len(real)} and "
+                         f"{len(imagined)}")
 
 
 def calibration(prob: Sequence[float], outcome: Sequence[bool], bins: int = 5) -> dict:

@@ -17,6 +17,7 @@ import html
 import math
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -131,15 +132,20 @@ def svg_plot(series: dict, title: str, xlabel: str, ylabel: str, diagonal: bool 
 # ---------------------------------------------------------------------------------------------
 
 
-def side_by_side_frames(npz_paths: list[Path], min_height: int = 240) -> list[np.ndarray]:
-    """[real | imagined] frames (uint8) of the chunks' compared frames, upscaled (nearest) to >= min_height."""
+def side_by_side_frames(npz_paths: list[Path], min_height: int = 240,
+                        unreadable: Optional[list] = None) -> list[np.ndarray]:
+    """[real | imagined] frames (uint8) of the chunks' compared frames, upscaled (nearest) to >= min_height.
+    A frames file that cannot be read (empty or cut short by a crash, not an npz, missing arrays) is skipped and
+    its path appended to ``unreadable``."""
     frames = []
     for p in npz_paths:
         try:
-            d = np.load(p)
-        except (OSError, ValueError):
+            with np.load(p) as d:
+                imag, real, ks = d["imagined_rgb"], d["real_rgb"], d["real_k"]
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            if unreadable is not None:
+                unreadable.append(p)
             continue
-        imag, real, ks = d["imagined_rgb"], d["real_rgb"], d["real_k"]
         for real_f, k in zip(real, ks):
             sep = np.full((imag.shape[1], 2, 3), 255, np.uint8)
             frames.append(np.concatenate([real_f, sep, imag[int(k)]], axis=1))
@@ -283,13 +289,15 @@ def write_report(log_path: str | os.PathLike, out_dir: str | os.PathLike, videos
     parts.append("<h2>Episodes</h2>")
     rows = []
     n_videos = 0
+    unreadable: list[Path] = []
     for r in eps:
         vid = ""
         if videos and r.get("mode") == "live" and (max_videos is None or n_videos < max_videos):
             files = [log_path.parent / c["frames_file"] for c in sorted(
                 (c for c in chunks if c.get("episode_id") == r["episode_id"] and c.get("mode") == "live"
                  and c.get("frames_file")), key=lambda c: c["chunk_index"])]
-            v = write_video(side_by_side_frames([f for f in files if f.is_file()]), assets / f"episode_{r['episode_id']}")
+            v = write_video(side_by_side_frames([f for f in files if f.is_file()], unreadable=unreadable),
+                            assets / f"episode_{r['episode_id']}")
             if v is not None:
                 n_videos += 1
                 tag = (f'<video src="assets/{v.name}" controls loop muted width="360"></video>' if v.suffix == ".mp4"
@@ -302,6 +310,10 @@ def write_report(log_path: str | os.PathLike, out_dir: str | os.PathLike, videos
                      else "–", _fmt(r.get("psnr_db")), _fmt(r.get("ssim"), 3), vid])
     parts.append(_table(["episode", "scenario", "policy", "mode", "label", "status", "imagined success", "p",
                          "actual success", "PSNR", "SSIM", "video"], rows, "eps"))
+    if unreadable:
+        parts.append(f"<p>{len(unreadable)} frames file(s) could not be read and are missing from the videos: "
+                     + ", ".join(f"<code>{html.escape(os.path.relpath(p, log_path.parent))}</code>"
+                                 for p in unreadable) + "</p>")
 
     # 6. Chunks
     parts.append("<h2>Chunks</h2>")

@@ -266,6 +266,11 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else NAN
 
 
+def _masks_at(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A `(T, h, w)` stack of per-pixel labels (link ids) at `(T, height, width)`, nearest neighbour."""
+    return np.moveaxis(resize_nearest(np.moveaxis(frames, 0, -1), height, width), -1, 0)
+
+
 def _stamp_id(ns: int) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns * 1e-9))
 
@@ -476,7 +481,11 @@ class ShadowSession:
                 if now_ns >= rec.end_ns + settle or rec.mode == "candidate":
                     self.waiting.remove(rec)
                     if rec.state == "imagined":
-                        self._score(rec, now_ns)
+                        try:
+                            self._score(rec, now_ns)
+                        except Exception as exc:  # noqa: BLE001 -- one chunk's defect must not stall its episode
+                            self._finish_chunk(rec, STATUS_FAILED, f"scoring failed: {type(exc).__name__}: {exc}",
+                                               now_ns)
                     else:
                         self._finish_chunk(rec, STATUS_FAILED, rec.error, now_ns)
             ep = self.episode
@@ -553,10 +562,12 @@ class ShadowSession:
         if pred is not None:
             upto = [k for k in range(T) if rec.mode == "candidate" or rec.times[k] <= rec.exec_duration_s + 1e-6]
             ks = upto[-pred.window:]
-            robot = rec.seq.link[ks] >= 0 if rec.seq is not None else None
+            # the robot as the kinematics rendered it, at the rollout's size (a server may answer at its model's)
+            link = _masks_at(rec.seq.link, H, W) >= 0 if rec.seq is not None else None
+            robot = link[ks] if link is not None else None
             base = None
             if self.cfg.success_relative:
-                base = (ro.xyz[0], rec.seq.link[0] >= 0 if rec.seq is not None else None)
+                base = (ro.xyz[0], link[0] if link is not None else None)
             imag = pred_imagined.evaluate(ro.xyz[ks], robot, ro.metric, base).to_dict()
             if rec.mode == "live":
                 with_depth = [k for k in frames if rec.real[k].depth is not None]
@@ -569,9 +580,15 @@ class ShadowSession:
                         return xyz_k, mask_k
 
                     pairs = [real_xyz_mask(k) for k in real_ks]
-                    base = real_xyz_mask(with_depth[0]) if self.cfg.success_relative else None
-                    act = pred.evaluate(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
-                                        baseline=base).to_dict()
+                    start = rec.real[0] if rec.real else None
+                    if self.cfg.success_relative and (start is None or start.depth is None):
+                        # the imagination counts against the chunk's first frame; reality must too
+                        act = {"valid": False, "success": False, "probability": NAN,
+                               "reason": "success_relative needs depth at the chunk's first frame"}
+                    else:
+                        base = real_xyz_mask(0) if self.cfg.success_relative else None
+                        act = pred.evaluate(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
+                                            baseline=base).to_dict()
                 else:
                     act = {"valid": False, "success": False, "probability": NAN, "reason": "no depth frames"}
         res = self._base(rec, STATUS_OK, "", now_ns)
@@ -597,9 +614,12 @@ class ShadowSession:
             H, W = ro.rgb.shape[1:3]
             real = [resize_nearest(rec.real[k].rgb, H, W) for k in frames]
             tmp = path.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, imagined_rgb=ro.rgb, times=rec.times, real_k=np.asarray(frames, np.int64),
-                                real_rgb=np.stack(real) if real else np.zeros((0, H, W, 3), np.uint8),
-                                initial_rgb=resize_nearest(rec.real[0].rgb, H, W))
+            with open(tmp, "wb") as fh:  # on disk before the log's (fsync'd) record points at it
+                np.savez_compressed(fh, imagined_rgb=ro.rgb, times=rec.times, real_k=np.asarray(frames, np.int64),
+                                    real_rgb=np.stack(real) if real else np.zeros((0, H, W, 3), np.uint8),
+                                    initial_rgb=resize_nearest(rec.real[0].rgb, H, W))
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
             return os.path.relpath(path, self.log_dir) if self.log_dir else str(path)
         except OSError:
