@@ -81,6 +81,8 @@ class MetricLiftConfig:
             _fail("good_residual_m", self.good_residual_m, "a finite number > 0 (metres)")
         if not (isinstance(self.ransac_iterations, int) and self.ransac_iterations >= 1):
             _fail("ransac_iterations", self.ransac_iterations, "an integer >= 1")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            _fail("seed", self.seed, "an integer >= 0")
 
 
 
@@ -240,7 +242,8 @@ class WorldModelConfig:
             inlier_threshold_m=self.metric_inlier_threshold_m, min_points=self.metric_min_points,
             min_inlier_fraction=self.metric_min_inlier_fraction,
             good_inlier_fraction=self.metric_good_inlier_fraction, good_residual_m=self.metric_good_residual_m,
-            ransac_iterations=self.metric_ransac_iterations, seed=self.seed,
+            # the sampling seed, unless it is negative (a fresh draw per rollout): the fit stays deterministic
+            ransac_iterations=self.metric_ransac_iterations, seed=max(self.seed, 0),
         )
 
     def anchor_lift_config(self) -> MetricLiftConfig:

@@ -300,9 +300,9 @@ class ImagineEngine:
         steps = int(o.num_inference_steps) or cfg.num_inference_steps
         if steps < 1:
             raise InvalidRequest(f"sampling.num_inference_steps must be >= 0 (0 = default), got {o.num_inference_steps}")
-        guidance = float(o.guidance_scale) if o.guidance_scale > 0 else cfg.guidance_scale
-        if not np.isfinite(guidance):
+        if not np.isfinite(o.guidance_scale):  # before the default rule: NaN > 0 is False
             raise InvalidRequest(f"sampling.guidance_scale must be finite, got {o.guidance_scale}")
+        guidance = float(o.guidance_scale) if o.guidance_scale > 0 else cfg.guidance_scale
         n = int(o.num_frames) or int(sequence_frames)
         if n < 1 or (n - 1) % 4 != 0:
             raise InvalidRequest(f"sampling.num_frames must be 4k+1 (Wan VAE temporal stride 4), got {n}")

@@ -84,10 +84,13 @@ def load_saved(path: str | os.PathLike, device: torch.device | str = "cpu", dtyp
     _require(path / "model_index.json", "model_index.json of a saved K4DPipeline")
     for sub in ("transformer", "vae", "image_encoder", "scheduler"):
         _require(path / sub, f"component folder '{sub}' of the saved K4DPipeline")
-    pipe = K4DPipeline.from_pretrained(
-        str(path), dtype={"transformer": dtype, "vae": vae_dtype, "default": torch.float32},
-        use_safetensors=True, local_files_only=True,
-    )
+    try:
+        pipe = K4DPipeline.from_pretrained(
+            str(path), dtype={"transformer": dtype, "vae": vae_dtype, "default": torch.float32},
+            use_safetensors=True, local_files_only=True,
+        )
+    except ValueError as exc:  # e.g. a transformer and a VAE of different models (K4DPipeline names both)
+        raise CheckpointError(f"{path}: {exc}") from exc
     return pipe.to(device)
 
 

@@ -52,12 +52,30 @@ def test_drawn_seed_is_reported_and_reproducible(engine, request_):
     np.testing.assert_array_equal(a.rgb, b.rgb)
 
 
+def test_a_negative_configured_seed_draws_per_rollout_and_the_lift_stays_seeded(model_dir, request_):
+    """seed -1 in the config means a fresh sampling seed per rollout; the metric lift's RANSAC keeps a fixed,
+    valid seed instead of receiving the -1 (which failed every rollout after its denoising)."""
+    from k4d_worldmodel.config import MetricLiftConfig
+
+    eng = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu", num_inference_steps=2,
+                                         guidance_scale=1.0, seed=-1))
+    eng.load()
+    assert eng.config.metric_lift_config().seed == 0
+    for overrides in (SamplingOverrides(), SamplingOverrides(seed=5)):
+        res = eng.run(ImagineRequest(request_.image, request_.sequence, overrides))
+        assert res.sampling.seed >= 0 and res.sampling.seed_drawn == (overrides.seed is None)
+        assert res.lift.quality in ("good", "poor", "failed")
+    with pytest.raises(ValueError, match="seed"):
+        MetricLiftConfig(seed=-1)
+
+
 @pytest.mark.parametrize("change, words", [
     (dict(sampling=SamplingOverrides(num_frames=6)), "4k+1"),
     (dict(sampling=SamplingOverrides(num_frames=13)), "generates 9 frames"),
     (dict(sampling=SamplingOverrides(scheduler="ddim")), "sampling.scheduler"),
     (dict(image=np.zeros((16, 16, 3), np.uint8)), "initial_image must be 48x32"),
     (dict(empty_robot=True), "no robot pixel"),
+    (dict(sampling=SamplingOverrides(guidance_scale=float("nan"))), "guidance_scale must be finite"),
 ])
 def test_invalid_requests_name_the_field(engine, request_, change, words):
     seq = request_.sequence

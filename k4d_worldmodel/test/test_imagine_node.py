@@ -237,7 +237,7 @@ def test_bad_goals_are_aborted_with_a_reason_and_the_node_keeps_serving(node_pro
     empty = type(seq_msg)()
     empty.camera_info = seq_msg.camera_info
     cases = [
-        (make_goal(np.zeros((16, 24, 3), np.uint8), seq_msg), "initial_image is 24x16"),
+        (make_goal(np.zeros((16, 24, 3), np.uint8), seq_msg), "initial_image must be 48x32"),
         (make_goal(image, seq_msg, encoding="mono8"), "initial_image.encoding"),
         (make_goal(image, empty), "pointmaps: PointmapSequence is empty"),
         (make_goal(image, seq_msg, depth=np.ones((16, 24), np.float32)), "initial_depth is 24x16"),
@@ -382,3 +382,43 @@ def test_in_process_preview_depth_anchor_input(ros, model_dir):
         assert node.stats.dropped == dropped
     finally:
         node.destroy_node()
+
+
+def test_goal_of_another_size_is_fitted_with_adapt_inputs_and_previews_count_in_the_queue(model_dir, inputs):
+    """The goal path leaves the image size to the engine, as previews do: with ``adapt_inputs`` a camera-size
+    goal is fitted to the model instead of refused, and without it the engine refuses it by name. A running
+    preview holds the model like a goal, so no more than ``queue_size`` goals wait behind it."""
+    import collections
+    import types
+
+    from k4d_worldmodel.config import WorldModelConfig
+    from k4d_worldmodel.engine import ImagineEngine, InvalidRequest
+    from k4d_worldmodel.ros.imagine_node import ImagineNode, Job
+
+    image, seq_msg = inputs
+    big = np.repeat(np.repeat(image, 2, 0), 2, 1)
+    goal = make_goal(big, seq_msg)
+    for adapt in (True, False):
+        eng = ImagineEngine(WorldModelConfig(checkpoint_dir=str(model_dir), device="cpu", num_inference_steps=2,
+                                             adapt_inputs=adapt))
+        eng.load()
+        node = types.SimpleNamespace(get_clock=lambda: types.SimpleNamespace(now=lambda: types.SimpleNamespace(
+            nanoseconds=1)))
+        if adapt:
+            request, sampling, _ = ImagineNode._decode_goal(node, goal, eng)
+            assert request.image.shape == big.shape and sampling.num_frames == eng.geometry[0]
+            assert eng.run(request, sampling=sampling).rgb.shape[1:3] == image.shape[:2]
+        else:
+            with pytest.raises(InvalidRequest, match="initial_image must be 48x32"):
+                ImagineNode._decode_goal(node, goal, eng)
+
+    fake = types.SimpleNamespace(engine=object(), _serving=True, _state="active", _lock=threading.Condition(),
+                                 _queue=collections.deque(), _reserved=0, cfg=types.SimpleNamespace(queue_size=1),
+                                 _decode_goal=lambda request, engine: (None, None, None))
+    handle = types.SimpleNamespace(request=None)
+    for running in ("goal", "preview"):
+        fake._queue.clear()
+        fake._current = Job(running, 0, 0.0)
+        admitted = [ImagineNode._admit(fake, Job("goal", i, 0.0, goal_handle=handle)) is None for i in (1, 2, 3)]
+        assert admitted == [True, False, False] and len(fake._queue) == 1, (running, admitted)
+

@@ -60,6 +60,22 @@ def test_save_pretrained_round_trip(tmp_path, pmcond_pipe):
         load_pipeline(WorldModelConfig(checkpoint_dir=str(tmp_path / "k4d"), variant="full", device="cpu"))
 
 
+def test_a_vae_of_another_model_is_refused_at_load_naming_both(tmp_path, pmcond_pipe):
+    """A saved pipeline whose VAE was swapped for one of another latent size loads no further than the check
+    (it used to load and then fail inside every rollout with a bare channel-shape error)."""
+    from diffusers import AutoencoderKLWan
+
+    pmcond_pipe.save_pretrained(tmp_path / "k4d")
+    shutil.rmtree(tmp_path / "k4d" / "vae")
+    AutoencoderKLWan(base_dim=3, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                     temperal_downsample=[False, True, True], latents_mean=[0.0] * 8,
+                     latents_std=[1.0] * 8).save_pretrained(tmp_path / "k4d" / "vae")
+    z = pmcond_pipe.vae.config.z_dim
+    with pytest.raises(CheckpointError, match=rf"k4d: the transformer \(in_channels {2 * z + 4}, out_channels {z}\) "
+                                              r"does not fit the VAE \(z_dim 8"):
+        load_pipeline(WorldModelConfig(checkpoint_dir=str(tmp_path / "k4d"), variant="pmcond", device="cpu"))
+
+
 def test_missing_file_is_named(released, tmp_path):
     root, _ = released
     broken = tmp_path / "r"

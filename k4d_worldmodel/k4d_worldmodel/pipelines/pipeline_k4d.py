@@ -275,6 +275,13 @@ class K4DPipeline(DiffusionPipeline):
                              "'minmax' normalisation of a clip is not known from its first frame")
         if condition_fill not in CONDITION_FILLS:
             raise ValueError(f"condition_fill must be one of {CONDITION_FILLS}, got {condition_fill!r}")
+        if vae is not None and transformer is not None:  # a mismatched pair would fail only inside every rollout
+            z, tc = int(vae.config.z_dim), transformer.config
+            want_in = 2 * z + int(tc.mask_channels)  # noisy latent + (mask, condition latent)
+            if int(tc.out_channels) != z or int(tc.in_channels) != want_in:
+                raise ValueError(f"the transformer (in_channels {tc.in_channels}, out_channels {tc.out_channels}) "
+                                 f"does not fit the VAE (z_dim {z}: out_channels {z}, in_channels {want_in}); the "
+                                 "two were trained for different models")
         self.register_to_config(batch_cfg=bool(batch_cfg), pointmap_encoding=encoding.to_dict(),
                                 first_xyz_condition=bool(first_xyz_condition), condition_fill=condition_fill)
         self._pointmap_encoding = encoding

@@ -152,8 +152,6 @@ def overrides_from_msg(s: SamplingSettings) -> SamplingOverrides:
     """SamplingSettings -> engine overrides (zero = default; negative seed = draw; cfg_mode 0/1)."""
     if s.cfg_mode not in (SamplingSettings.CFG_INTENDED, SamplingSettings.CFG_RELEASED):
         raise InvalidRequest(f"sampling.cfg_mode must be CFG_INTENDED (0) or CFG_RELEASED (1), got {s.cfg_mode}")
-    if not math.isfinite(s.guidance_scale):
-        raise InvalidRequest(f"sampling.guidance_scale must be finite, got {s.guidance_scale}")
     return SamplingOverrides(
         num_inference_steps=int(s.num_inference_steps), guidance_scale=float(s.guidance_scale), seed=int(s.seed),
         num_frames=int(s.num_frames), scheduler=s.scheduler,
@@ -167,12 +165,12 @@ def sampling_to_msg(s: Sampling) -> SamplingSettings:
         cfg_mode=SamplingSettings.CFG_RELEASED if s.cfg_mode == "released" else SamplingSettings.CFG_INTENDED)
 
 
-def goal_image(msg: Image, width: int, height: int) -> np.ndarray:
-    """initial_image -> (H, W, 3) uint8 RGB; InvalidRequest naming the field for a wrong encoding or size."""
+def goal_image(msg: Image) -> np.ndarray:
+    """initial_image -> (H, W, 3) uint8 RGB; InvalidRequest naming the field for a wrong encoding or a malformed
+    message. Its size is the engine's to judge (``check_request``: refused by name, or fitted to the model
+    with ``adapt_inputs``), as for previews."""
     if msg.encoding not in ("rgb8", "bgr8"):
         raise InvalidRequest(f"initial_image.encoding must be 'rgb8' or 'bgr8', got {msg.encoding!r}")
-    if (msg.width, msg.height) != (width, height):
-        raise InvalidRequest(f"initial_image is {msg.width}x{msg.height}, the model needs {width}x{height}")
     try:
         return image_to_numpy(msg, "rgb8")
     except ValueError as exc:
@@ -574,8 +572,8 @@ class ImagineNode(LifecycleNode):
 
     def _decode_goal(self, goal, engine: ImagineEngine) -> tuple[ImagineRequest, Sampling, Optional[PointmapSequence]]:
         """Imagine.Goal -> (request, resolved sampling, condition message to echo). Raises InvalidRequest."""
-        t, h, w = engine.geometry
-        image = goal_image(goal.initial_image, w, h)
+        t = engine.geometry[0]
+        image = goal_image(goal.initial_image)
         overrides = overrides_from_msg(goal.sampling)
         condition = None
         if goal.condition_type == Imagine.Goal.CONDITION_POINTMAPS:
@@ -651,7 +649,7 @@ class ImagineNode(LifecycleNode):
                                                "configure and activate it first")
         with self._lock:
             waiting = sum(j.kind == "goal" for j in self._queue) + self._reserved
-            running = self._current is not None and self._current.kind == "goal"
+            running = self._current is not None  # a running preview holds the model as a goal does
             if waiting + running > self.cfg.queue_size:
                 return Outcome(R.ERROR_QUEUE_FULL, f"the queue is full: {waiting} goal(s) wait behind the running "
                                                    f"one (queue_size {self.cfg.queue_size}); try again later")
