@@ -212,10 +212,11 @@ class Extrinsics:
     def from_xyz_quat(cls, xyz: Sequence[float], xyzw: Sequence[float], parent_frame: str = "base",
                       child_frame: str = "camera_color_optical_frame") -> "Extrinsics":
         """Translation (3,) m and unit quaternion (x, y, z, w) of the camera in ``parent_frame``."""
+        if len(xyz) != 3 or len(xyzw) != 4:  # before zip, which would drop extra values silently
+            raise ValueError(f"translation needs x, y, z and rotation needs x, y, z, w; got {len(xyz)} and "
+                             f"{len(xyzw)} values")
         xyz = [_finite(f"translation.{a}", v) for a, v in zip("xyz", xyz)]
         quat = np.array([_finite(f"rotation.{a}", v) for a, v in zip("xyzw", xyzw)])
-        if len(xyz) != 3 or quat.size != 4:
-            raise ValueError("translation needs x, y, z and rotation needs x, y, z, w")
         n = np.linalg.norm(quat)
         if abs(n - 1.0) > QUAT_NORM_TOL:
             raise ValueError(f"rotation must be a unit quaternion (x, y, z, w), got norm {n:.6g}: {quat.tolist()}")

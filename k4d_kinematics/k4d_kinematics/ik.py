@@ -105,9 +105,9 @@ def solve_ik(model: RobotModel, T_target, q_seed, *, link: str | None = None, jo
         if unknown:
             raise ValueError(f"unknown joint name(s) {unknown} in joints; robot has {model.joint_names}")
         idx = [model.joint_index[j] for j in joints]
-    if not idx:
+    idx = np.array([i for i in idx if model.lower[i] < model.upper[i]], dtype=np.int64)  # a joint limited to one
+    if not idx.size:                                                                   # value is held there
         raise ValueError(f"link {model.link_names[l]!r} has no movable joint to solve for")
-    idx = np.array(idx)
     p_t, R_t = T_target[:3, 3], T_target[:3, :3]
     q = q0.copy()
     cache: dict = {}
@@ -176,6 +176,8 @@ def integrate_velocities(q0, qdot, dt: float, model: RobotModel | None = None, l
     """
     q0 = np.asarray(q0, np.float64)
     qdot = np.asarray(qdot, np.float64)
+    if not np.all(np.isfinite(q0)):
+        raise ValueError(f"q0[{int(np.argmax(~np.isfinite(q0)))}] is not finite")
     if not (np.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a positive number of seconds, got {dt}")
     if qdot.ndim != 2 or q0.shape != (qdot.shape[1],):

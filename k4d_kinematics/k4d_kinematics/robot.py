@@ -333,10 +333,12 @@ class RobotModel:
         movable = [j for j in robot.joints if j.type != "fixed" and j.mimic is None]
         self.joint_names = [j.name for j in movable]
         self.joint_index = {n: i for i, n in enumerate(self.joint_names)}
-        self.lower = np.array([j.limit.lower if j.type != "continuous" and j.limit is not None and j.limit.lower is not None
-                               else -np.inf for j in movable], dtype=np.float64)
-        self.upper = np.array([j.limit.upper if j.type != "continuous" and j.limit is not None and j.limit.upper is not None
-                               else np.inf for j in movable], dtype=np.float64)
+        # URDF: a <limit> without lower / upper means 0 (urdfdom's default), so such a joint is held at 0 as the
+        # rest of ROS holds it; continuous joints and joints without <limit> are unlimited
+        self.lower = np.array([-np.inf if j.type == "continuous" or j.limit is None
+                               else 0.0 if j.limit.lower is None else j.limit.lower for j in movable], dtype=np.float64)
+        self.upper = np.array([np.inf if j.type == "continuous" or j.limit is None
+                               else 0.0 if j.limit.upper is None else j.limit.upper for j in movable], dtype=np.float64)
         L = len(order)
         self._parent = np.zeros(L, np.int64)
         self._T0 = np.tile(np.eye(4), (L, 1, 1))

@@ -20,7 +20,7 @@ from .ik import solve_ik_sequence
 from .pointmap import PointmapRenderer
 from .robot import RobotModel
 
-SOURCES = ("unknown", "live_state", "plan", "policy", "recording")
+SOURCES = ("unknown", "live_state", "plan", "policy", "recording")  # index = PointmapSequence.SOURCE_*
 
 
 @dataclass
@@ -209,9 +209,21 @@ def build_pointmap_sequence(renderer: PointmapRenderer, traj: JointTrajectoryDat
     """
     model = renderer.model
     rs = resample(traj, num_frames, fps)
-    Q = rs.positions_for(model, q_default)
+    if traj.velocities is None:
+        Q = rs.positions_for(model, q_default)
+    else:  # a cubic between waypoints at a limit may overshoot it: held at the limit (or at the waypoints' own
+        way = traj.positions_for(model, q_default, "ignore")  # range), then the model's policy as for the rest
+        Q = rs.positions_for(model, q_default, "ignore")
+        Q = model.check_q(np.clip(Q, np.minimum(model.lower, way.min(0)), np.maximum(model.upper, way.max(0))))
+    return _render_frames(renderer, rs.times, Q, source, source_id, stamp_ns)
+
+
+def _render_frames(renderer: PointmapRenderer, times, Q, source: str, source_id: str,
+                   stamp_ns: int) -> PointmapSequenceData:
+    """Frames at ``times`` (s, stamped from the first) of joint positions ``Q`` (model order), rendered."""
+    model = renderer.model
     xyz, link = renderer.render_sequence(Q)
-    return PointmapSequenceData(xyz, link, rs.times - rs.times[0], list(model.joint_names), Q, list(model.link_names),
+    return PointmapSequenceData(xyz, link, times - times[0], list(model.joint_names), Q, list(model.link_names),
                                 renderer.camera, source, source_id, model.root_link, int(stamp_ns))
 
 
@@ -222,8 +234,9 @@ def sequence_from_ee_poses(renderer: PointmapRenderer, T_base_ee, times, q_seed,
 
     T_base_ee: (T, 4, 4) targets for ``model.ee_link`` (m, base frame). times: (T,) s, increasing.
     gripper_width_m: optional (T,) finger opening (m) mapped with ``model.gripper_to_joints``.
-    num_frames: resample to this many frames (default T: one frame per target). The per-target IK
-    convergence and residuals are reported (resampled to the frames by nearest earlier target).
+    num_frames: default None: one frame per target, at the targets' times, showing exactly the IK solutions;
+    or resample to this many frames evenly over the duration. The per-target IK convergence and residuals are
+    reported per frame (from the latest target at or before the frame's time).
     """
     model = renderer.model
     ik = solve_ik_sequence(model, T_base_ee, q_seed, **ik_kwargs)
@@ -236,9 +249,14 @@ def sequence_from_ee_poses(renderer: PointmapRenderer, T_base_ee, times, q_seed,
             for name, v in model.gripper_to_joints(width_m=w).items():
                 Q[t, model.joint_index[name]] = v
     traj = JointTrajectoryData(list(model.joint_names), times, Q)
-    n = len(Q) if num_frames is None else num_frames
-    seq = build_pointmap_sequence(renderer, traj, n, source, source_id, stamp_ns=stamp_ns)
-    k = np.clip(np.searchsorted(traj.times, seq.times + traj.times[0], side="right") - 1, 0, len(Q) - 1)
+    if num_frames is None:
+        seq = _render_frames(renderer, traj.times, Q, source, source_id, stamp_ns)
+        k = np.arange(len(Q))
+    else:
+        seq = build_pointmap_sequence(renderer, traj, num_frames, source, source_id, stamp_ns=stamp_ns)
+        t = camera_times(traj, num_frames)  # absolute, as the targets: no round trip through the relative stamps
+        t = t + 1e-9 * np.maximum(1.0, np.abs(t))  # a frame at a target's time belongs to that target
+        k = np.clip(np.searchsorted(traj.times, t, side="right") - 1, 0, len(Q) - 1)
     seq.ik_converged, seq.ik_residual_m, seq.ik_residual_rad = ik.converged[k], ik.err_pos_m[k], ik.err_rot_rad[k]
     return seq
 

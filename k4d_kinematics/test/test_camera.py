@@ -53,6 +53,9 @@ def test_extrinsics_yaml(tmp_path):
         Extrinsics.from_yaml(tmp_path / "m.yaml")
     with pytest.raises(ValueError, match="finite"):
         Extrinsics.from_xyz_quat([np.inf, 0, 0], [0, 0, 0, 1])
+    for xyz, quat in (([0, 0, 0, 5], [0, 0, 0, 1]), ([0, 0, 0], [0, 0, 0, 1, 0]), ([0, 0], [0, 0, 0, 1])):
+        with pytest.raises(ValueError, match="translation needs x, y, z"):  # extra values are not dropped
+            Extrinsics.from_xyz_quat(xyz, quat)
 
 
 def test_look_at_is_optical_frame():

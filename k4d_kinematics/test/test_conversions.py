@@ -233,9 +233,25 @@ def test_joint_trajectory_round_trip():
 
 
 def _jt(names, points):
+    """points: (t, positions) or (t, positions, velocities)."""
     msg = JointTrajectory(joint_names=names)
-    msg.points = [JointTrajectoryPoint(positions=p, time_from_start=cv.duration_from_seconds(t)) for t, p in points]
+    msg.points = [JointTrajectoryPoint(positions=p[1], velocities=p[2] if len(p) > 2 else [],
+                                       time_from_start=cv.duration_from_seconds(p[0])) for p in points]
     return msg
+
+
+def test_a_time_parameterised_trajectory_keeps_its_velocities_and_is_resampled_as_a_cubic():
+    """Velocities on every point (MoveIt's plans) are kept, so the conditioning follows the cubic the controller
+    executes (a rest-to-rest move is slow near its ends); on some points only, the trajectory stays linear."""
+    from k4d_kinematics.sequence import resample
+
+    msg = _jt(["joint1"], [(0.0, [0.0], [0.0]), (2.0, [1.0], [0.0])])
+    data = cv.joint_trajectory_to_data(msg)
+    np.testing.assert_array_equal(data.velocities, [[0.0], [0.0]])
+    np.testing.assert_allclose(resample(data, 5).positions[:, 0], [0, 0.15625, 0.5, 0.84375, 1.0])
+    partial = cv.joint_trajectory_to_data(_jt(["joint1"], [(0.0, [0.0], [0.0]), (2.0, [1.0])]))
+    assert partial.velocities is None
+    np.testing.assert_allclose(resample(partial, 5).positions[:, 0], [0, 0.25, 0.5, 0.75, 1.0])
 
 
 @pytest.mark.parametrize("msg, match", [
@@ -243,6 +259,7 @@ def _jt(names, points):
     (_jt(["joint1", "joint2"], [(0.0, [0.1])]), "1 positions for 2 joint_names"),
     (_jt(["joint1"], [(0.0, [0.0]), (1.0, [0.1]), (0.5, [0.2])]), "time|monoton|increas"),
     (_jt(["joint1"], [(0.0, [0.0]), (1.0, [float("nan")])]), "finite|nan|NaN"),
+    (_jt(["joint1", "joint2"], [(0.0, [0.0, 0.0], [0.1]), (1.0, [0.1, 0.1])]), "1 velocities for 2 joint_names"),
 ])
 def test_bad_joint_trajectories_raise(msg, match):
     with pytest.raises(ValueError, match=match):

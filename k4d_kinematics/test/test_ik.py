@@ -66,3 +66,5 @@ def test_integrate_velocities(yam):
         integrate_velocities(np.zeros(8), qdot, 0.1, model=yam, limits="reject")
     with pytest.raises(ValueError, match="dt"):
         integrate_velocities(np.zeros(8), qdot, 0.0)
+    with pytest.raises(ValueError, match=r"q0\[2\] is not finite"):  # also without a model to check it
+        integrate_velocities(np.array([0, 0, np.nan, 0, 0, 0, 0, 0]), qdot, 0.1)

@@ -157,12 +157,18 @@ def test_complete_trajectory_bad_input(yam):
         nl.complete_trajectory(_traj(["joint4"], [0.0, 1.0], [[0.0], [2.5]]), yam, fill)
     clamped = nl.complete_trajectory(_traj(["joint4"], [0.0, 1.0], [[0.0], [2.5]]), yam, fill, joint_limits="clamp")
     assert clamped.positions[1, yam.joint_index["joint4"]] == pytest.approx(yam.upper[3])
+    # clamp is RobotModel.check_q's rule: an overshoot inside the tolerance is clipped too, in every path
+    over = yam.upper[4] + 5e-7
+    for q in (nl.complete_trajectory(_traj(["joint5"], [0.0], [[over]]), yam, fill, joint_limits="clamp").positions[0],
+              yam.q_from_dict(nl.check_joint_values(yam, {"joint5": over}, joint_limits="clamp"), limits="ignore")):
+        assert q[4] == yam.upper[4] == yam.check_q(np.full(yam.num_joints, over), limits="clamp")[4]
 
 
-def _jt(names, points, stamp_sec=0):
+def _jt(names, points, stamp_sec=0, velocities=None):
     msg = JointTrajectory(joint_names=names)
     msg.header.stamp.sec = stamp_sec
-    msg.points = [JointTrajectoryPoint(positions=p, time_from_start=duration_from_seconds(t)) for t, p in points]
+    msg.points = [JointTrajectoryPoint(positions=p, velocities=[] if velocities is None else velocities[i],
+                                       time_from_start=duration_from_seconds(t)) for i, (t, p) in enumerate(points)]
     return msg
 
 
@@ -180,6 +186,17 @@ def test_display_trajectory_chains_segments_and_reads_start_state():
     np.testing.assert_allclose(traj.times, [0.0, 1.0, 1.5, 2.5])  # repeated junction point dropped
     np.testing.assert_allclose(traj.positions[:, 0], [0.0, 0.5, 0.6, 0.7])
     assert start == {"joint7": -0.01, "joint1": 0.0} and stamp_ns == 7_000_000_000
+    assert traj.velocities is None
+    # time-parameterised segments keep their velocities through the chaining and the completion to the robot
+    v1, v2 = [[0.0, 0.0], [0.4, 0.1]], [[0.4, 0.1], [0.3, 0.1], [0.0, 0.0]]
+    seg1 = _jt(["joint1", "joint2"], [(0.0, [0.0, 0.0]), (1.0, [0.5, 0.1])], velocities=v1)
+    seg2 = _jt(["joint1", "joint2"], [(0.0, [0.5, 0.1]), (0.5, [0.6, 0.2]), (1.5, [0.7, 0.3])], velocities=v2)
+    traj, _, _ = nl.extract_display_trajectory(_display([seg1, seg2]))
+    np.testing.assert_allclose(traj.velocities, [[0.0, 0.0], [0.4, 0.1], [0.3, 0.1], [0.0, 0.0]])
+    yam = RobotModel.yam()
+    full = nl.complete_trajectory(traj, yam, dict.fromkeys(yam.joint_names, 0.0))
+    np.testing.assert_allclose(full.velocities[:, :2], traj.velocities)
+    assert not full.velocities[:, 2:].any()  # the held joints stand still
 
 
 @pytest.mark.parametrize("msg, match", [

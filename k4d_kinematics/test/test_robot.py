@@ -21,6 +21,22 @@ TINY = """<robot name="tiny">
 </robot>"""
 
 
+def test_a_limit_without_lower_or_upper_is_zero_as_in_urdfdom_and_ik_holds_such_a_joint():
+    """URDF: <limit> attributes lower / upper default to 0. A revolute joint with neither is held at 0 (not
+    unlimited); IK solves for the other joints and leaves it there."""
+    from k4d_kinematics.ik import solve_ik
+
+    text = TINY.replace('<limit lower="-1" upper="1" effort="1" velocity="1"/>', '<limit effort="1" velocity="1"/>')
+    text = text.replace('<limit lower="0" upper="0.1"', '<limit upper="0.1"')
+    m = RobotModel.from_urdf_string(text)
+    assert (m.lower.tolist(), m.upper.tolist()) == ([0.0, 0.0], [0.0, 0.1])
+    with pytest.raises(ValueError, match="j1"):
+        m.check_q([0.5, 0.05], limits="reject")
+    target = m.fk([0.0, 0.07])[m.link_index["c"]]
+    res = solve_ik(m, target, [0.0, 0.0], link="c")
+    assert res.q[0] == 0.0 and res.q[1] == pytest.approx(0.07, abs=1e-6)
+
+
 def chain_fk(urdf_text: str, q: dict) -> dict:
     """Independent FK: parse with ElementTree, compose 4x4s built with scipy Rotation (rpy, axis-angle)."""
     root = ET.fromstring(urdf_text)

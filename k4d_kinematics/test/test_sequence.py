@@ -81,6 +81,27 @@ def test_sequence_from_ee_poses(renderer):
     assert seq.positions[2, m.joint_index["joint7"]] == pytest.approx(-0.02)
 
 
+@pytest.mark.parametrize("times", [0.3 + 0.1 * np.arange(8), [0, .05, .1, .5, .55, .6, .65, 1]])
+def test_ee_pose_frames_and_ik_reports_belong_to_their_targets(renderer, times):
+    """One frame per target by default, at the target's time and showing its IK solution, with that target's
+    IK report, for evenly spaced targets that do not start at 0 (round-off once moved frames onto the
+    previous target's report) and for uneven ones (frames used to be spread evenly between targets)."""
+    m = renderer.model
+    Q = np.linspace(m.q_from_dict({"joint2": 0.6, "joint3": 0.6}), m.q_from_dict({"joint2": 1.2, "joint3": 0.9}), 8)
+    T = m.link_pose(Q)
+    T[3, :3, 3] += [2.0, 0, 0]  # only target 3 is unreachable
+    seq = sequence_from_ee_poses(renderer, T, times, Q[0])
+    assert seq.ik_converged.tolist() == [True, True, True, False, True, True, True, True]
+    np.testing.assert_allclose(seq.times, np.asarray(times) - times[0], atol=1e-12)
+    np.testing.assert_allclose(m.link_pose(seq.positions)[[0, 1, 2, 4, 5, 6, 7], :3, 3],
+                               T[[0, 1, 2, 4, 5, 6, 7], :3, 3], atol=1e-3)
+    # resampled to other frames, each frame still reports the latest target at or before its time
+    seq9 = sequence_from_ee_poses(renderer, T, times, Q[0], num_frames=15)
+    t_abs = np.asarray(times)[0] + seq9.times
+    latest = [int(np.flatnonzero(np.asarray(times) <= t + 1e-9)[-1]) for t in t_abs]
+    assert seq9.ik_converged.tolist() == [k != 3 for k in latest]
+
+
 def test_minmax_round_trip():
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(3, 8, 10, 3)).astype(np.float32)
@@ -142,3 +163,19 @@ def test_select_frames_and_resized_sequence_match_a_direct_render():
     assert np.nanmedian(np.abs(small.xyz[both][:, 2] - direct.xyz[both][:, 2])) < 0.01
     with pytest.raises(ValueError, match="frame indices"):
         seq.select_frames([0, 9])
+
+
+def test_a_cubic_past_a_joint_limit_is_held_at_the_limit(renderer):
+    """Waypoints inside the limits whose velocities make the cubic between them overshoot one (leaving the
+    upper limit still moving up) are rendered with the overshoot held at the limit, not refused by the model's
+    'reject' policy; without velocities nothing changes."""
+    m = renderer.model
+    j = m.joint_index["joint2"]
+    q0, q1 = np.zeros(m.num_joints), np.zeros(m.num_joints)
+    q0[j], q1[j] = m.upper[j], m.upper[j] - 0.1
+    v = np.zeros((2, m.num_joints))
+    v[0, j] = 1.0
+    traj = JointTrajectoryData(list(m.joint_names), [0.0, 1.0], np.stack([q0, q1]), v)
+    assert resample(traj, 9).positions[:, j].max() > m.upper[j] + 0.05  # the cubic itself overshoots
+    seq = build_pointmap_sequence(renderer, traj, 9)
+    assert seq.positions[:, j].max() == m.upper[j] and seq.positions[-1, j] == pytest.approx(q1[j])

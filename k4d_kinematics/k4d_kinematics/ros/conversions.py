@@ -27,7 +27,7 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from k4d_kinematics.camera import PinholeCamera
-from k4d_kinematics.sequence import JointTrajectoryData, PointmapSequenceData
+from k4d_kinematics.sequence import SOURCES, JointTrajectoryData, PointmapSequenceData
 
 # ---------------------------------------------------------------------------------------------
 # Images (cv_bridge-compatible)
@@ -285,19 +285,30 @@ def camera_to_camera_info(cam: PinholeCamera, header: Optional[Header] = None) -
 
 
 def joint_trajectory_to_data(msg: JointTrajectory) -> JointTrajectoryData:
-    """JointTrajectory -> JointTrajectoryData (validated by the core: empty, non-monotonic, NaN, ...)."""
+    """JointTrajectory -> JointTrajectoryData (validated by the core: empty, non-monotonic, NaN, ...).
+
+    Velocities are kept when every point has one per joint (a time-parameterised plan, e.g. MoveIt's): the
+    trajectory is then resampled with cubic Hermite segments, as a controller follows it. A point whose
+    velocities are neither empty nor one per joint is malformed and raises."""
     names = list(msg.joint_names)
     if not msg.points:
         raise ValueError("trajectory has no points")
-    times, rows = [], []
+    times, rows, vels = [], [], []
     for i, p in enumerate(msg.points):
         if len(p.positions) != len(names):
             raise ValueError(
                 f"trajectory point {i} has {len(p.positions)} positions for {len(names)} joint_names")
+        if len(p.velocities) not in (0, len(names)):
+            raise ValueError(
+                f"trajectory point {i} has {len(p.velocities)} velocities for {len(names)} joint_names (give one per "
+                "joint or none)")
         times.append(duration_to_seconds(p.time_from_start))
         rows.append(list(p.positions))
+        vels.append(list(p.velocities))
+    full = all(len(v) == len(names) for v in vels)
     return JointTrajectoryData(joint_names=names, times=np.asarray(times, dtype=np.float64),
-                               positions=np.asarray(rows, dtype=np.float64))
+                               positions=np.asarray(rows, dtype=np.float64),
+                               velocities=np.asarray(vels, dtype=np.float64) if full else None)
 
 
 def data_to_joint_trajectory(traj: JointTrajectoryData, header: Optional[Header] = None) -> JointTrajectory:
@@ -314,7 +325,7 @@ def data_to_joint_trajectory(traj: JointTrajectoryData, header: Optional[Header]
 # k4d_msgs/PointmapSequence
 # ---------------------------------------------------------------------------------------------
 
-_SOURCES = ("unknown", "live_state", "plan", "policy", "recording")  # index = message constant
+_SOURCES = SOURCES  # index = the message's SOURCE_* constant
 
 
 def pointmap_sequence_to_msg(seq: PointmapSequenceData, frame_id: Optional[str] = None):

@@ -62,10 +62,10 @@ def check_joint_values(model: RobotModel, values: Mapping[str, float], unknown_j
         lo, hi = model.lower[j], model.upper[j]
         if not math.isfinite(v):
             raise ValueError(f"{field}: joint '{n}' position is {v}")
-        if v < lo - LIMIT_TOL or v > hi + LIMIT_TOL:
-            if joint_limits == "reject":
-                raise ValueError(f"{field}: joint '{n}' = {v:.6g} is outside its limits [{lo:.6g}, {hi:.6g}] "
-                                 f"(joint_limits='reject'; set joint_limits:=clamp to clip)")
+        if joint_limits == "reject" and (v < lo - LIMIT_TOL or v > hi + LIMIT_TOL):
+            raise ValueError(f"{field}: joint '{n}' = {v:.6g} is outside its limits [{lo:.6g}, {hi:.6g}] "
+                             f"(joint_limits='reject'; set joint_limits:=clamp to clip)")
+        if joint_limits == "clamp":  # as RobotModel.check_q: everything into [lower, upper], tolerance or not
             v = min(max(v, lo), hi)
         out[n] = v
     return out
@@ -136,7 +136,7 @@ def extract_display_trajectory(msg) -> tuple[JointTrajectoryData, dict[str, floa
     js = getattr(getattr(msg, "trajectory_start", None), "joint_state", None)
     if js is not None and len(js.name):
         start = joint_values_from_state(js.name, js.position, field="DisplayTrajectory.trajectory_start.joint_state")
-    names, times, rows = None, [], []
+    names, times, rows, vels = None, [], [], []
     for i, seg in enumerate(segments):
         jt = seg.joint_trajectory
         field = f"DisplayTrajectory.trajectory[{i}].joint_trajectory"
@@ -149,16 +149,23 @@ def extract_display_trajectory(msg) -> tuple[JointTrajectoryData, dict[str, floa
         elif list(data.joint_names) != names:
             raise ValueError(f"{field}.joint_names {list(data.joint_names)} differ from trajectory[0]'s {names}")
         t, p = np.asarray(data.times), np.asarray(data.positions)
+        v = None if data.velocities is None else np.asarray(data.velocities)
         if times:
             offset = times[-1]
             if t[0] == 0.0 and np.allclose(p[0], rows[-1]):
                 t, p = t[1:], p[1:]
+                v = None if v is None else v[1:]
             t = t + offset
         times.extend(t.tolist())
         rows.extend(p.tolist())
+        vels.append(v)
     stamp_ns = time_to_ns(segments[0].joint_trajectory.header.stamp)
+    n = len(times)
+    velocities = None  # cubic only when every segment is time-parameterised, linear otherwise
+    if all(v is not None for v in vels):
+        velocities = np.concatenate([np.asarray(v, np.float64).reshape(-1, len(names)) for v in vels]).reshape(n, -1)
     traj = JointTrajectoryData(joint_names=names, times=np.asarray(times, np.float64),
-                               positions=np.asarray(rows, np.float64).reshape(len(times), len(names)))
+                               positions=np.asarray(rows, np.float64).reshape(n, len(names)), velocities=velocities)
     return traj, start, stamp_ns
 
 
@@ -186,16 +193,21 @@ def complete_trajectory(traj: JointTrajectoryData, model: RobotModel, fill: Mapp
     for k, n in enumerate(names):
         if n in model.joint_index:
             out[:, model.joint_index[n]] = pos[:, k]
-    lo, hi = model.lower - LIMIT_TOL, model.upper + LIMIT_TOL
-    outside = (out < lo) | (out > hi)
-    if outside.any():
-        if joint_limits == "reject":
-            i, j = map(int, np.argwhere(outside)[0])
-            raise ValueError(f"trajectory: point {i} joint '{model.joint_names[j]}' = {out[i, j]:.6g} is outside its "
-                             f"limits [{model.lower[j]:.6g}, {model.upper[j]:.6g}] (joint_limits='reject')")
+    outside = (out < model.lower - LIMIT_TOL) | (out > model.upper + LIMIT_TOL)
+    if joint_limits == "reject" and outside.any():
+        i, j = map(int, np.argwhere(outside)[0])
+        raise ValueError(f"trajectory: point {i} joint '{model.joint_names[j]}' = {out[i, j]:.6g} is outside its "
+                         f"limits [{model.lower[j]:.6g}, {model.upper[j]:.6g}] (joint_limits='reject')")
+    if joint_limits == "clamp":  # as RobotModel.check_q: every point, not only when another is out of range
         out = np.clip(out, model.lower, model.upper)
+    vel = None
+    if traj.velocities is not None:  # held joints stand still; the plan's own joints keep their velocities
+        vel = np.zeros_like(out)
+        for k, n in enumerate(names):
+            if n in model.joint_index:
+                vel[:, model.joint_index[n]] = np.asarray(traj.velocities)[:, k]
     return JointTrajectoryData(joint_names=list(model.joint_names), times=np.asarray(traj.times, np.float64),
-                               positions=out)
+                               positions=out, velocities=vel)
 
 
 # ---------------------------------------------------------------------------------------------
