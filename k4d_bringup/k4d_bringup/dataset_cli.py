@@ -36,7 +36,7 @@ def _cmd_generate(args) -> int:
         extra["sim_config"] = args.sim_config
     metas = generate(args.episodes, args.seed, args.out, workers=args.workers, num_frames=args.frames,
                      scenario=args.scenario, sigmas=args.sigmas, tasks=args.tasks.split(","),
-                     progress=not args.quiet, **extra)
+                     progress=not args.quiet, overwrite=args.overwrite, **extra)
     from .dataset.generate import outcome_stats
 
     stats = outcome_stats(metas)["per_sigma"]
@@ -76,6 +76,8 @@ def add_commands(subparsers) -> None:
     g.add_argument("--fy", type=float, default=None, help="focal length override in pixels")
     g.add_argument("--sim-config", default="", help="sim YAML (default: built-in defaults)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset already in --out (refused otherwise: its files would mix with the new)")
     g.set_defaults(func=_cmd_generate)
     e = sub.add_parser("export-kinema4d", help="write first_frames/, videos/, pointmap/, mask_videos/, mask_pointmap/")
     e.add_argument("src", help="folder written by 'k4d dataset generate'")

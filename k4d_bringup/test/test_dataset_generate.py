@@ -118,3 +118,19 @@ def test_egl_devices_round_robin():
     assert egl_device_for_worker("", 3) is None
     with pytest.raises(ValueError, match="K4D_EGL_DEVICES"):
         egl_device_for_worker("cuda:0", 1)
+
+
+def test_a_folder_holding_a_dataset_is_refused_unless_overwritten(tmp_path):
+    """Episode files are named by index and every *.npz of a folder is read as one dataset, so generating into a
+    used folder would mix the two runs (another seed's episodes under a held-out name): refused by name, or, with
+    overwrite, the old dataset is removed first."""
+    import json
+
+    from k4d_bringup.dataset.generate import episode_paths, generate
+
+    generate(2, 7, tmp_path, workers=1, sigmas=(0.0,), tasks=("pick_place",), **SMALL)
+    with pytest.raises(ValueError, match="already holds a dataset"):
+        generate(1, 8, tmp_path, workers=1, sigmas=(0.0,), tasks=("pick_place",), **SMALL)
+    generate(1, 8, tmp_path, workers=1, sigmas=(0.0,), tasks=("pick_place",), overwrite=True, **SMALL)
+    assert [p.name for p in episode_paths(tmp_path)] == ["000000.npz"]
+    assert json.loads((tmp_path / "dataset.json").read_text())["seed"] == 8

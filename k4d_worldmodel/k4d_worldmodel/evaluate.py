@@ -11,14 +11,15 @@ sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps``
   over the pixels whose robot occupancy differs from frame 0's (where the commanded motion shows), which tells
   whether the model follows its robot condition at all.
 * Geometry: Chamfer L1/L2 and F-score@0.01 m between the imagined metric points and the simulator's world
-  pointmap (depth back-projection) per frame, on pixels where the ground truth has depth, up to
-  ``max_points`` random points per frame and side. The imagined XYZ is lifted to metres as in shadow mode: on
-  the robot pixels, else anchored on frame 0's measured pointmap (``lift_anchored``, 8 cm inliers). If both
-  fail it is de-normalised with the ground truth's own per-clip bounds instead ("oracle bounds", counted in
-  ``lift_failed``). A fitted result is then registered frame by frame to that measured first frame on the still
-  scene (``lifting.register_static``, 16 px blocks; the engine's default, ``WorldModelConfig.metric_register``;
-  a metric model's decoded output in depth only, ``lifting.register_depth``),
-  as shadow mode does with an RGB-D camera; ``register=False`` (``k4d eval --no-register``) scores the lift alone.
+  pointmap (depth back-projection) per frame, on the pixels where the ground truth has depth (a prediction
+  without a point there misses it), one common random subset of up to ``max_points`` of them. The imagined
+  XYZ is lifted to metres as in shadow mode: on the robot pixels, else anchored on frame 0's measured
+  pointmap (``lift_anchored``, 8 cm inliers). If both fail it is de-normalised with the ground truth's own
+  per-clip bounds instead ("oracle bounds", counted in ``lift_failed``). A fitted result is then registered
+  frame by frame to that measured first frame on the still scene (``lifting.register_static``, 16 px blocks;
+  the engine's default, ``WorldModelConfig.metric_register``; a metric model's decoded output in depth only,
+  ``lifting.register_depth``), as shadow mode does with an RGB-D camera; ``register=False``
+  (``k4d eval --no-register``) scores the lift alone.
 * Object (k4d episodes only; they know the target object, camera pose and zone): the target object is found in
   a pointmap sequence -- ground truth or imagined, with the same code -- by ``track_object``: points in the base
   frame that are above the table (``min_height_m``), not robot (kinematic robot mask, dilated by 1 px) and on the
@@ -60,7 +61,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -209,21 +210,29 @@ def object_info(clip: dict[str, Any]) -> dict | None:
 
 
 # --------------------------------------------------------------------------------------------- per clip
-def _sample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    return points if len(points) <= n else points[rng.choice(len(points), n, replace=False)]
-
-
 def geometry_metrics(pred_xyz: np.ndarray, gt_xyz: np.ndarray, tau: float = 0.01, max_points: int = 4096,
                      seed: int = 0) -> dict[str, float]:
-    """Chamfer L1/L2 and F-score@tau averaged over frames 1.. of `(T, H, W, 3)` metric pointmaps (see docstring)."""
+    """Chamfer L1/L2 and F-score@tau averaged over frames 1.. of `(T, H, W, 3)` metric pointmaps (see docstring).
+
+    Each frame is scored on the pixels where the ground truth has depth (what the camera measured), through ONE
+    random subset of at most ``max_points`` of them for both sides, so a perfect prediction scores Chamfer 0 and
+    F-score 1 (two independent subsets used to leave a floor of several mm and F about 0.7). A pixel there that
+    the prediction leaves without a point is a missing point: it lowers recall. A frame with ground truth and no
+    predicted point at all scores F-score 0 and has no Chamfer distance."""
     rng = np.random.default_rng(seed)
     out = {"chamfer_l1": [], "chamfer_l2": [], "fscore": []}
     for t in range(1, len(gt_xyz)):
-        valid = np.isfinite(gt_xyz[t]).all(-1) & np.isfinite(pred_xyz[t]).all(-1)
-        if valid.sum() < 3:
+        gt_ok, pr_ok = np.isfinite(gt_xyz[t]).all(-1), np.isfinite(pred_xyz[t]).all(-1)
+        if gt_ok.sum() < 3:
             continue
-        gt = _sample(gt_xyz[t][valid], max_points, rng)
-        pr = _sample(pred_xyz[t][valid], max_points, rng)
+        pix = np.flatnonzero(gt_ok)
+        if len(pix) > max_points:
+            pix = rng.choice(pix, max_points, replace=False)
+        g, p = gt_ok.reshape(-1)[pix], pr_ok.reshape(-1)[pix]
+        gt, pr = gt_xyz[t].reshape(-1, 3)[pix[g]], pred_xyz[t].reshape(-1, 3)[pix[p]]
+        if len(pr) == 0:
+            out["fscore"].append(0.0)
+            continue
         c = M.chamfer(pr, gt)
         out["chamfer_l1"].append(c["l1"])
         out["chamfer_l2"].append(c["l2"])
@@ -440,8 +449,10 @@ def _md_to_html(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def write_report(out: Path, summary: dict, rows: list[dict], header: dict, videos: list[str]) -> str:
-    """``report.md`` and ``report.html``; returns the Markdown."""
+def write_report(out: Path, summary: dict, rows: list[dict], header: dict, videos: list[str],
+                 skipped: Sequence[dict] = ()) -> str:
+    """``report.md`` and ``report.html``; returns the Markdown. ``skipped``: episodes that could not be
+    imagined ({"name", "reason"}), listed so that no mean silently covers fewer episodes than asked for."""
     cols = ("psnr", "ssim", "arm_psnr", "chamfer_l1", "chamfer_l2", "fscore", "object_err_m", "object_final_err_m",
             "raised_height_err_m", "lift_anchored", "lift_failed")
     md = ["# k4d world-model evaluation", "",
@@ -451,6 +462,9 @@ def write_report(out: Path, summary: dict, rows: list[dict], header: dict, video
           "imagined arm follows the commanded motion.", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m, v in summary["methods"].items():
         md.append(f"| {m} | " + " | ".join(_fmt(v[c]) for c in cols) + " |")
+    if skipped:
+        md += ["", f"**{len(skipped)} episode(s) could not be imagined and are in no figure:** "
+               + "; ".join(f"{s['name']} ({s['reason']})" for s in skipped)]
     succ = summary.get("success")
     if succ:
         md += ["", "## Policy success (4D predicate on pointmaps vs simulator label)", "",
@@ -599,9 +613,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     if rows:
         print(f"eval: resuming {out}: {len(rows)} episodes already evaluated", file=sys.stderr)
     sampled = [p for p in (pipe, emb_pipe) if p is not None]
+    asked, skipped = set(), []  # the first n episodes' names; those that could not be imagined, with why
     with log, _completion(sampled, bool(complete_unreachable)):  # log closed on any exit, lines already on disk
         for i in tqdm(range(n), desc="eval", disable=not progress):
             clip = ds[i]
+            asked.add(clip["name"])
             if clip["name"] in done:
                 continue
             meta = clip.get("meta") or {}
@@ -621,8 +637,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
             outputs = {}
             try:
                 rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg, reg)
-            except ValueError as exc:  # e.g. no robot pixel in the clip
+            except ValueError as exc:  # e.g. no robot pixel in the clip: counted in the header and the report
                 print(f"eval: skipping {clip['name']}: {exc}", file=sys.stderr)
+                skipped.append({"name": clip["name"], "reason": str(exc)})
                 continue
             outputs["k4d"] = (rgb, xyz_m, extra)
             if "no_robot" in methods:
@@ -663,6 +680,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 np.savez_compressed(out / "rollouts" / f"{clip['name'].replace('/', '_')}.npz", **arrays)
             log.append({"kind": "episode", "row": row})
             rows.append(row)
+    rows = [r for r in rows if r["name"] in asked]  # a resumed log may hold more than this run's max_episodes
     if not rows:
         raise ValueError(f"no episode of {data} (split {split!r}) could be evaluated")
     summary = summarize(rows, methods)
@@ -672,12 +690,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
               "zone_min_points": zone_min_points(pipe.height, pipe.width), "register_block_px": reg,
               "unreachable_completed": completed, "label_rule": LABEL_RULE,
-              "relabelled": sum(1 for r in rows if "label_recorded" in r), "commit": _commit()}
+              "relabelled": sum(1 for r in rows if "label_recorded" in r), "skipped": len(skipped),
+              "commit": _commit()}
     if "emb" in methods:
         header["emb_checkpoint"] = str(emb_checkpoint or "(given pipeline)")
-    result = {"header": header, "summary": summary, "episodes": rows, "wall_s": time.perf_counter() - t0}
+    result = {"header": header, "summary": summary, "episodes": rows, "skipped": skipped,
+              "wall_s": time.perf_counter() - t0}
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
-    write_report(out, summary, rows, header, video_names)
+    write_report(out, summary, rows, header, video_names, skipped)
     return result
 
 

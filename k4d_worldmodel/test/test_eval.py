@@ -1,5 +1,6 @@
 """Evaluation: object tracker / 4D success predicate, no-robot path, end-to-end report on tiny data."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,51 @@ def test_eval_records_and_switches_the_completion(synth, pmcond_pipe, tmp_path):
     assert on["episodes"][0]["k4d"]["psnr"] != off["episodes"][0]["k4d"]["psnr"]
     with pytest.raises(ValueError, match="unreachable_completed"):  # a resumed log must be of the same sampling
         evaluate("tiny-random", synth, tmp_path / "on", resume=True, complete_unreachable=False, **kw)
+
+
+def test_geometry_metrics_compare_both_sides_on_the_same_pixels_and_count_missing_points():
+    """Above max_points valid pixels per frame (every 96 x 64 clip) a perfect prediction scores Chamfer 0 and
+    F-score 1: both sides are drawn from one pixel subset (two independent draws left F about 0.7 for the
+    truth itself). Pixels the prediction leaves without a point lower recall; a frame without any is F 0."""
+    from k4d_worldmodel.evaluate import geometry_metrics
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:96]
+    depth = 1.0 + 0.3 * rng.random((64, 96))
+    frame = np.stack([(xx - 48) / 80 * depth, (yy - 32) / 80 * depth, depth], -1)
+    gt = np.repeat(frame[None], 5, 0).astype(np.float32)
+    gt[:, :4] = np.nan  # some pixels without depth
+    assert geometry_metrics(gt.copy(), gt, max_points=4096) == {"chamfer_l1": 0.0, "chamfer_l2": 0.0, "fscore": 1.0}
+    half = gt.copy()
+    half[:, :, 48:] = np.nan  # the prediction has no point on the right half
+    m = geometry_metrics(half, gt)
+    assert 0.55 < m["fscore"] < 0.8 and m["chamfer_l1"] > 0.05
+    none = np.full_like(gt, np.nan)
+    m = geometry_metrics(none, gt)
+    assert m["fscore"] == 0.0 and np.isnan(m["chamfer_l1"])
+
+
+def test_skipped_episodes_are_named_and_a_resume_covers_only_what_is_asked(synth, pmcond_pipe, tmp_path,
+                                                                             monkeypatch):
+    """An episode that cannot be imagined is counted in the header and named in the report and metrics.json
+    (no mean silently covers fewer episodes); a resumed run with max_episodes reports those episodes only."""
+    import k4d_worldmodel.evaluate as E
+
+    real = E.imagine
+
+    def flaky(pipe, clip, *a, **k):
+        if clip["name"] == "000000":
+            raise ValueError("no robot pixel in the clip (simulated)")
+        return real(pipe, clip, *a, **k)
+
+    monkeypatch.setattr(E, "imagine", flaky)
+    kw = dict(split="all", steps=1, pipe=pmcond_pipe, videos=0, progress=False, methods=("k4d", "copy_first"))
+    r = E.evaluate("tiny", synth, tmp_path, **kw)
+    n = len([p for p in Path(synth).rglob("*.npz")])
+    assert r["header"]["skipped"] == 1 and r["skipped"][0]["name"] == "000000"
+    assert r["summary"]["episodes"] == n - 1 == r["header"]["episodes"]
+    assert "1 episode(s) could not be imagined" in (tmp_path / "report.md").read_text()
+    monkeypatch.setattr(E, "imagine", real)
+    r2 = E.evaluate("tiny", synth, tmp_path, resume=True, max_episodes=2, **kw)
+    assert r2["summary"]["episodes"] == 2 and r2["header"]["skipped"] == 0
+    assert sorted(x["name"] for x in r2["episodes"]) == ["000000", "000001"]

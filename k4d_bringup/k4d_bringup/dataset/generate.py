@@ -243,12 +243,15 @@ def outcome_stats(metas: Sequence[dict]) -> dict:
 
 def generate(episodes: int, seed: int, out_dir: str | Path, workers: int = 1, num_frames: int = 49,
              scenario: str = "easy", sigmas: Sequence[float] = DEFAULT_SIGMAS, tasks: Sequence[str] = ("pick_place", "push"),
-             progress: bool = True, time_budget_s: float | None = None, **options) -> list[dict]:
+             progress: bool = True, time_budget_s: float | None = None, overwrite: bool = False,
+             **options) -> list[dict]:
     """Generate ``episodes`` episodes into ``out_dir`` with ``workers`` processes; returns their summaries
     (sorted by index) and writes ``dataset.json`` (options) and ``stats.json`` (``outcome_stats``).
 
     time_budget_s: stop starting episodes once this many seconds have passed (episodes in progress are dropped;
     ``dataset.json`` then says ``"stopped": "time_budget"`` and lists the episodes written).
+    overwrite: a folder that already holds a dataset is refused (episode files are named by index, and every
+        ``*.npz`` there would be read as one dataset, another seed's included); True deletes that dataset first.
     options: further GenerateOptions fields (width, height, fy, sim_config, compress).
     """
     if not (isinstance(episodes, int) and episodes >= 1):
@@ -257,6 +260,13 @@ def generate(episodes: int, seed: int, out_dir: str | Path, workers: int = 1, nu
         raise ValueError(f"workers = {workers!r}: must be an int >= 1")
     opts = GenerateOptions(num_frames=num_frames, scenario=scenario, sigmas=tuple(sigmas), tasks=tuple(tasks), **options)
     out_dir = Path(out_dir)
+    old = sorted(out_dir.glob("[0-9]*.npz")) + sorted(out_dir.glob("[0-9]*.json")) \
+        + [p for p in (out_dir / "dataset.json", out_dir / "stats.json") if p.exists()]
+    if old and not overwrite:
+        raise ValueError(f"{out_dir} already holds a dataset ({len(old)} files, e.g. {old[0].name}); give another "
+                         "folder, or overwrite it (k4d dataset generate --overwrite)")
+    for p in old:
+        p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = 1 if workers > 1 else None
     jobs = [(i, int(seed), str(out_dir), opts, threads) for i in range(episodes)]
