@@ -419,10 +419,11 @@ class RobotModel:
         if limits == "reject":
             bad = (q < self.lower - LIMIT_TOL) | (q > self.upper + LIMIT_TOL)
             if bad.any():
-                flat = q.reshape(-1, self.num_joints)
-                j = int(np.nonzero(bad.reshape(-1, self.num_joints).any(0))[0][0])
-                v = flat[bad.reshape(-1, self.num_joints)[:, j], j][0]
-                raise ValueError(f"joint '{self.joint_names[j]}' = {v:.6g} is outside its limits "
+                flat, bad = q.reshape(-1, self.num_joints), bad.reshape(-1, self.num_joints)
+                j = int(np.nonzero(bad.any(0))[0][0])
+                i = int(np.nonzero(bad[:, j])[0][0])
+                where = f"point {i} " if q.ndim > 1 else ""  # a trajectory's or a sequence's row
+                raise ValueError(f"{where}joint '{self.joint_names[j]}' = {flat[i, j]:.6g} is outside its limits "
                                  f"[{self.lower[j]:.6g}, {self.upper[j]:.6g}] (limits='reject'; use limits='clamp')")
         return q
 

@@ -266,11 +266,6 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else NAN
 
 
-def _masks_at(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A `(T, h, w)` stack of per-pixel labels (link ids) at `(T, height, width)`, nearest neighbour."""
-    return np.moveaxis(resize_nearest(np.moveaxis(frames, 0, -1), height, width), -1, 0)
-
-
 def _stamp_id(ns: int) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns * 1e-9))
 
@@ -563,7 +558,8 @@ class ShadowSession:
             upto = [k for k in range(T) if rec.mode == "candidate" or rec.times[k] <= rec.exec_duration_s + 1e-6]
             ks = upto[-pred.window:]
             # the robot as the kinematics rendered it, at the rollout's size (a server may answer at its model's)
-            link = _masks_at(rec.seq.link, H, W) >= 0 if rec.seq is not None else None
+            seq = rec.seq if rec.seq is None or rec.seq.link.shape[1:] == (H, W) else rec.seq.resized(W, H)
+            link = seq.link >= 0 if seq is not None else None
             robot = link[ks] if link is not None else None
             base = None
             if self.cfg.success_relative:

@@ -325,20 +325,17 @@ def data_to_joint_trajectory(traj: JointTrajectoryData, header: Optional[Header]
 # k4d_msgs/PointmapSequence
 # ---------------------------------------------------------------------------------------------
 
-_SOURCES = SOURCES  # index = the message's SOURCE_* constant
-
-
 def pointmap_sequence_to_msg(seq: PointmapSequenceData, frame_id: Optional[str] = None):
     """PointmapSequenceData -> k4d_msgs/PointmapSequence (xyz as 32FC3, link ids as mono16, 0 = background)."""
     from k4d_msgs.msg import PointmapSequence
 
-    if seq.source not in _SOURCES:
-        raise ValueError(f"source must be one of {_SOURCES}, got {seq.source!r}")
+    if seq.source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {seq.source!r}")
     msg = PointmapSequence()
     msg.header.frame_id = frame_id or seq.camera.frame_id
     msg.header.stamp = time_from_ns(seq.stamp_ns)
     msg.camera_info = camera_to_camera_info(seq.camera, msg.header)
-    msg.source = _SOURCES.index(seq.source)
+    msg.source = SOURCES.index(seq.source)
     msg.source_id = seq.source_id
     msg.base_frame = seq.base_frame
     msg.link_names = list(seq.link_names)
@@ -383,7 +380,7 @@ def msg_to_pointmap_sequence(msg) -> PointmapSequenceData:
         if ids.max(initial=-1) >= len(msg.link_names):
             raise ValueError(f"link_ids[{i}] refers to link {ids.max()} but only {len(msg.link_names)} link_names are given")
         link[i] = ids
-    if msg.source >= len(_SOURCES):
+    if msg.source >= len(SOURCES):
         raise ValueError(f"unknown PointmapSequence source {msg.source}")
     ik = len(msg.ik_converged) > 0
     return PointmapSequenceData(
@@ -391,7 +388,7 @@ def msg_to_pointmap_sequence(msg) -> PointmapSequenceData:
         times=np.array([duration_to_seconds(d) for d in msg.time_from_start], dtype=np.float64),
         joint_names=list(msg.joint_names),
         positions=np.asarray(msg.joint_positions, dtype=np.float64).reshape(t, j),
-        link_names=list(msg.link_names), camera=cam, source=_SOURCES[msg.source], source_id=msg.source_id,
+        link_names=list(msg.link_names), camera=cam, source=SOURCES[msg.source], source_id=msg.source_id,
         base_frame=msg.base_frame, stamp_ns=time_to_ns(msg.header.stamp),
         ik_converged=np.asarray(msg.ik_converged, dtype=bool) if ik else None,
         ik_residual_m=np.asarray(msg.ik_residual_m, dtype=np.float64) if ik else None,

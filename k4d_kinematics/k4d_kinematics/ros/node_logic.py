@@ -193,13 +193,10 @@ def complete_trajectory(traj: JointTrajectoryData, model: RobotModel, fill: Mapp
     for k, n in enumerate(names):
         if n in model.joint_index:
             out[:, model.joint_index[n]] = pos[:, k]
-    outside = (out < model.lower - LIMIT_TOL) | (out > model.upper + LIMIT_TOL)
-    if joint_limits == "reject" and outside.any():
-        i, j = map(int, np.argwhere(outside)[0])
-        raise ValueError(f"trajectory: point {i} joint '{model.joint_names[j]}' = {out[i, j]:.6g} is outside its "
-                         f"limits [{model.lower[j]:.6g}, {model.upper[j]:.6g}] (joint_limits='reject')")
-    if joint_limits == "clamp":  # as RobotModel.check_q: every point, not only when another is out of range
-        out = np.clip(out, model.lower, model.upper)
+    try:
+        out = model.check_q(out, joint_limits)  # the model's limit rule: reject by name, or clamp every point
+    except ValueError as exc:
+        raise ValueError(f"trajectory: {exc}") from None
     vel = None
     if traj.velocities is not None:  # held joints stand still; the plan's own joints keep their velocities
         vel = np.zeros_like(out)
