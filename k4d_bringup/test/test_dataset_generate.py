@@ -42,6 +42,7 @@ def test_episode_content(dataset):
     from k4d_bringup.sim.policies import LABEL_RULE
 
     assert ep["meta"]["label_rule"] == LABEL_RULE and "relabelled" not in ep["meta"]  # written by the current rule
+    assert 0.0 <= ep["meta"]["metrics"]["final_tilt_deg"] <= 90.0  # rule 3 records the target's final tilt
     assert ep["meta"]["camera"]["cx"] == pytest.approx((W - 1) / 2)
     # world pointmap is depth back-projected with K
     K = ep["K"]

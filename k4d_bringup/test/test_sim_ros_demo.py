@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from k4d_bringup.demo import DemoStep, pick_place_steps
-from k4d_bringup.sim.policies import classify
+from k4d_bringup.sim.policies import classify, object_tilt_deg
 from k4d_kinematics.overlay import mask_edges, overlay_frame, project_mask
 
 
@@ -37,9 +37,10 @@ def test_scripted_pick_place_succeeds_in_sim():
             q = sim.q_robot()
             traj = sim.planner.plan_cartesian(q, s.pose) if s.kind == "pose" else sim.planner.plan_joint(q, s.joints)
             sim.run_trajectory(traj)
-    final = sim.object_states()[0].pos_base
-    assert classify("pick_place", final, obj.pos_base[:2], zone.center_base, zone.radius,
-                    rest_z=sim.layout.target.half_height, max_lift=0.0).success
+    final = sim.object_states()[0]
+    assert classify("pick_place", final.pos_base, obj.pos_base[:2], zone.center_base, zone.radius,
+                    rest_z=sim.layout.target.half_height, max_lift=0.0,
+                    tilt_deg=object_tilt_deg(final.quat_wxyz, sim.layout.target.kind)).success
     sim.close()
 
 

@@ -5,13 +5,16 @@
         k4d_worldmodel/benchmarks/results/eval_heldout48b_v2 ... [--json out.json]
 
 A log's rows keep the label each episode had when it was evaluated (``sim_success``). Label rule 2 changed the
-push outcome (a push whose target the gripper carried off above the zone is no longer a success), so logs made
-under rule 1 compare the imagined outcomes with partly wrong truths. This reads each log's ``episodes.jsonl``,
-(or the rows in ``metrics.json`` where an old log kept no ``episodes.jsonl``), checks that every row's recorded label is the one the episode's file records (so the log and ``--data`` hold
-the same episodes, whatever their image size), swaps in the episode's rule-2 label and recomputes the summary
-(``evaluate.summarize``). It writes ``metrics_label_rule2.json`` beside each log's ``metrics.json`` and prints
-agreement, rate difference, Pearson r and MMRV per method before and after. The model outputs and every other
-metric are unchanged; nothing is re-run.
+push outcome (a push whose target the gripper carried off above the zone is no longer a success) and rule 3 the
+pick-place outcome (a target toppled in the zone is no longer a success), so logs made under an older rule
+compare the imagined outcomes with partly wrong truths. This reads each log's ``episodes.jsonl``,
+(or the rows in ``metrics.json`` where an old log kept no ``episodes.jsonl``), checks that every row's recorded
+label is the one the episode's file records (so the log and ``--data`` hold the same episodes, whatever their
+image size), swaps in the episode's label by the current rule (``dataset.generate.load_meta``: the ``.json`` and,
+for the tilt rule 3 needs, the ``.npz``'s object orientations) and recomputes the summary
+(``evaluate.summarize``). It writes ``metrics_label_rule<LABEL_RULE>.json`` beside each log's ``metrics.json`` and
+prints agreement, rate difference, Pearson r and MMRV per method before and after. The model outputs and every
+other metric are unchanged; nothing is re-run.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from k4d_bringup.dataset.generate import episode_paths, relabel_meta
+from k4d_bringup.dataset.generate import episode_paths, load_meta
 from k4d_bringup.sim.policies import LABEL_RULE
 from k4d_worldmodel.evaluate import read_episode_rows, summarize
 
@@ -33,11 +36,9 @@ def episode_labels(data: str | Path) -> dict[str, tuple[bool, bool]]:
         meta_file = p.with_suffix(".json")
         if not meta_file.is_file():
             continue
-        meta = json.loads(meta_file.read_text())
+        recorded = json.loads(meta_file.read_text())["success"]
         rel = p.relative_to(root).with_suffix("").as_posix()
-        now = relabel_meta(meta)
-        recorded = meta["success"]
-        out[rel] = (bool(recorded), bool(now["success"]))
+        out[rel] = (bool(recorded), bool(load_meta(p)["success"]))
     return out
 
 
@@ -60,7 +61,7 @@ def rescore(log_dir: str | Path, labels: dict[str, tuple[bool, bool]]) -> dict:
     changed = sum(1 for r in rows if labels[r["name"]][0] != labels[r["name"]][1])
     result = {"log": str(log_dir), "label_rule": LABEL_RULE, "episodes": len(rows), "relabelled": changed,
               "summary": after}
-    (log_dir / "metrics_label_rule2.json").write_text(json.dumps(result, indent=1))
+    (log_dir / f"metrics_label_rule{LABEL_RULE}.json").write_text(json.dumps(result, indent=1))
     result["before"] = before
     return result
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{b['sim_overall']:.3f} -> {a['sim_overall']:.3f}; GT 4D agreement {b['gt_4d_agreement_with_sim']:.3f}"
               f" -> {a['gt_4d_agreement_with_sim']:.3f}")
         for m in res["summary"]["methods"]:
-            print(f"  {m:12s} rule 1: {_brief(b, m)} | rule 2: {_brief(a, m)}")
+            print(f"  {m:12s} as logged: {_brief(b, m)} | rule {LABEL_RULE}: {_brief(a, m)}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results

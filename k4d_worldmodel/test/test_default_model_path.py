@@ -92,6 +92,46 @@ def test_zone_predicate_on_ground_truth_and_on_a_still_world(tmp_path):
     assert not success_zone_4d(lifted, c["robot_mask"], info, floor_m=0.010)
 
 
+def test_zone_predicate_asks_a_pick_place_cylinder_to_stand(tmp_path):
+    """Label rule 3 on the pointmaps: a cylinder (radius 1.5 cm, half height 3 cm) standing in the zone succeeds; the
+    same cylinder lying there (its top at 3 cm, under the 4.5 cm slab) fills the zone as well but fails pick-place,
+    and still succeeds push; a cube, or a cylinder about as tall as wide, is not asked to stand."""
+    from k4d_worldmodel.evaluate import object_info, success_zone_4d, upright_min_points, upright_zone_counts
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.synthetic import ZONE, write_synthetic_episodes
+
+    write_synthetic_episodes(tmp_path, episodes=1, num_frames=3, height=64, width=96, fy=160.0)
+    c = open_dataset(tmp_path, 3, 64, 96, split="all")[0]
+    T = np.asarray(c["T_base_cam"], np.float64)
+    mask = np.zeros_like(c["robot_mask"])
+    table = c["world_xyz"][0].astype(np.float64) @ T[:3, :3].T + T[:3, 3]  # frame 0 in the base frame
+    dx, dy = table[..., 0] - ZONE[0], table[..., 1] - ZONE[1]
+
+    def scene(top):
+        """A still table whose last frame has the object at the zone centre: base heights ``top`` (H, W)."""
+        base = table.copy()
+        base[..., 2] = np.where(np.isfinite(top), top, base[..., 2])
+        last = (base - T[:3, 3]) @ T[:3, :3]  # back to the camera frame
+        return np.stack([c["world_xyz"][0], c["world_xyz"][0], last]).astype(np.float32)
+
+    r, h = 0.015, 0.03
+    standing = scene(np.where(np.hypot(dx, dy) <= r, 2 * h, np.nan))
+    lying = scene(np.where((np.abs(dx) <= h) & (np.abs(dy) <= r), 2 * r, np.nan))
+
+    def info(task="pick_place", kind="cylinder", size=(r, h, 0.0)):
+        return object_info({**c, "meta": dict(c["meta"], task=task, objects=[{"kind": kind, "size": list(size)}])})
+
+    assert success_zone_4d(standing, mask, info())
+    assert upright_zone_counts(standing, mask, info())[1] >= upright_min_points(64, 96)
+    assert upright_zone_counts(lying, mask, info()).tolist() == [0, 0]
+    assert not success_zone_4d(lying, mask, info())
+    assert success_zone_4d(lying, mask, info(), upright=False)  # the zone is filled: the rule before the check
+    assert success_zone_4d(lying, mask, info(task="push"))  # push: toppled in the zone counts
+    assert upright_zone_counts(lying, mask, info(task="push")) is None
+    assert success_zone_4d(lying, mask, info(kind="cube", size=(r, r, r)))  # a cube stands on any face
+    assert upright_zone_counts(lying, mask, info(size=(r, r + 0.002, 0.0))) is None  # lying or standing: same top
+
+
 def test_point_thresholds_scale_with_the_image_area():
     from k4d_bringup.shadow.predicate import min_points_for
 

@@ -326,9 +326,9 @@ def episode_paths(root: str | Path) -> list[Path]:
 
 
 def load_episode(path: str | Path) -> dict:
-    """Read ``<name>.npz`` (+ ``<name>.json`` as ``meta``). Adds ``world_xyz`` (T, H, W, 3) float32 metres,
-    camera optical frame, back-projected from ``depth`` and ``K`` (NaN where depth is NaN), and
-    ``robot_mask`` (T, H, W) bool = robot_link >= 0."""
+    """Read ``<name>.npz`` (+ ``<name>.json`` as ``meta``, relabelled by the current rule: ``relabel_meta``). Adds
+    ``world_xyz`` (T, H, W, 3) float32 metres, camera optical frame, back-projected from ``depth`` and ``K`` (NaN
+    where depth is NaN), and ``robot_mask`` (T, H, W) bool = robot_link >= 0."""
     from k4d_kinematics.camera import depth_to_xyz
 
     path = Path(path)
@@ -339,8 +339,26 @@ def load_episode(path: str | Path) -> dict:
     ep["world_xyz"] = depth_to_xyz(ep["depth"], ep["K"])
     ep["robot_mask"] = ep["robot_link"] >= 0
     meta = path.with_suffix(".json")
-    ep["meta"] = relabel_meta(json.loads(meta.read_text())) if meta.is_file() else {}
+    ep["meta"] = relabel_meta(json.loads(meta.read_text()), ep.get("object_quat_wxyz")) if meta.is_file() else {}
     return ep
+
+
+def load_meta(path: str | Path) -> dict:
+    """``load_episode(path)["meta"]`` without reading the images: ``<name>.json`` relabelled by the current rule,
+    with the target's final orientation read from ``<name>.npz``'s ``object_quat_wxyz`` alone, and only when an
+    older rule's episode needs it. {} without a ``.json``."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(".npz")
+    meta_file = path.with_suffix(".json")
+    if not meta_file.is_file():
+        return {}
+    meta = json.loads(meta_file.read_text())
+    quat = None
+    if _needs_relabel(meta) and path.is_file():
+        with np.load(path) as z:  # a zip: only this member is read
+            quat = z["object_quat_wxyz"] if "object_quat_wxyz" in z.files else None
+    return relabel_meta(meta, quat)
 
 
 def target_rest_height(meta: dict) -> float:
@@ -354,21 +372,42 @@ def target_rest_height(meta: dict) -> float:
         raise ValueError(f"episode {meta.get('name', '?')}: no target size in its metadata ({exc!r})") from None
 
 
-def relabel_meta(meta: dict) -> dict:
+def _needs_relabel(meta: dict) -> bool:
+    """Whether ``relabel_meta`` recomputes this metadata's outcome: written under an older rule, with the metrics,
+    objects and zone to recompute it from."""
+    return (int(meta.get("label_rule", 1)) < LABEL_RULE and "metrics" in meta and bool(meta.get("objects"))
+            and "zone" in meta and meta.get("task") in ("pick_place", "push"))
+
+
+def relabel_meta(meta: dict, object_quat_wxyz=None) -> dict:
     """An episode's metadata with its outcome (``label``, ``success``, ``near_miss``) by the current rule
     (``sim.policies.LABEL_RULE``), recomputed from its recorded outcome ``metrics`` when it was written under
     an older rule. A changed outcome keeps the recorded one as ``label_recorded`` and sets ``relabelled``;
     ``label_rule`` is then the current rule. Metadata without the metrics to recompute from (synthetic test
-    data, the Kinema4D layout) is returned unchanged."""
-    if int(meta.get("label_rule", 1)) >= LABEL_RULE or "metrics" not in meta or not meta.get("objects") \
-            or "zone" not in meta or meta.get("task") not in ("pick_place", "push"):
+    data, the Kinema4D layout) is returned unchanged.
+
+    Rule 3 asks a pick_place target to stand upright at the end; episodes of rules 1 and 2 recorded no tilt, so it
+    is computed from ``object_quat_wxyz`` (T, n_objects, 4), the episode's object orientations (the ``.npz`` array;
+    the target's at the last frame, the episode's last camera tick after the settling) and recorded in the
+    returned ``metrics`` as ``final_tilt_deg``. ValueError naming the episode when a pick_place episode's tilt can
+    be neither read nor computed (no orientations given), or the orientations are malformed."""
+    if not _needs_relabel(meta):
         return meta
+    name = meta.get("name", "?")
+    quat = None
+    if object_quat_wxyz is not None:
+        q = np.asarray(object_quat_wxyz, np.float64)
+        if q.ndim != 3 or q.shape[0] < 1 or q.shape[1] < 1 or q.shape[2] != 4:
+            raise ValueError(f"episode {name}: object_quat_wxyz must have shape (T, n_objects, 4), got {q.shape}")
+        quat = q[-1, 0]
     try:
-        out = relabel_metrics(meta["task"], meta["metrics"], float(meta["zone"]["radius"]), target_rest_height(meta))
+        rest_z = target_rest_height(meta)
+        out = relabel_metrics(meta["task"], meta["metrics"], float(meta["zone"]["radius"]), rest_z,
+                              meta["objects"][0]["kind"], quat)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"episode {meta.get('name', '?')}: cannot recompute its outcome by label rule "
-                         f"{LABEL_RULE}: {exc}") from None
-    meta = dict(meta, label_rule=LABEL_RULE)
+        raise ValueError(f"episode {name}: cannot recompute its outcome by label rule {LABEL_RULE}: {exc}") from None
+    metrics = dict(meta["metrics"], final_tilt_deg=out.metrics["final_tilt_deg"])
+    meta = dict(meta, label_rule=LABEL_RULE, metrics=metrics)
     if out.label != meta.get("label"):
         meta.update(label_recorded=meta.get("label"), relabelled=True, label=out.label, success=out.success,
                     near_miss=out.near_miss)

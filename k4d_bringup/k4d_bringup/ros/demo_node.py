@@ -31,7 +31,7 @@ from std_msgs.msg import Empty, Float64, Header, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from k4d_bringup.demo import DemoStep, pick_place_steps
-from k4d_bringup.sim.policies import classify
+from k4d_bringup.sim.policies import classify, object_tilt_deg
 from k4d_kinematics.ros.diagnostics import DiagnosticsPublisher, RateLatencyStats
 from k4d_kinematics.ros.params import declare_config
 from k4d_kinematics.ros.qos import RELIABLE_QOS, SENSOR_QOS
@@ -112,8 +112,8 @@ class DemoNode(Node):
         self.have_joints = True
 
     def target(self):
-        """(xyz (3,), half height, yaw, kind "cube" | "cylinder") of the target object, or None before object
-        states arrive."""
+        """(xyz (3,), half height, yaw, kind "cube" | "cylinder", quat_wxyz (4,)) of the target object, or None
+        before object states arrive."""
         from scipy.spatial.transform import Rotation
 
         m = next((m for (ns, _i), m in sorted(self.objects.items()) if ns == "target"), None)
@@ -122,7 +122,7 @@ class DemoNode(Node):
         p, o = m.pose.position, m.pose.orientation
         yaw = Rotation.from_quat([o.x, o.y, o.z, o.w]).as_euler("xyz")[2]
         kind = "cylinder" if m.type == Marker.CYLINDER else "cube"
-        return np.array([p.x, p.y, p.z]), 0.5 * m.scale.z, float(yaw), kind
+        return np.array([p.x, p.y, p.z]), 0.5 * m.scale.z, float(yaw), kind, np.array([o.w, o.x, o.y, o.z])
 
     def zone(self):
         m = self.objects.get(("zone", 0))
@@ -160,7 +160,7 @@ class DemoNode(Node):
         home = dict(zip(ARM, (float(v) for v in self.cfg.home_q)))
         while self.cfg.episodes == 0 or self.episode < self.cfg.episodes:
             self.episode += 1
-            (xyz, half_h, yaw, kind), (zone_xy, zone_r) = self.target(), self.zone()
+            (xyz, half_h, yaw, kind, _q), (zone_xy, zone_r) = self.target(), self.zone()
             to_zone = self.episode % 2 == 1
             place_xy = zone_xy if to_zone else start_xy
             self.get_logger().info(f"episode {self.episode}: pick the target at {np.round(xyz, 3).tolist()} and "
@@ -177,10 +177,11 @@ class DemoNode(Node):
                     yield from self._do(DemoStep("joints", "home", joints=home))
                     break
             yield 0.5  # let the object settle before judging
-            final = self.target()[0]
-            # the same success predicate as the scripted policies (in the zone, resting on the table)
+            final, *_, final_quat = self.target()
+            # the same success predicate as the scripted policies (in the zone, resting on the table, upright)
             goal_ok = classify("pick_place", final, xyz[:2], place_xy if to_zone else start_xy,
-                               zone_r if to_zone else 0.03, rest_z=half_h, max_lift=0.0).success
+                               zone_r if to_zone else 0.03, rest_z=half_h, max_lift=0.0,
+                               tilt_deg=object_tilt_deg(final_quat, kind)).success
             success = ok and goal_ok
             self.successes += int(success)
             if success:

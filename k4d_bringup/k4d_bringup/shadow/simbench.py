@@ -16,8 +16,10 @@ is the node's format, so ``k4d shadow report`` writes Table 3, Pearson r and MMR
 
 Success region: the zone is a disc of radius r around its centre; the box is the inscribed square
 (centre +- r / sqrt 2) from 6 mm above the table to the object's height + 1.5 cm, so an object carried above the
-zone does not count. ``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area by default:
-``predicate.min_points_for``) and the window come from the ShadowConfig.
+zone does not count. The box sees no orientation: a pick-place cylinder toppled in the zone fills it, while the
+end event's label (label rule 3, ``sim.policies``) calls that a near miss; ``k4d eval``'s ``success_zone_4d``
+adds an upright check for it. ``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area
+by default: ``predicate.min_points_for``) and the window come from the ShadowConfig.
 ``--relative on`` (``ShadowConfig.success_relative``) counts the region relative to the chunk's first frame, on
 the imagined and on the real side alike; ``--imagined-min-points N`` gives the imagined side its own threshold
 (``ShadowConfig.imagined_min_points``, chosen with ``k4d shadow calibrate`` on other episodes); ``--register off``

@@ -18,14 +18,26 @@ the accumulated offset then persists; the gripper command is never perturbed. On
 ``pos_unit_m`` metres and ``rot_unit_rad`` radians per action step.
 
 Outcomes come from simulator state only (``TaskMonitor``): pick_place succeeds when the target rests in
-the zone (centre within the zone radius, centre height within 1.5 cm of its upright resting height: on the
-table, upright, released); push succeeds when the target's centre is within the zone and not more than
-1.5 cm above its resting height (on the table, toppled or not; not held by the gripper). A near miss is a
-non-success where the object got at least halfway closer to the goal (or, for pick_place, was lifted at some
-point or ended within twice the zone radius); the rest fail. Label rule 1 (datasets before ``LABEL_RULE`` 2)
-let a push succeed with the target anywhere above the zone, which counted pushes whose object the gripper
-carried off into the air; ``relabel_metrics`` recomputes such a dataset's labels from its recorded outcome
-metrics.
+the zone upright (centre within the zone radius, centre height within 1.5 cm of its upright resting height,
+and tilted less than ``UPRIGHT_MAX_TILT_DEG`` = 20 degrees from standing on a face, ``object_tilt_deg``: on the
+table, upright, released); push succeeds when the target's centre is within the zone and not more than 1.5 cm
+above its resting height (on the table, toppled or not; not held by the gripper). A near miss is a non-success
+where the object got at least halfway closer to the goal (or, for pick_place, was lifted at some point or ended
+within twice the zone radius); the rest fail. The outcome metrics record the final tilt (``final_tilt_deg``).
+
+Label rules (``LABEL_RULE``, stored with generated episodes as ``label_rule``):
+
+* rule 1 (datasets without ``label_rule``) let a push succeed with the target anywhere above the zone, which
+  counted pushes whose object the gripper carried off into the air;
+* rule 2 asked a push's target to rest on the table (centre at most 1.5 cm above its resting height); its
+  pick_place test was the position alone, and a cylinder toppled in the zone passed it (lying on its side its
+  centre is 0-2.1 cm lower than upright, mostly inside the 1.5 cm tolerance: 13 of 139 noisy cylinder
+  "successes" in 390 rollouts);
+* rule 3 (current) also asks a pick_place target to stand upright: its tilt below ``UPRIGHT_MAX_TILT_DEG``
+  (a cylinder on its side is at 90 degrees; a cube resting on any face is upright). Push is unchanged.
+
+``relabel_metrics`` recomputes an older dataset's labels from its recorded outcome metrics (and, for rule-2
+pick_place episodes, which recorded no tilt, from the target's final orientation, ``object_quat_wxyz``).
 """
 from __future__ import annotations
 
@@ -262,7 +274,8 @@ class NoiseInjector:
 @dataclass
 class TaskOutcome:
     """Ground truth from simulator state. label: success | near_miss | failure; success, near_miss: bools;
-    metrics: initial/final distance to the goal (m), max lift (m), final object pose."""
+    metrics: initial/final distance to the goal (m), max lift (m), final object position and tilt (degrees,
+    ``object_tilt_deg``; None where the orientation was not observed)."""
 
     label: str
     success: bool
@@ -279,47 +292,92 @@ class TaskMonitor:
     def __init__(self, sim):
         self.task = sim.layout.task
         self.name = sim.layout.target.name
+        self.kind = sim.layout.target.kind
         self.rest_z = sim.layout.target.half_height
         self.goal = np.asarray(sim.layout.zone.center_base, np.float64)
         self.radius = float(sim.layout.zone.radius)
-        p0 = self._pos(sim)
+        p0 = self._state(sim).pos_base
         self.start_xy = p0[:2].copy()
         self.d0 = float(np.linalg.norm(p0[:2] - self.goal))
         self.max_lift = 0.0
 
-    def _pos(self, sim) -> np.ndarray:
-        return next(s for s in sim.object_states() if s.name == self.name).pos_base
+    def _state(self, sim):
+        return next(s for s in sim.object_states() if s.name == self.name)
 
     def update(self, sim) -> None:
-        self.max_lift = max(self.max_lift, float(self._pos(sim)[2] - self.rest_z))
+        self.max_lift = max(self.max_lift, float(self._state(sim).pos_base[2] - self.rest_z))
 
     def outcome(self, sim) -> TaskOutcome:
         self.update(sim)
-        p = self._pos(sim)
-        return classify(self.task, p, self.start_xy, self.goal, self.radius, self.rest_z, self.max_lift)
+        st = self._state(sim)
+        return classify(self.task, st.pos_base, self.start_xy, self.goal, self.radius, self.rest_z, self.max_lift,
+                        tilt_deg=object_tilt_deg(st.quat_wxyz, self.kind))
 
 
-LABEL_RULE = 2  # version of ``classify``'s rule, stored with generated episodes (see the module docstring)
+LABEL_RULE = 3  # version of ``classify``'s rule, stored with generated episodes (see the module docstring)
+
+# A pick_place target tilted this much or more does not stand upright (rule 3). Resting on a face an object's tilt
+# is a fraction of a degree, on its side a cylinder's is 90 (72 generated episodes: 46 at most 0.06, 26 at least
+# 89.96, none between); a cube on an edge is at 45. 20 degrees is below the smallest angle at which a cylinder of
+# the default SceneConfig ranges tips over by itself, atan(r / h) = atan(0.014 / 0.035) = 21.8 degrees (cube: 45),
+# so a target tilted beyond it is held up by something else (a distractor, the gripper), not standing on its base.
+UPRIGHT_MAX_TILT_DEG = 20.0
 
 
-def classify(task: str, pos_base, start_xy, goal_xy, zone_radius: float, rest_z: float, max_lift: float) -> TaskOutcome:
+def object_tilt_deg(quat_wxyz, kind: str) -> float:
+    """Tilt (degrees, 0..90) of an object from standing on a face, from its orientation ``quat_wxyz`` (4,) (w, x,
+    y, z; base frame, normalised here): the angle between the base z axis and the body axis nearest to it.
+    Cylinder: its body z axis, either end up (it stands on either end face; on its side it is at 90). Cube: the
+    nearest of its body x, y, z axes (a cube resting on any face is upright; at most 54.7, on a corner).
+    ValueError naming the problem for a quaternion of the wrong shape, non-finite or of zero norm, or an unknown
+    kind."""
+    q = np.asarray(quat_wxyz, np.float64)
+    if q.shape != (4,):
+        raise ValueError(f"object orientation quat_wxyz must have shape (4,) (w, x, y, z), got shape {q.shape}")
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f"object orientation quat_wxyz is not finite: {q.tolist()}")
+    n = float(np.linalg.norm(q))
+    if n < 1e-9:
+        raise ValueError(f"object orientation quat_wxyz has zero norm: {q.tolist()}")
+    w, x, y, z = q / n
+    # base z components of the body x, y, z axes: the third row of the rotation matrix
+    up = np.abs([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)])
+    if kind == "cylinder":
+        c = up[2]
+    elif kind == "cube":
+        c = up.max()
+    else:
+        raise ValueError(f"object kind = {kind!r}: unknown (cube, cylinder)")
+    return float(math.degrees(math.acos(min(float(c), 1.0))))
+
+
+def classify(task: str, pos_base, start_xy, goal_xy, zone_radius: float, rest_z: float, max_lift: float, *,
+             tilt_deg: float | None) -> TaskOutcome:
     """Success / near-miss / failure of ``task`` from the target's final position ``pos_base`` (3,) m, its
-    start (2,), the goal centre (2,), zone radius (m), resting centre height (m) and the largest lift (m)."""
+    start (2,), the goal centre (2,), zone radius (m), resting centre height (m), the largest lift (m) and its
+    final tilt (``object_tilt_deg``, degrees). ``tilt_deg`` must be given: None says the orientation is not
+    observed (an object track of positions, ``k4d_worldmodel.evaluate.success_4d``), and pick_place is then judged
+    by position alone (rule 2's test, which counts a cylinder toppled in the zone)."""
     pos_base, start_xy, goal_xy = (np.asarray(v, np.float64) for v in (pos_base, start_xy, goal_xy))
     d0 = float(np.linalg.norm(start_xy - goal_xy))
     d1 = float(np.linalg.norm(pos_base[:2] - goal_xy))
-    return classify_distances(task, d0, d1, pos_base, zone_radius, rest_z, max_lift)
+    return classify_distances(task, d0, d1, pos_base, zone_radius, rest_z, max_lift, tilt_deg=tilt_deg)
 
 
 def classify_distances(task: str, d_start: float, d_final: float, pos_base, zone_radius: float, rest_z: float,
-                       max_lift: float) -> TaskOutcome:
+                       max_lift: float, *, tilt_deg: float | None) -> TaskOutcome:
     """``classify`` from the target's start and final distances to the goal centre (m) instead of positions."""
     pos_base = np.asarray(pos_base, np.float64)
     d0, d1 = float(d_start), float(d_final)
+    if tilt_deg is not None:
+        tilt_deg = float(tilt_deg)
+        if not (math.isfinite(tilt_deg) and 0.0 <= tilt_deg <= 180.0):
+            raise ValueError(f"tilt_deg = {tilt_deg!r}: must be a finite angle in [0, 180] degrees or None")
     in_zone = d1 <= zone_radius
     lift = float(pos_base[2]) - rest_z
     if task == "pick_place":
-        success = in_zone and abs(lift) < 0.015  # placed upright and released
+        upright = tilt_deg is None or tilt_deg < UPRIGHT_MAX_TILT_DEG  # None: not observed (see classify)
+        success = in_zone and abs(lift) < 0.015 and upright  # placed upright and released (rule 3)
         near = (not success) and (max_lift > 0.03 or d1 <= 0.5 * d0 or d1 <= 2 * zone_radius)
     elif task == "push":
         success = in_zone and lift < 0.015  # on the table (toppled counts), not carried off (rule 2)
@@ -329,13 +387,16 @@ def classify_distances(task: str, d_start: float, d_final: float, pos_base, zone
     label = "success" if success else ("near_miss" if near else "failure")
     return TaskOutcome(label, bool(success), bool(near),
                        {"d_start_m": d0, "d_final_m": d1, "max_lift_m": float(max_lift),
-                        "final_pos_base": [float(v) for v in pos_base]})
+                        "final_pos_base": [float(v) for v in pos_base], "final_tilt_deg": tilt_deg})
 
 
-def relabel_metrics(task: str, metrics: dict, zone_radius: float, rest_z: float) -> TaskOutcome:
+def relabel_metrics(task: str, metrics: dict, zone_radius: float, rest_z: float, kind: str | None = None,
+                    final_quat_wxyz=None) -> TaskOutcome:
     """The outcome by the current rule (``LABEL_RULE``) from an episode's recorded outcome ``metrics`` (the
-    ``TaskOutcome.metrics`` dict of any rule: ``d_start_m``, ``d_final_m``, ``max_lift_m``, ``final_pos_base``).
-    Raises ValueError naming a missing or non-finite entry."""
+    ``TaskOutcome.metrics`` dict of any rule: ``d_start_m``, ``d_final_m``, ``max_lift_m``, ``final_pos_base``;
+    ``final_tilt_deg`` since rule 3). Metrics without a tilt (rules 1 and 2) take it from the target's final
+    orientation ``final_quat_wxyz`` (4,) (w, x, y, z) and its ``kind`` (cube, cylinder). Raises ValueError naming
+    a missing or non-finite entry, and for a pick_place episode whose tilt is neither recorded nor given."""
     try:
         vals = [float(metrics[k]) for k in ("d_start_m", "d_final_m", "max_lift_m")]
         pos = np.asarray(metrics["final_pos_base"], np.float64).reshape(3)
@@ -344,7 +405,14 @@ def relabel_metrics(task: str, metrics: dict, zone_radius: float, rest_z: float)
             from None
     if not (np.all(np.isfinite(vals)) and np.all(np.isfinite(pos))):
         raise ValueError(f"outcome metrics are not finite: {metrics}")
-    return classify_distances(task, vals[0], vals[1], pos, zone_radius, rest_z, vals[2])
+    tilt = metrics.get("final_tilt_deg")
+    if tilt is None and final_quat_wxyz is not None:
+        tilt = object_tilt_deg(final_quat_wxyz, kind)
+    if tilt is None and task == "pick_place":
+        raise ValueError(f"outcome metrics lack final_tilt_deg (recorded since label rule 3) and no final target "
+                         f"orientation (object_quat_wxyz) was given: label rule {LABEL_RULE} cannot tell whether the "
+                         f"pick_place target stands upright")
+    return classify_distances(task, vals[0], vals[1], pos, zone_radius, rest_z, vals[2], tilt_deg=tilt)
 
 
 @dataclass
