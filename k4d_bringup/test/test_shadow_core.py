@@ -145,6 +145,32 @@ def test_session_skips_chunks_while_the_world_model_is_busy(scene, policy, expec
 # ---------------------------------------------------------------------------------------------
 
 
+def _oracle_chunk(scene, cfg, start_event: str, frames_dir=None):
+    """One live chunk of ``start_event``'s episode through a ShadowSession, imagined by an oracle (the scene
+    rendered at the conditioning's joint positions, XYZ from its depth) and executed in front of the camera (10 Hz,
+    the imagined frames' rate); returns (results, session, chunk start ns) once the chunk is scored."""
+    out = []
+    s = ShadowSession(cfg, Kinematics(scene.model, scene.camera, scene.extrinsics), out.append, frames_dir=frames_dir)
+    q0 = scene.home_q()
+    s.on_episode_event(start_event, 0)
+    t0 = 100_000_000
+    rgb, depth = scene.render(q0)
+    s.on_frame(t0 - 10_000_000, rgb, depth, q0)
+    rec = s.on_chunk(_chunk(0.2, q0=q0), "live", t0, q0)
+    assert s.next_dispatch(t0, server_ready=True) is rec
+    frames = [scene.render(q) for q in rec.seq.positions]
+    imag = RolloutData(np.stack([f[0] for f in frames]), np.stack([backproject_depth(f[1], scene.camera)
+                                                                   for f in frames]), True, "oracle")
+    s.on_imagined(rec, imag, "", t0 + 50_000_000)
+    for k in range(0, 11):
+        t = t0 + int(k * 1e8)
+        r, d = scene.render(_q_at(q0, k / 10))
+        s.on_frame(t, r, d, _q_at(q0, k / 10))
+        s.tick(t)
+    s.tick(t0 + 2_000_000_000)
+    return out, s, t0
+
+
 @pytest.mark.parametrize("relative,imagined_points", [(False, 0), (True, 0), (False, 10**6)])
 def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_points):
     """The box stands in the success region from the start: success as an absolute count; no success relative
@@ -152,28 +178,7 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_po
     threshold (``imagined_min_points``) that no frame reaches fails the imagination alone."""
     cfg = _region_cfg(scene, success_relative=relative, imagined_min_points=imagined_points)
     imagined_ok = not relative and not imagined_points
-    out = []
-    kin = Kinematics(scene.model, scene.camera, scene.extrinsics)
-    s = ShadowSession(cfg, kin, out.append, frames_dir=tmp_path / "frames")
-    q0 = scene.home_q()
-    s.on_episode_event("start pick_box", 0)
-    traj = _chunk(0.2, q0=q0)
-    t0 = 100_000_000
-    rgb, depth = scene.render(q0)
-    s.on_frame(t0 - 10_000_000, rgb, depth, q0)
-    rec = s.on_chunk(traj, "live", t0, q0)
-    assert s.next_dispatch(t0, server_ready=True) is rec
-    # Oracle imagination: the scene rendered at the conditioning's joint positions, XYZ from its depth.
-    frames = [scene.render(q) for q in rec.seq.positions]
-    imag = RolloutData(np.stack([f[0] for f in frames]), np.stack([backproject_depth(f[1], scene.camera)
-                                                                   for f in frames]), True, "oracle")
-    s.on_imagined(rec, imag, "", t0 + 50_000_000)
-    for k in range(0, 11):  # the robot executes the chunk; the camera runs at 10 Hz (the imagined frames' rate)
-        t = t0 + int(k * 1e8)
-        r, d = scene.render(_q_at(q0, k / 10))
-        s.on_frame(t, r, d, _q_at(q0, k / 10))
-        s.tick(t)
-    s.tick(t0 + 2_000_000_000)
+    out, s, t0 = _oracle_chunk(scene, cfg, "start pick_box", tmp_path / "frames")
     chunk = [r for r in out if r["kind"] == "chunk"]
     assert len(chunk) == 1 and chunk[0]["status"] == "ok", chunk
     c = chunk[0]
@@ -191,6 +196,32 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_po
     ep = [r for r in out if r["kind"] == "episode"]
     assert len(ep) == 1 and ep[0]["status"] == "ok" and ep[0]["actual_source"] == "depth"
     assert ep[0]["imagined_success"] == imagined_ok and ep[0]["actual_success"] == (not relative)
+
+
+@pytest.mark.parametrize("config_top,event_top,check,success", [
+    (0.0, {"min_z": 0.05}, (0.05, 2), True),  # the box's top face (6 cm) is in the slab above 5 cm
+    (0.0, {"min_z": 0.08, "min_points": 1}, (0.08, 1), False),  # nothing in the region stands 8 cm tall
+    (0.08, None, None, True),  # the episode turns the configured check off
+    (0.08, "absent", (0.08, 2), False),  # an episode without its own check takes the configured one
+])
+def test_scoring_with_the_standing_check(scene, config_top, event_top, check, success):
+    """The standing check (``success_top_min_height_m`` / an episode's ``success_top``) judges the imagined and the
+    real side alike, and both sides log the slab's counts with the rule."""
+    event = {"event": "start", "label": "pick_box"}
+    if event_top != "absent":
+        event["success_top"] = event_top
+    cfg = _region_cfg(scene, success_top_min_height_m=config_top, success_top_min_points=2, save_frames=False)
+    out, _s, _t0 = _oracle_chunk(scene, cfg, json.dumps(event))
+    (c,) = [r for r in out if r["kind"] == "chunk"]
+    assert c["status"] == "ok" and c["has_actual"], c["status_message"]
+    assert c["imagined_success"] == c["actual_success"] == success
+    for side in ("imagined", "actual"):
+        pr = c["predicate"][side]
+        assert pr["valid"] and min(pr["counts"]) >= 2  # the box fills the region either way
+        assert (pr.get("top_min_z"), pr.get("top_min_points")) == (check or (None, None))
+        if check is not None:
+            assert len(pr["top_counts"]) == len(pr["counts"]) and "standing check" in pr["reason"]
+            assert (min(pr["top_counts"]) >= check[1]) == success
 
 
 @pytest.mark.parametrize("start_depth", [True, False])

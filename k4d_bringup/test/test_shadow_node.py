@@ -352,6 +352,43 @@ def test_runtime_guard_refuses_actuator_publishers(tmp_path):
         rclpy.try_shutdown(context=ctx)
 
 
+def test_shadow_node_declares_the_standing_check_parameters(tmp_path):
+    """success_top_min_height_m / success_top_min_points: declared with descriptions from the shipped parameter
+    file (off by default), set from overrides, and validated like the others (a bad value is refused)."""
+    from k4d_bringup.ros.shadow_node import ShadowNode
+    from k4d_bringup.sim_cli import config_path
+
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(config_path("k4d_bringup", "shadow_node.yaml"))])
+    try:
+        node = ShadowNode("k4d_shadow_params", context=ctx, parameter_overrides=[
+            Parameter("log_path", value=str(tmp_path / "log.jsonl"))])
+        assert node.get_parameter("success_top_min_height_m").value == 0.0
+        assert node.get_parameter("success_top_min_points").value == 1
+        assert node.cfg.success_top_min_height_m == 0.0  # off: the box alone
+        descs = {d.name: d for d in node.describe_parameters(["success_top_min_height_m", "success_top_min_points"])}
+        assert "Standing check" in descs["success_top_min_height_m"].description
+        assert "slab" in descs["success_top_min_points"].description
+        assert not any(d.read_only for d in descs.values())
+        res = node.set_parameters([Parameter("success_top_min_points", value=0)])[0]
+        assert not res.successful and "success_top_min_points" in res.reason
+        node.destroy_node()
+        region = [Parameter("success_predicate", value="region"),
+                  Parameter("success_region_min", value=[0.2, -0.1, 0.006]),
+                  Parameter("success_region_max", value=[0.4, 0.1, 0.065])]
+        node = ShadowNode("k4d_shadow_params2", context=ctx, parameter_overrides=[
+            Parameter("log_path", value=str(tmp_path / "log2.jsonl")), *region,
+            Parameter("success_top_min_height_m", value=0.041), Parameter("success_top_min_points", value=4)])
+        assert (node.cfg.success_top_min_height_m, node.cfg.success_top_min_points) == (0.041, 4)
+        node.destroy_node()
+        with pytest.raises(ValueError, match="success_top_min_height_m must lie inside"):
+            ShadowNode("k4d_shadow_params3", context=ctx, parameter_overrides=[
+                Parameter("log_path", value=str(tmp_path / "log3.jsonl")), *region,
+                Parameter("success_top_min_height_m", value=0.09)])
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
 def _start_frame(scene, stamp_ns: int = 1_700_000_000_000_000_000):
     """A chunk of the synthetic YAM from home, its conditioning sequence and its start frame (rgb, depth with holes)."""
     from k4d_bringup.shadow.session import Kinematics

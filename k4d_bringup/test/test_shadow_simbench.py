@@ -283,3 +283,81 @@ K4DTransformer3DModel.forward = _slow_forward
 from k4d_worldmodel.ros import imagine_node
 sys.exit(imagine_node.main(sys.argv))
 """
+
+
+def _meta(task="pick_place", kind="cylinder", size=(0.014, 0.035, 0.0)):
+    """The metadata ``k4d shadow bench`` reads of an episode: task, target, zone, scenario, noise level."""
+    return {"name": "ep", "task": task, "scenario": "easy", "sigma": 0.6,
+            "objects": [{"kind": kind, "size": list(size)}], "zone": {"center_base": [0.3, 0.05, 0.0], "radius": 0.05}}
+
+
+def test_simbench_standing_check_per_episode_from_the_meta():
+    """A pick-place cylinder's start event carries the slab above r + h (``upright_top_height``, k4d eval's rule);
+    push, a cube and a squat cylinder carry none (null: a configured one does not apply either); the session
+    takes it as the episode's check, its threshold from the config."""
+    from k4d_bringup.shadow.config import ShadowConfig
+    from k4d_bringup.shadow.session import ShadowSession
+    from k4d_bringup.shadow.simbench import NOMINAL_REGION, start_event, zone_box, zone_top
+
+    assert zone_top(_meta()) == {"min_z": pytest.approx(0.049)}
+    assert zone_top(_meta(task="push")) is None
+    assert zone_top(_meta(kind="cube", size=(0.02, 0.02, 0.02))) is None
+    assert zone_top(_meta(size=(0.02, 0.022, 0.0))) is None  # h - r = 2 mm: no slab tells lying from standing
+    with pytest.raises(ValueError, match="no target kind and size"):
+        zone_top({"name": "ep", "task": "pick_place", "objects": []})
+    ev = start_event(_meta(), "easy/ep")
+    assert ev["success_top"] == {"min_z": pytest.approx(0.049)} and ev["policy"] == "sigma=0.6"
+    assert ev["success_region"] == zone_box(_meta(), 0.07)
+    assert start_event(_meta(task="push"), "easy/ep")["success_top"] is None
+    assert "success_top" not in start_event(_meta(), "easy/ep", upright=False)
+    s = ShadowSession(ShadowConfig(num_frames=9, success_predicate="region", success_top_min_points=4,
+                                   **NOMINAL_REGION), None, lambda _r: None)
+    for meta, upright, top in ((_meta(), True, (pytest.approx(0.049), 4)), (_meta(task="push"), True, None),
+                               (_meta(kind="cube", size=(0.02, 0.02, 0.02)), True, None), (_meta(), False, None)):
+        s.on_episode_event(json.dumps(start_event(meta, "easy/ep", upright)), 0)
+        assert s.episode.top == top
+
+
+@pytest.mark.skipif(not _ok, reason=_why)
+def test_simbench_region_fails_a_cylinder_toppled_in_the_zone_as_the_label_does():
+    """A pick-place cylinder put in the zone standing and lying (MuJoCo, settled 1 s, rendered at 96 x 64): the
+    label (rule 3) and the episode's predicate (``start_event``: the zone box and the standing check, thresholds
+    ``min_points_for`` at 96 x 64) agree on both; without the check the lying one is a success."""
+    from k4d_bringup.shadow.config import ShadowConfig
+    from k4d_bringup.shadow.metrics import backproject_depth
+    from k4d_bringup.shadow.predicate import make_predicate, min_points_for
+    from k4d_bringup.shadow.session import ShadowSession
+    from k4d_bringup.shadow.simbench import NOMINAL_REGION, start_event
+    from k4d_bringup.sim.config import CameraConfig, SimConfig
+    from k4d_bringup.sim.policies import TaskMonitor
+    from k4d_bringup.sim.scene import sample_layout
+    from k4d_bringup.sim.workcell import YamSim
+
+    size, c45 = (0.016, 0.025, 0.0), float(np.sqrt(0.5))
+    cfg = ShadowConfig(num_frames=9, success_predicate="region", success_window_frames=1, **NOMINAL_REGION,
+                       success_min_points=min_points_for(64, 96), success_top_min_points=min_points_for(64, 96, 1))
+    session = ShadowSession(cfg, None, lambda _r: None)
+    sim_cfg = SimConfig(task="pick_place", shadows=False, camera=CameraConfig(width=96, height=64, fy=80.0))
+    lay = sample_layout(sim_cfg, 3)
+    lay = dataclasses.replace(lay, objects=(dataclasses.replace(lay.target, kind="cylinder", size=size),)
+                              + lay.objects[1:])
+    meta = _meta(size=size)
+    meta["zone"] = {"center_base": list(lay.zone.center_base), "radius": lay.zone.radius}
+    for quat, z, label in (((1.0, 0.0, 0.0, 0.0), size[1], "success"), ((c45, c45, 0.0, 0.0), size[0], "near_miss")):
+        sim = YamSim(sim_cfg, layout=lay)
+        monitor = TaskMonitor(sim)
+        adr = sim.scene.object_qpos_adr[0]
+        sim.data.qpos[adr:adr + 7] = [*lay.zone.center_base[:2], z, *quat]
+        sim.data.qvel[:] = 0.0
+        sim.step_for(1.0)
+        assert monitor.outcome(sim).label == label
+        frame = sim.render(rgb=False, depth=True, segmentation=True)
+        xyz, robot = backproject_depth(frame.depth, sim.camera_info), frame.robot_link >= 0
+        T = sim.extrinsics.T_base_cam
+        sim.close()
+        for upright in (True, False):
+            session.on_episode_event(json.dumps(start_event(meta, "easy/ep", upright)), 0)
+            ep = session.episode
+            res = make_predicate(cfg, T, ep.region, top=ep.top).evaluate(xyz, robot)
+            assert res.valid and res.counts[0] >= cfg.success_min_points, res  # the box sees it either way
+            assert res.success == (label == "success" or not upright), (label, upright, res)

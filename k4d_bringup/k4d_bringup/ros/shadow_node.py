@@ -17,7 +17,9 @@ Subscribes
 - ``joint_states_topic`` sensor_msgs/JointState, ``image_topic`` sensor_msgs/Image (rgb8/bgr8),
   ``depth_topic`` (optional, 32FC1 m / 16UC1 mm, registered to colour), ``camera_info_topic`` (or
   ``camera_info_file``): SENSOR_QOS.
-- ``episode_topic`` (/k4d/episode) std_msgs/String, RELIABLE: 'start [label]', 'end [success|failure]' or JSON.
+- ``episode_topic`` (/k4d/episode) std_msgs/String, RELIABLE: 'start [label]', 'end [success|failure]' or JSON
+  (a start event may carry the episode's own goal box, ``success_region``, and standing check, ``success_top``:
+  ``session.parse_episode_event``; a malformed one is reported and dropped).
 Publishes
 - ``result_topic`` (/k4d/shadow/result) k4d_msgs/ShadowEvalResult, RELIABLE depth 100: one per chunk
   (chunk_index >= 0) and one per episode and mode (chunk_index -1).

@@ -117,9 +117,10 @@ class ShadowConfig(RobotCameraConfig):
     # -- success predicate (metric, 4D) -------------------------------------------------------------
     success_predicate: str = field(default="none", metadata=_doc(
         "'region': success when at least success_min_points non-robot scene points lie in the base-frame box "
-        "[success_region_min, success_region_max] in success_window_frames of the last frames (imagined: the "
-        "lifted world pointmap; real: depth back-projection). 'none': only episode_topic labels give actual "
-        "success and imagined success is not computed.", False))
+        "[success_region_min, success_region_max] (and, with success_top_min_height_m, enough of them high enough: "
+        "the standing check) in success_window_frames of the last frames (imagined: the lifted world pointmap; "
+        "real: depth back-projection). 'none': only episode_topic labels give actual success and imagined success "
+        "is not computed.", False))
     success_region_min: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], metadata=_doc(
         "Box corner (x, y, z) in the robot base frame, metres.", False))
     success_region_max: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], metadata=_doc(
@@ -131,6 +132,17 @@ class ShadowConfig(RobotCameraConfig):
         "output puts a few smeared points where the real depth has none, so its count may need another "
         "threshold than the camera's: choose it with `k4d shadow calibrate` on a log of episodes whose outcome "
         "is known, not on the episodes it then judges.", False))
+    success_top_min_height_m: float = field(default=0.0, metadata=_doc(
+        "Standing check (0 = off): a frame is successful only if it ALSO has at least success_top_min_points "
+        "points in the region at or above this base-frame height (m; inside the region's height range), i.e. "
+        "something in it stands at least that tall: an object lying on its side fills the box but not this slab. "
+        "Set it between the top of the object lying and standing (k4d shadow bench: r + h for a pick-place "
+        "cylinder, predicate.upright_top_height). With success_relative the slab counts against the first frame "
+        "too. An episode start event may set its own (success_top) or turn it off (null).", False))
+    success_top_min_points: int = field(default=1, metadata=_doc(
+        "Points in the standing check's slab that make a frame successful (both sides; k4d eval's upright check "
+        "asks predicate.min_points_for(h, w, at_reference=1): 1 at 96 x 64, 4 at 192 x 128). Used when "
+        "success_top_min_height_m > 0 or an episode event sets a slab height.", False))
     success_window_frames: int = field(default=3, metadata=_doc(
         "The predicate looks at this many final frames; probability = fraction of them that are successful.", False))
     success_relative: bool = field(default=False, metadata=_doc(
@@ -204,6 +216,13 @@ class ShadowConfig(RobotCameraConfig):
                 lo < hi for lo, hi in zip(self.success_region_min, self.success_region_max)):
             raise ValueError(f"success_region_min must be below success_region_max on every axis, got "
                              f"{self.success_region_min} and {self.success_region_max}")
+        _num("success_top_min_height_m", self.success_top_min_height_m)
+        _int("success_top_min_points", self.success_top_min_points, 1)
+        z_lo, z_hi = self.success_region_min[2], self.success_region_max[2]
+        if self.success_predicate == "region" and self.success_top_min_height_m and \
+                not z_lo < self.success_top_min_height_m < z_hi:
+            raise ValueError(f"success_top_min_height_m must lie inside the success region's height range "
+                             f"({z_lo}, {z_hi}) m (or be 0 = off), got {self.success_top_min_height_m!r}")
         self.actuator_topics = [str(t) for t in self.actuator_topics]
         if self.candidate_topic and self.candidate_topic == self.chunk_topic:
             raise ValueError(f"candidate_topic must differ from chunk_topic, got {self.candidate_topic!r} for both")

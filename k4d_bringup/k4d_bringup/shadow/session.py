@@ -48,7 +48,7 @@ from k4d_worldmodel.lifting import lift_pointmaps_anchored
 from .chunks import ChunkQueue
 from .config import ShadowConfig
 from .metrics import backproject_depth, pointmap_error, psnr, resize_nearest, ssim
-from .predicate import make_predicate
+from .predicate import configured_top, make_predicate
 
 STATUS_OK, STATUS_SKIPPED, STATUS_FAILED = "ok", "skipped", "failed_to_evaluate"
 MODES = ("live", "candidate")
@@ -209,13 +209,17 @@ class Episode:
     success_label: Optional[bool] = None
     last_chunk_end_ns: int = 0
     region: Optional[tuple] = None  # (box_min, box_max) of this episode's goal, overriding the config's
+    top: Optional[tuple] = None  # (top_min_z, top_min_points) of the standing check, or None (off)
 
 
 def parse_episode_event(text: str) -> dict:
     """'start [label]' / 'end [success|failure|true|false]' or a JSON object with an "event" key -> dict
     with ``event`` ('start'|'end') and optional ``label``, ``scenario``, ``policy``, ``success`` (bool) and
     ``success_region`` (``{"min": [x, y, z], "max": [x, y, z]}`` base frame: this episode's goal box, e.g. a
-    randomised placing zone, used instead of the configured success region)."""
+    randomised placing zone, used instead of the configured success region) and ``success_top``
+    (``{"min_z": z, "min_points": n}``, ``min_points`` optional (default ``success_top_min_points``): this
+    episode's standing check, instead of the configured one (``success_top_min_height_m``); null = none for this
+    episode). ValueError naming what is malformed."""
     text = (text or "").strip()
     if text.startswith("{"):
         try:
@@ -258,6 +262,17 @@ def parse_episode_event(text: str) -> dict:
                 or np.any(lo >= hi):
             raise ValueError(f"success_region min must be below max on every axis (3 finite values each), got {r!r}")
         d["success_region"] = (lo, hi)
+    if d.get("success_top") is not None:
+        t = d["success_top"]
+        z = t.get("min_z") if isinstance(t, dict) else None
+        n = t.get("min_points") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or set(t) - {"min_z", "min_points"} or isinstance(z, bool) \
+                or not isinstance(z, (int, float)) or not math.isfinite(z):
+            raise ValueError(f"success_top must be null or {{'min_z': z (finite, m), 'min_points': n (optional)}}, "
+                             f"got {t!r}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"success_top min_points must be an integer >= 1, got {n!r}")
+        d["success_top"] = (float(z), n)
     return d
 
 
@@ -319,11 +334,12 @@ class ShadowSession:
 
     def on_episode_event(self, text: str, now_ns: int) -> dict:
         d = parse_episode_event(text)
+        top = self._episode_top(d) if d["event"] == "start" else None
         with self.lock:
             if d["event"] == "start":
                 self._close_episode(now_ns)
                 ep = self._open_episode(now_ns, d.get("label", ""), d.get("scenario"), d.get("policy"))
-                ep.region = d.get("success_region")
+                ep.region, ep.top = d.get("success_region"), top
             else:
                 if self.episode is not None:
                     if "success" in d:
@@ -332,11 +348,31 @@ class ShadowSession:
             self._finish_episodes()
         return d
 
+    def _episode_top(self, d: dict) -> Optional[tuple]:
+        """The standing check of an episode opened by start event ``d``: its ``success_top`` (min_points
+        defaulting to the configured one; None = off) or, without one, the configured check. ValueError when its
+        height is not inside the episode's success region's height range (the event is then dropped, nothing
+        changes)."""
+        if "success_top" not in d:
+            top = configured_top(self.cfg)
+        elif d["success_top"] is None:
+            top = None
+        else:
+            z, n = d["success_top"]
+            top = (z, int(n) if n is not None else self.cfg.success_top_min_points)
+        if top is not None and self.cfg.success_predicate != "none":
+            lo, hi = d.get("success_region") or (self.cfg.success_region_min, self.cfg.success_region_max)
+            if not float(lo[2]) < top[0] < float(hi[2]):
+                raise ValueError(f"the standing check's height {top[0]!r} m (success_top min_z or "
+                                 f"success_top_min_height_m) must lie inside the episode's success region's height "
+                                 f"range ({float(lo[2])!r}, {float(hi[2])!r}) m")
+        return top
+
     def _open_episode(self, now_ns: int, label: str = "", scenario=None, policy=None) -> Episode:
         self._episode_counter += 1
         c = self.cfg
         self.episode = Episode(f"{_stamp_id(now_ns)}-{self._episode_counter:03d}", scenario or c.scenario,
-                               policy or c.policy, c.candidate_policy, label, int(now_ns))
+                               policy or c.policy, c.candidate_policy, label, int(now_ns), top=configured_top(c))
         return self.episode
 
     def _close_episode(self, now_ns: int) -> None:
@@ -552,8 +588,10 @@ class ShadowSession:
         act = dict(imag)
         ep = self._find_episode(rec.episode_id)
         region = ep.region if ep is not None else None
-        pred = make_predicate(self.cfg, kin.T_base_cam, region) if kin is not None else None
-        pred_imagined = make_predicate(self.cfg, kin.T_base_cam, region, imagined=True) if kin is not None else None
+        top = ep.top if ep is not None else configured_top(self.cfg)
+        pred = make_predicate(self.cfg, kin.T_base_cam, region, top=top) if kin is not None else None
+        pred_imagined = make_predicate(self.cfg, kin.T_base_cam, region, imagined=True, top=top) \
+            if kin is not None else None
         if pred is not None:
             upto = [k for k in range(T) if rec.mode == "candidate" or rec.times[k] <= rec.exec_duration_s + 1e-6]
             ks = upto[-pred.window:]

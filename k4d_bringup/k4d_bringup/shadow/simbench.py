@@ -16,10 +16,15 @@ is the node's format, so ``k4d shadow report`` writes Table 3, Pearson r and MMR
 
 Success region: the zone is a disc of radius r around its centre; the box is the inscribed square
 (centre +- r / sqrt 2) from 6 mm above the table to the object's height + 1.5 cm, so an object carried above the
-zone does not count. The box sees no orientation: a pick-place cylinder toppled in the zone fills it, while the
-end event's label (label rule 3, ``sim.policies``) calls that a near miss; ``k4d eval``'s ``success_zone_4d``
-adds an upright check for it. ``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area
-by default: ``predicate.min_points_for``) and the window come from the ShadowConfig.
+zone does not count. Standing check (``zone_top``, on unless ``--upright off``): the end event's label (label rule
+3, ``sim.policies``) asks a pick-place target to end upright, and a cylinder toppled in the zone fills the box as
+well as a standing one; so a pick-place cylinder's start event also carries ``success_top``, the slab of the box
+above ``r + h`` (``predicate.upright_top_height``: halfway between the top of the cylinder lying, 2 r, and
+standing, 2 h; none for push, cubes and cylinders less than 3 mm taller than wide), which a frame must also fill
+with ``success_top_min_points`` points: the rule of ``k4d eval``'s ``success_zone_4d``, on both sides.
+``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area by default:
+``predicate.min_points_for``), ``success_top_min_points`` (1 at 96 x 64, ``min_points_for(.., at_reference=1)``:
+4 at 192 x 128) and the window come from the ShadowConfig.
 ``--relative on`` (``ShadowConfig.success_relative``) counts the region relative to the chunk's first frame, on
 the imagined and on the real side alike; ``--imagined-min-points N`` gives the imagined side its own threshold
 (``ShadowConfig.imagined_min_points``, chosen with ``k4d shadow calibrate`` on other episodes); ``--register off``
@@ -30,7 +35,8 @@ simulated beforehand).
 ``--served`` sends every chunk instead to a running imagine node through its ``/k4d/imagine`` action, over DDS
 (``ActionImaginer``, the client ``k4d shadow replay`` uses): the deployment where the world model sits on a GPU
 workstation. The client does not know the model, so ``--frames`` must be the model's frame count and
-``--min-points`` its threshold. ``benchmarks/bench_shadow_dds.py`` runs both ways on the same episodes.
+``--min-points`` its threshold (``--top-min-points`` defaults to a third of it, rounded, at least 1).
+``benchmarks/bench_shadow_dds.py`` runs both ways on the same episodes.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ import numpy as np
 
 from .config import ShadowConfig
 from .log import ShadowLog
+from .predicate import upright_top_height
 from .session import Kinematics, ShadowSession
 
 
@@ -71,11 +78,36 @@ def zone_box(meta: dict, object_height_m: float) -> dict:
     return {"min": [c[0] - h, c[1] - h, 0.006], "max": [c[0] + h, c[1] + h, object_height_m + 0.015]}
 
 
+def zone_top(meta: dict) -> dict | None:
+    """The standing check of an episode (its start event's ``success_top``): ``{"min_z": r + h}`` for a pick-place
+    cylinder target (``predicate.upright_top_height`` of ``meta["objects"][0]``), None where label rule 3 asks no
+    orientation of it or no slab tells standing from toppled (push, a cube, a cylinder less than 3 mm taller than
+    wide). The slab's threshold is the ShadowConfig's ``success_top_min_points``."""
+    try:
+        target = meta["objects"][0]
+        z = upright_top_height(meta.get("task", "pick_place"), target["kind"], target["size"])
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"episode {meta.get('name', '?')}: no target kind and size in its metadata ({exc!r})") \
+            from None
+    return None if z is None else {"min_z": z}
+
+
 def object_height(meta: dict) -> float:
     """Full height (m) of the episode's target: twice its resting centre height."""
     from k4d_bringup.dataset.generate import target_rest_height
 
     return 2.0 * target_rest_height(meta)
+
+
+def start_event(meta: dict, label: str, upright: bool = True) -> dict:
+    """An episode's start event (JSON object): its scenario, its policy (``sigma=<noise level>``), its goal zone as
+    the success region (``zone_box``) and, with ``upright``, its standing check (``zone_top``, null where it has
+    none, so a configured one does not apply either)."""
+    ev = {"event": "start", "label": label, "scenario": meta["scenario"], "policy": f"sigma={meta['sigma']:g}",
+          "success_region": zone_box(meta, object_height(meta))}
+    if upright:
+        ev["success_top"] = zone_top(meta)
+    return ev
 
 
 def _kinematics(model, ep: dict) -> Kinematics:
@@ -91,9 +123,12 @@ def _kinematics(model, ep: dict) -> Kinematics:
 
 
 def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optional[ShadowConfig] = None,
-          max_episodes: Optional[int] = None, progress: Optional[Callable[[str], None]] = None) -> dict:
+          max_episodes: Optional[int] = None, progress: Optional[Callable[[str], None]] = None,
+          upright: bool = True) -> dict:
     """Evaluate the episodes under ``data`` (see module doc); every result goes to the JSONL log. Returns counts,
-    wall times and ``chunks_per_min``."""
+    wall times and ``chunks_per_min``. ``upright`` (default): every start event carries the episode's standing
+    check (``zone_top``; null where it has none); False: none of its own (the configured one, default off,
+    applies: the box alone, as before label rule 3)."""
     from k4d_bringup.dataset.generate import load_episode
     from k4d_kinematics.robot import RobotModel
     from k4d_kinematics.sequence import JointTrajectoryData
@@ -105,7 +140,7 @@ def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optio
         print(f"k4d shadow bench: {log_path} already holds records; this run appends to them (the log is durable "
               "and never truncated: pass a new --log to keep runs apart)", file=sys.stderr)
     cfg = cfg or ShadowConfig(num_frames=17, success_predicate="region", **NOMINAL_REGION, success_min_points=3,
-                              success_window_frames=1, save_frames=False)
+                              success_top_min_points=1, success_window_frames=1, save_frames=False)
     log = ShadowLog(log_path)
     kin_box: dict = {"kin": None}
     session = ShadowSession(cfg, lambda: kin_box["kin"], log.append, Path(log.path).parent / (Path(log.path).stem
@@ -124,9 +159,7 @@ def bench(data: str | Path, imaginer: Callable, log_path: str | Path, cfg: Optio
             names = list(meta["joint_names"])
             if names != list(model.joint_names):
                 raise ValueError(f"{path}: joints {names} are not the YAM model's {list(model.joint_names)}")
-            session.on_episode_event(json.dumps({
-                "event": "start", "label": f"{path.parent.name}/{path.stem}", "scenario": meta["scenario"],
-                "policy": f"sigma={meta['sigma']:g}", "success_region": zone_box(meta, object_height(meta))}), base)
+            session.on_episode_event(json.dumps(start_event(meta, f"{path.parent.name}/{path.stem}", upright)), base)
             session.on_frame(int(stamps[0]), ep["rgb"][0], ep["depth"][0], ep["q"][0])
             traj = JointTrajectoryData(names, np.asarray(ep["traj_times"], np.float64),
                                        np.asarray(ep["traj_positions"], np.float64))
@@ -179,6 +212,13 @@ def add_arguments(p) -> None:
     p.add_argument("--register", choices=("on", "off"), default="on",
                    help="register the lifted frames to the chunk-start depth on the still scene "
                         "(WorldModelConfig.metric_register; default on; off: the lift alone, as before it existed)")
+    p.add_argument("--upright", choices=("on", "off"), default="on",
+                   help="the standing check for pick-place cylinders (points above r + h, as k4d eval's zone "
+                        "predicate and label rule 3 ask; default on; off: the box alone, as before)")
+    p.add_argument("--top-min-points", type=int, default=None,
+                   help="success_top_min_points, the standing check's threshold (default: 1 at 96 x 64 pixels, "
+                        "scaled with the model's image area, min_points_for(.., at_reference=1); --served: a third "
+                        "of --min-points, at least 1)")
     p.add_argument("--relative", choices=("on", "off"), default="off",
                    help="success_relative: count the goal region relative to the chunk's first frame (default off)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
@@ -207,7 +247,8 @@ def run_bench(args) -> int:
         if args.min_points is None:
             raise SystemExit("k4d shadow bench --served: give --min-points, the served model's zone threshold "
                              "(3 at 96 x 64 pixels, 12 at 192 x 128): the client cannot see the model")
-        cfg = ShadowConfig(num_frames=args.frames, success_min_points=args.min_points,
+        top = args.top_min_points if args.top_min_points is not None else max(1, round(args.min_points / 3))
+        cfg = ShadowConfig(num_frames=args.frames, success_min_points=args.min_points, success_top_min_points=top,
                            imagine_action=args.imagine_action, num_inference_steps=args.steps, guidance_scale=1.0,
                            **common)
         try:
@@ -220,10 +261,14 @@ def run_bench(args) -> int:
                               cuda_graphs=args.cuda_graphs == "on", metric_register=args.register == "on")
         pipe = imag.engine.pipe
         min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
-        cfg = ShadowConfig(num_frames=pipe.num_frames, success_min_points=min_points, **common)
+        top = args.top_min_points if args.top_min_points is not None else \
+            min_points_for(pipe.height, pipe.width, at_reference=1)
+        cfg = ShadowConfig(num_frames=pipe.num_frames, success_min_points=min_points, success_top_min_points=top,
+                           **common)
         device = str(pipe.device)
     try:
-        out = bench(args.data, imag, args.log, cfg, args.max_episodes, print if args.verbose else None)
+        out = bench(args.data, imag, args.log, cfg, args.max_episodes, print if args.verbose else None,
+                    upright=args.upright == "on")
     finally:
         if args.served:
             imag.close()
@@ -232,6 +277,7 @@ def run_bench(args) -> int:
     out["cuda_graphs"] = args.cuda_graphs
     out["register"] = args.register
     out["relative"] = args.relative
+    out["upright"] = args.upright
     out["table3"], out["ranking"] = table3(recs), ranking(recs)
     print(f"k4d shadow bench: {out['episodes_in']} episodes, {out['chunks']} chunks ({out['ok']} ok, "
           f"{out['failed']} failed, {out['skipped']} skipped) in {out['wall_s']:.0f} s = "
