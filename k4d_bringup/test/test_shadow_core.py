@@ -440,7 +440,8 @@ def _chunk_and_episode(eid, scenario, policy, actual, counts, chunk_index=0, rea
 def test_shadow_calibrate_rescoring_and_choice():
     """k4d shadow calibrate's core: imagined success recomputed from the logged counts for any threshold (a frame
     with >= N points, a chunk with half its window, the episode = its last chunk); the threshold chosen is the one
-    whose pooled imagined rates match the actual ones; a log counted relative to the first frame is refused."""
+    whose pooled imagined rates match the actual ones; a log counted relative to the first frame is refused unless
+    it records the baseline count, and a logged standing check keeps judging."""
     from k4d_bringup.shadow.calibrate import choose_threshold, rescore, threshold_table
 
     recs = []
@@ -469,6 +470,17 @@ def test_shadow_calibrate_rescoring_and_choice():
         rescore(_chunk_and_episode("r", "s", "p", True, [5], reason="relative to 3 points in the first frame"), 4)
     with pytest.raises(ValueError, match=">= 1"):
         rescore(recs, 0)
+    # a relative log that records its baseline count is rescored against it: 9 - 3 >= 6, 9 - 3 < 7
+    rel = _chunk_and_episode("r", "s", "p", True, [9], reason="relative to 3 points in the first frame")
+    rel[0]["predicate"]["imagined"]["baseline_count"] = 3
+    assert rescore(rel, 6)[-1]["imagined_success"] and not rescore(rel, 7)[-1]["imagined_success"]
+    # the standing check as logged holds whatever the box threshold: 20 box points, but 0 in the slab over 2 needed
+    lying = _chunk_and_episode("t", "s", "p", False, [20])
+    lying[0]["predicate"]["imagined"].update(top_counts=[0], top_min_points=2)
+    standing = _chunk_and_episode("u", "s", "p", True, [20])
+    standing[0]["predicate"]["imagined"].update(top_counts=[5], top_min_points=2)
+    assert not rescore(lying, 3)[-1]["imagined_success"] and rescore(standing, 3)[-1]["imagined_success"]
+    assert not rescore(standing, 21)[-1]["imagined_success"]
 
 
 def test_shadow_calibrated_probability_fit_apply_and_ranking(tmp_path):

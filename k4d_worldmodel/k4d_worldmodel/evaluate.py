@@ -167,20 +167,16 @@ def zone_counts(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, floor
                           2.0 * info["half_height"] + 0.015, floor_m)
 
 
-UPRIGHT_MIN_GAP_M = 0.003  # the upright check needs a cylinder at least this much taller (h - r) than it is wide
-
-
 def upright_zone_counts(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict) -> np.ndarray | None:
     """`(2,)` goal-zone points of the first and the last frame that stand higher than a toppled target can:
-    ``zone_counts`` from ``r + h`` (halfway between the top of a cylinder of radius r and half height h lying on its
-    side, 2 r, and standing, 2 h). None where such a slab tells nothing: for push (a toppled target counts), a cube
-    (it stands on any face) or a cylinder less than ``UPRIGHT_MIN_GAP_M`` taller than wide."""
-    if info["task"] != "pick_place" or info["kind"] != "cylinder":
-        return None
-    r, h = float(info["size"][0]), float(info["half_height"])
-    if h - r < UPRIGHT_MIN_GAP_M:
-        return None
-    return zone_counts(world_xyz, robot_mask, info, r + h)
+    ``zone_counts`` from ``predicate.upright_top_height`` (``r + h`` for a pick-place cylinder of radius r and half
+    height h: halfway between its top lying on its side, 2 r, and standing, 2 h; the shadow predicate's standing
+    check uses the same height). None where such a slab tells nothing: for push (a toppled target counts), a cube
+    (it stands on any face) or a cylinder less than ``predicate.UPRIGHT_MIN_GAP_M`` taller than wide."""
+    from k4d_bringup.shadow.predicate import upright_top_height
+
+    z = upright_top_height(info["task"], info["kind"], info["size"])
+    return None if z is None else zone_counts(world_xyz, robot_mask, info, z)
 
 
 def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, min_points: int | None = None,

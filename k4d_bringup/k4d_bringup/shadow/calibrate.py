@@ -7,7 +7,8 @@
 A world model's lifted output smears a few points into the goal box where the real depth has none, so the count
 that means "the object is there" can differ between the imagination and the camera. The log already holds every
 chunk's imagined counts (``predicate.imagined.counts``, absolute), so any threshold can be applied again without
-running the model: the predicate's own rule (``predicate.success_from_counts``) judges every chunk again, and an
+running the model: the predicate's own rule (``predicate.success_from_logged``: the box counts, the baseline
+frame's count of a relative log and the standing check as logged) judges every chunk again, and an
 episode takes its last evaluated chunk's answer, as the session does. ``choose_threshold`` picks the
 threshold with the smallest mean over scenarios of |imagined - actual| pooled success rate (ties: the smaller
 threshold). Calibrate on episodes other than those you then judge: this fits one number to the log.
@@ -34,22 +35,31 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from .aggregate import _paired, episode_records, ranking, table3
-from .predicate import RELATIVE_PREFIX, success_from_counts
+from .predicate import RELATIVE_PREFIX, success_from_logged
 
 
 def rescore(records: list[dict], imagined_min_points: int) -> list[dict]:
-    """Copies of ``records`` with the imagined success of every chunk (from its logged counts) and episode (its
-    last OK chunk's) recomputed for ``imagined_min_points``. ValueError when a chunk was counted relative to its
-    first frame (``success_relative``: the baseline count is not in the log) or has no counts."""
+    """Copies of ``records`` with the imagined success of every chunk (from its logged predicate result) and
+    episode (its last OK chunk's) recomputed for ``imagined_min_points``: ``predicate.success_from_logged``, so a
+    relative count keeps its logged baseline and a standing check its logged slab. ValueError naming the chunk when
+    its result has no counts or was counted relative to a frame whose count the log lacks (older logs)."""
     if int(imagined_min_points) < 1:
         raise ValueError(f"imagined_min_points must be >= 1, got {imagined_min_points!r}")
     out = copy.deepcopy(records)
     for r in out:
         if r.get("kind") == "chunk" and r.get("status") == "ok":
-            counts = _imagined_counts(r)
-            if counts is not None:
-                r["imagined_success"], r["imagined_success_probability"] = success_from_counts(
-                    counts, imagined_min_points)
+            pred = (r.get("predicate") or {}).get("imagined") or {}
+            if not pred.get("valid"):
+                continue
+            if not pred.get("counts"):
+                raise ValueError(f"chunk {r.get('episode_id')}/{r.get('chunk_index')} has no imagined counts")
+            try:
+                r["imagined_success"], r["imagined_success_probability"] = success_from_logged(
+                    pred, int(imagined_min_points))
+            except ValueError as exc:
+                raise ValueError(f"chunk {r.get('episode_id')}/{r.get('chunk_index')}: {exc}; calibrate a log made "
+                                 "with success_relative false, or one written since baseline counts are logged") \
+                    from None
     _episodes_take_last_chunk(out, ("imagined_success", "imagined_success_probability"))
     return out
 
