@@ -204,24 +204,30 @@ def test_scoring_of_a_perfect_imagination(scene, tmp_path, relative, imagined_po
     (0.08, None, None, True),  # the episode turns the configured check off
     (0.08, "absent", (0.08, 2), False),  # an episode without its own check takes the configured one
 ])
-def test_scoring_with_the_standing_check(scene, config_top, event_top, check, success):
-    """The standing check (``success_top_min_height_m`` / an episode's ``success_top``) judges the imagined and the
-    real side alike, and both sides log the slab's counts with the rule."""
+@pytest.mark.parametrize("imagined_check", [True, False])
+def test_scoring_with_the_standing_check(scene, config_top, event_top, check, success, imagined_check):
+    """The standing check (``success_top_min_height_m`` / an episode's ``success_top``) judges the real side and,
+    with ``imagined_standing_check``, the imagined side alike; a side asked logs the slab's counts with the rule.
+    Without ``imagined_standing_check`` the imagination is judged by the box alone (which the box fills)."""
     event = {"event": "start", "label": "pick_box"}
     if event_top != "absent":
         event["success_top"] = event_top
-    cfg = _region_cfg(scene, success_top_min_height_m=config_top, success_top_min_points=2, save_frames=False)
+    cfg = _region_cfg(scene, success_top_min_height_m=config_top, success_top_min_points=2, save_frames=False,
+                      imagined_standing_check=imagined_check)
     out, _s, _t0 = _oracle_chunk(scene, cfg, json.dumps(event))
     (c,) = [r for r in out if r["kind"] == "chunk"]
     assert c["status"] == "ok" and c["has_actual"], c["status_message"]
-    assert c["imagined_success"] == c["actual_success"] == success
+    assert c["actual_success"] == success and c["imagined_success"] == (success if imagined_check else True)
     for side in ("imagined", "actual"):
         pr = c["predicate"][side]
+        side_check = check if side == "actual" or imagined_check else None
         assert pr["valid"] and min(pr["counts"]) >= 2  # the box fills the region either way
-        assert (pr.get("top_min_z"), pr.get("top_min_points")) == (check or (None, None))
-        if check is not None:
+        assert (pr.get("top_min_z"), pr.get("top_min_points")) == (side_check or (None, None))
+        if side_check is not None:
             assert len(pr["top_counts"]) == len(pr["counts"]) and "standing check" in pr["reason"]
-            assert (min(pr["top_counts"]) >= check[1]) == success
+            assert (min(pr["top_counts"]) >= side_check[1]) == success
+        else:
+            assert "top_counts" not in pr
 
 
 @pytest.mark.parametrize("start_depth", [True, False])

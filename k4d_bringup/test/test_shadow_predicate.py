@@ -162,7 +162,9 @@ def test_shadow_config_standing_check():
     cfg = _cfg(success_top_min_height_m=TOP_Z, success_top_min_points=2)
     pred = make_predicate(cfg, _camera())
     assert (pred.top_min_z, pred.top_min_points) == (TOP_Z, 2) and pred.standing
-    assert make_predicate(cfg, _camera(), imagined=True).top_min_points == 2  # both sides alike
+    assert make_predicate(cfg, _camera(), imagined=True).top_min_points is None  # the camera's side only
+    both = _cfg(success_top_min_height_m=TOP_Z, success_top_min_points=2, imagined_standing_check=True)
+    assert make_predicate(both, _camera(), imagined=True).top_min_points == 2  # asked of the imagination too
     assert not make_predicate(cfg, _camera(), top=None).standing  # an episode that turns it off
     assert make_predicate(cfg, _camera(), top=(0.03, 5)).top_min_z == 0.03
     off = make_predicate(_cfg(), _camera())

@@ -37,7 +37,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                       base_model_dir=args.base_model, variant=args.variant, device=args.device,
                       progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint, resume=args.resume,
                       save_rollouts=args.save_rollouts, register=not args.no_register,
-                      complete_unreachable=not args.no_complete_unreachable)
+                      complete_unreachable=not args.no_complete_unreachable,
+                      imagined_upright=args.imagined_upright)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -91,6 +92,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-complete-unreachable", action="store_true",
                    help="sample a z_dim-32 model as before the completion of the output directions its transformer "
                         "cannot reach (WorldModelConfig.complete_unreachable; the reports before it existed)")
+    p.add_argument("--imagined-upright", action="store_true",
+                   help="apply the success predicate's standing check (a pick-place cylinder's points above the "
+                        "height a toppled one reaches) to the imagined pointmaps too, not only to the ground truth")
     p.set_defaults(func=_run_eval)
 
 

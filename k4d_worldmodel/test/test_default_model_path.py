@@ -130,6 +130,13 @@ def test_zone_predicate_asks_a_pick_place_cylinder_to_stand(tmp_path):
     assert upright_zone_counts(lying, mask, info(task="push")) is None
     assert success_zone_4d(lying, mask, info(kind="cube", size=(r, r, r)))  # a cube stands on any face
     assert upright_zone_counts(lying, mask, info(size=(r, r + 0.002, 0.0))) is None  # lying or standing: same top
+    # k4d eval asks an imagined output to stand only when told (imagined_upright; the models flatten objects)
+    from k4d_worldmodel.evaluate import clip_metrics
+
+    truth = {**c, "world_xyz": standing}
+    asked = clip_metrics(c["rgb"], lying, truth, np.zeros((3, 3)), info(), 0.01, 512, upright=True)
+    unasked = clip_metrics(c["rgb"], lying, truth, np.zeros((3, 3)), info(), 0.01, 512)
+    assert not asked["success_4d"] and unasked["success_4d"]
 
 
 def test_point_thresholds_scale_with_the_image_area():

@@ -110,6 +110,7 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
     assert saved["summary"]["episodes"] == 2
     h, w = pmcond_pipe.height, pmcond_pipe.width
     assert saved["header"]["zone_min_points"] == max(1, round(3 * h * w / (96 * 64)))  # the threshold it used
+    assert saved["header"]["zone_upright_check"] == "truth"  # the standing check: the ground truth's side only
     md = (tmp_path / "report.md").read_text()
     assert "| k4d |" in md and "copy_first" in md and "Pearson" in md and "raised_height_err_m" in md
     assert "arm_psnr" in md

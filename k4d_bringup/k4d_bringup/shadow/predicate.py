@@ -301,12 +301,14 @@ def make_predicate(cfg, T_base_cam: np.ndarray, region=None, imagined: bool = Fa
     box_max) replaces the configured box (an episode's own goal, from its start event). ``imagined``: the one for
     the world model's output, whose point threshold is ``imagined_min_points`` when that is set. ``top``: the
     standing check, ``(top_min_z, top_min_points)`` or None (off) for an episode that sets its own
-    (``success_top`` in its start event); by default the configured one (``configured_top``). Both sides (imagined
-    and real) get the same check."""
+    (``success_top`` in its start event); by default the configured one (``configured_top``). The real side always
+    gets it; the imagined side only with ``imagined_standing_check`` (the models flatten standing objects)."""
     if cfg.success_predicate == "none":
         return None
     lo, hi = region if region is not None else (cfg.success_region_min, cfg.success_region_max)
     points = cfg.imagined_min_points if imagined and cfg.imagined_min_points else cfg.success_min_points
+    if imagined and not getattr(cfg, "imagined_standing_check", False):
+        top = None
     tz, tn = (configured_top(cfg) if isinstance(top, str) and top == CONFIGURED else top) or (None, None)
     return RegionPredicate(T_base_cam, lo, hi, points, cfg.success_window_frames, cfg.robot_margin_px,
                            top_min_z=tz, top_min_points=tn)
