@@ -2,6 +2,7 @@
 """``k4d train``, ``k4d train-vae`` and ``k4d eval``: train / fine-tune the world model and measure its quality.
 
     k4d train --data /tmp/k4d_ds --config default --out /tmp/k4d_run [--resume] [--max-steps N] [--time-budget-s S]
+    k4d train --data /tmp/k4d_ds --val-data /tmp/k4d_heldout --config default --out /tmp/k4d_run  # + validation loss
     k4d train --data /tmp/k4d_new --config lora --base-checkpoint /tmp/k4d_run/pipeline --out /tmp/k4d_ft
     k4d train-vae --data /tmp/k4d_ds --config default --out /tmp/k4d_vae
     k4d eval --checkpoint /tmp/k4d_run/pipeline --data /tmp/k4d_heldout --split all --out /tmp/k4d_run/eval
@@ -55,7 +56,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("train-vae", help="train only the small Wan VAE of a train config",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(p)
+    add_train_arguments(p, validation=False)
     p.set_defaults(func=_run_train_vae)
 
     p = subparsers.add_parser("eval", help="quality metrics + report of a K4D checkpoint on held-out episodes",

@@ -39,6 +39,10 @@
 #            so the global batch is N times the config's).
 # The VAE's budget, like the transformer's, shrinks to fit --total-budget-s (a first v3 call lost its VAE's
 # statistics to the call limit: generation, loading and a fixed VAE budget overran 600 s).
+# The transformer's validation loss (train's val_data, `k4d train --val-data`) is measured on the held-out
+# episodes of $WORK/heldout (the config's val_clips of them, default its batch_size), before, after and every
+# log_every steps: val_loss_* in metrics.json's train part and its history, a log line each time; a --resume call
+# measures it on the held-out episodes of the first call.
 # The VAE is trained by `k4d train-vae` into $WORK/run/vae, resumably: on --resume, --vae-budget-s S > 0 continues
 # it for S seconds (and then starts the transformer afresh: its latents would have moved), 0 (the default on
 # --resume) keeps it as it is. The transformer then trains with that VAE frozen (vae.pretrained).
@@ -320,9 +324,15 @@ if [ -z "$INIT_FROM" ] && [ -d "$WORK/run/checkpoints" ] && compgen -G "$WORK/ru
   LOAD_EST=$(( SMOKE == 1 ? 2 : 30 )); ENC_EST=0
   echo "the encodings of the earlier call are reused ($(du -sh "$WORK/run/encoded" | cut -f1))"
 fi
-LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - EVAL_EST - LOAD_EST - ENC_EST - BENCH_EST - 25 ))
+# the validation clips (held-out episodes, a batch of them at most) are read and encoded by every call, each
+# process reading all of them: counted 10 s at PXF 1 (96 clips of 96 x 64), 20 at PXF 2 (24 of 192 x 128)
+VAL_DATA=""; VAL_EST=0
+if [ -n "$(find "$WORK/heldout" -name '*.npz' ! -name '.*' 2>/dev/null | head -n 1)" ]; then
+  VAL_DATA="$WORK/heldout"; VAL_EST=$(( SMOKE == 1 ? 1 : 10 * PXF ))
+fi
+LEFT=$(( TOTAL_BUDGET - $((SECONDS - T0)) - EVAL_EST - LOAD_EST - ENC_EST - BENCH_EST - VAL_EST - 25 ))
 if [ "$LEFT" -lt "$TRAIN_BUDGET" ]; then TRAIN_BUDGET=$(( LEFT > 10 ? LEFT : 10 )); fi
-echo "== 2b. train the transformer ($CONFIG, VAE frozen): budget ${TRAIN_BUDGET} s"
+echo "== 2b. train the transformer ($CONFIG, VAE frozen): budget ${TRAIN_BUDGET} s${VAL_DATA:+, validation loss on $VAL_DATA}"
 if [ -n "$INIT_FROM" ] && [ -d "$WORK/run/checkpoints" ]; then
   # --init-from says where the transformer starts; an earlier call's checkpoint would otherwise win silently
   echo "--init-from: the transformer checkpoints of an earlier call are dropped"; rm -rf "$WORK/run/checkpoints"
@@ -347,7 +357,8 @@ if __name__ == "__main__":
     cfg.load_workers = $WORKERS if $WORKERS > 1 else 0
     if "$INIT_FROM":
         cfg.base.checkpoint_dir = "$WORK/run/base"
-    train("$WORK/train", cfg, "$WORK/run", resume=bool($TR_RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False)
+    train("$WORK/train", cfg, "$WORK/run", resume=bool($TR_RESUME), time_budget_s=float($TRAIN_BUDGET), progress=False,
+          val_data="$VAL_DATA" or None)
 PYEOF
 "${LAUNCH[@]}" "$WORK/train_model.py"
 phase_done train

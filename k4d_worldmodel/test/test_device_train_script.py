@@ -9,6 +9,7 @@ A GPU call costs device time that cannot be had back, so the options a run depen
   and the packed pipeline carries this run's VAE, not DIR's;
 - `--change-weight W` trains the transformer with `change_weight = W` (the saved pipeline's config records it,
   and the metrics report the loss on the changing cells);
+- the transformer reports a validation loss on the held-out episodes, a --resume call on the first call's;
 - a DIR that holds no pipeline is refused by name before anything runs.
 """
 import json
@@ -49,6 +50,9 @@ def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     assert vae_metrics["config"]["lr"] == 3e-4 and vae_metrics["config"]["pointmap_raised_weight"] == 10.0
     assert 0 < vae_metrics["raised_fraction"] < 0.5  # the rendered objects were found and weighed
     assert sorted(p.name for p in (tmp_path / "out1").glob("k4d_default.tar.part-*"))
+    assert f"validation loss on {work / 'heldout'}" in first.stdout
+    packed_train = json.loads((tmp_path / "out1" / "metrics.json").read_text())["train"]
+    assert packed_train["val_data"] == str(work / "heldout") and packed_train["val_loss_after"] > 0  # NaN fails too
 
     # a later call starts the transformer from a saved pipeline whose VAE differs from this run's
     init = tmp_path / "init"
@@ -82,6 +86,7 @@ def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     metrics3 = json.loads((work / "run" / "train_metrics.json").read_text())
     assert metrics3["encoded_cache"] == "hit" and metrics3["start_step"] > 0
     assert metrics3["train_episodes"] == metrics["train_episodes"]
+    assert metrics3["val_data"] == str(work / "heldout") and metrics3["val_loss_before"] > 0
 
     bad = _run(["--resume", "--init-from", str(tmp_path / "nothing")], work, tmp_path / "out3", timeout=60)
     assert bad.returncode == 3 and "holds no K4D pipeline" in bad.stdout + bad.stderr  # the log takes both

@@ -53,11 +53,18 @@ def test_vae_and_transformer_train_data_parallel(synth, tmp_path):
     assert len(vae.config.latents_mean) == vae.config.z_dim  # rank 0's statistics were saved
 
     # 2. k4d train (VAE, then transformer) in two processes, stopped by a time budget: both ranks must stop at
-    # the same step, so the run ends instead of hanging
+    # the same step, so the run ends instead of hanging; with a validation loss, which each rank computes alike
+    from k4d_worldmodel.training.synthetic import write_synthetic_episodes
+
+    write_synthetic_episodes(tmp_path / "val", episodes=3, num_frames=5, height=32, width=48, seed=1)
     run = tmp_path / "run"
     proc = _launch(["-m", "k4d_worldmodel.training.train", "--data", str(synth), "--config", "smoke", "--out",
-                    str(run), "--max-steps", "100000", "--time-budget-s", "3", "--no-progress"], cwd=tmp_path)
+                    str(run), "--max-steps", "100000", "--time-budget-s", "3", "--no-progress",
+                    "--val-data", str(tmp_path / "val")], cwd=tmp_path)
     m = json.loads((run / "train_metrics.json").read_text())
+    assert m["val_clips"] == 2 and 0 < m["val_loss_after"] < float("inf")  # every rank read both clips, not a share
+    assert m["history"] and all(0 < h["val_loss"] < float("inf") for h in m["history"])
+    assert "; validation loss " in proc.stderr
     assert m["num_processes"] == 2 and m["vae"]["num_processes"] == 2
     assert m["stopped"] == "time_budget" and 0 < m["steps"] < 100000
     assert m["replica_spread"] == 0.0

@@ -699,3 +699,92 @@ def test_a_resumed_run_anneals_the_lr_a_constant_run_trained(trained, synth, smo
     lrs = [h["lr"] for h in m["history"] if h["step"] > 6]
     assert len(lrs) == 6 and all(a >= b for a, b in zip(lrs, lrs[1:]))
     assert cfg.lr * 0.1 < lrs[0] < cfg.lr and lrs[-1] == pytest.approx(cfg.lr * 0.1)
+
+
+@pytest.fixture(scope="module")
+def val_synth(tmp_path_factory):
+    """Validation episodes: other scenes (another seed) than the training clips'."""
+    from k4d_worldmodel.training.synthetic import write_synthetic_episodes
+
+    root = tmp_path_factory.mktemp("val_synth")
+    write_synthetic_episodes(root, episodes=3, num_frames=5, height=32, width=48, seed=1)
+    return root
+
+
+def test_validation_loss_is_the_fixed_batch_loss_on_the_val_episodes(trained, synth, val_synth, smoke_cfg, tmp_path):
+    import math
+    import shutil
+
+    from k4d_worldmodel.models.transformer_k4d import K4DTransformer3DModel
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.objective import encode_clips, stack_encoded
+    from k4d_worldmodel.training.train import _fixed_batch_loss, pipeline_around_vae, train
+
+    out = tmp_path / "run"  # a resumed copy of the smoke run: its VAE and encodings are reused, seconds on a CPU
+    shutil.copytree(trained[0], out)
+    shutil.rmtree(out / "checkpoints" / "checkpoint-8", ignore_errors=True)  # the resume test's, if it ran first
+    msgs = []
+    m = train(synth, smoke_cfg, out, resume=True, max_steps=10, progress=False, log=msgs.append, val_data=val_synth)
+    assert m["start_step"] == 6 and m["steps"] == 10
+    # a batch of the config's batch_size (2) of the 3 episodes, first and last
+    assert m["val_clips"] == 2 and m["val_episodes"] == 3 and m["val_data"] == str(val_synth)
+    names = ("val_loss_before", "val_loss_after", "val_change_loss_before", "val_change_loss_after")
+    assert all(math.isfinite(m[k]) and m[k] > 0 for k in names)
+    saved = json.loads((out / "train_metrics.json").read_text())
+    assert all(saved[k] == m[k] for k in names)
+    # every log_every (2) steps of this call, in the history and (no bar) as a log line
+    new = [h for h in m["history"] if h["step"] > 6]
+    assert [h["step"] for h in new] == [8, 10]
+    assert all(math.isfinite(h["val_loss"]) and math.isfinite(h["val_change_loss"]) for h in new)
+    assert all("val_loss" not in h for h in m["history"] if h["step"] <= 6)  # the first call had none
+    assert sum(x.startswith("train: step ") and "validation loss" in x for x in msgs) == 2
+    assert new[-1]["val_loss"] == pytest.approx(m["val_loss_after"])  # the same weights, batch and noise
+    final = [x for x in msgs if x.startswith("train: 10 steps")]
+    assert len(final) == 1 and f"validation loss {m['val_loss_before']:.4f} -> {m['val_loss_after']:.4f}" in final[0]
+    # it is the fixed-batch loss of the saved model on those episodes, not on training clips (encoded as in
+    # training: the config's frozen encoders around the run's VAE, without load_pipeline's runtime VAE settings)
+    pipe = pipeline_around_vae(out / "vae", smoke_cfg)
+    pipe.transformer = K4DTransformer3DModel.from_pretrained(str(out / "pipeline" / "transformer"))
+    ds = open_dataset(val_synth, 5, 32, 48, split="all", pointmap_encoding=pipe.pointmap_encoding)
+    items, _ = encode_clips(pipe, [ds[0], ds[2]])
+    batch = stack_encoded(items)
+    assert _fixed_batch_loss(pipe.transformer, batch, smoke_cfg.seed + 99) == pytest.approx(m["val_loss_after"],
+                                                                                             rel=1e-4)
+    assert _fixed_batch_loss(pipe.transformer, batch, smoke_cfg.seed + 99, "change") == pytest.approx(
+        m["val_change_loss_after"], rel=1e-4)
+    assert m["val_loss_after"] != pytest.approx(m["fixed_batch_loss_after"])
+
+
+def test_bad_validation_data_is_refused_by_name(synth, smoke_cfg, pmcond_pipe, tmp_path):
+    from k4d_worldmodel.train_cli import main
+    from k4d_worldmodel.training.objective import encode_clips
+    from k4d_worldmodel.training.synthetic import write_synthetic_episodes
+    from k4d_worldmodel.training.train import load_val_encodings, train
+
+    # a missing or empty folder stops the call before anything is trained or written
+    with pytest.raises(FileNotFoundError, match=r"--val-data.*no_such_folder: no such folder"):
+        train(synth, smoke_cfg, tmp_path / "out", progress=False, log=lambda m: None,
+              val_data=tmp_path / "no_such_folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"--val-data.*empty holds neither k4d episodes"):
+        train(synth, smoke_cfg, tmp_path / "out", progress=False, log=lambda m: None, val_data=tmp_path / "empty")
+    assert not (tmp_path / "out").exists()
+    # clips of fewer frames than the model's (5 against the tiny pipeline's 9) would be scored on repeated frames
+    pipe = pmcond_pipe
+    geom = (pipe.num_frames, pipe.height, pipe.width)
+    with pytest.raises(ValueError, match=r"validation clip 0+ of .* has 5 frames, fewer than the model's 9"):
+        load_val_encodings(pipe, synth, geom, pipe.pointmap_encoding, 2, {})
+    # clips that encode to other fields or shapes than the training clips' cannot be scored by the model
+    write_synthetic_episodes(tmp_path / "val9", episodes=2, num_frames=9, height=32, width=48)
+    from k4d_worldmodel.training.data import open_dataset
+
+    reference = encode_clips(pipe, [open_dataset(tmp_path / "val9", *geom, split="all")[0]])[0][0]
+    items, info = load_val_encodings(pipe, tmp_path / "val9", geom, pipe.pointmap_encoding, 8, reference)
+    assert len(items) == info["val_clips"] == 2 and info["val_skipped"] == []
+    wrong = dict(reference, x0=reference["x0"][:, :1])
+    with pytest.raises(ValueError, match=r"encodes to x0 .*the training clips to .*cannot be scored"):
+        load_val_encodings(pipe, tmp_path / "val9", geom, pipe.pointmap_encoding, 2, wrong)
+    # k4d train-vae has no validation loss: it does not take the option
+    with pytest.raises(SystemExit):
+        main(["train-vae", "--data", str(synth), "--config", "smoke", "--out", str(tmp_path / "vae"),
+              "--val-data", str(synth)])

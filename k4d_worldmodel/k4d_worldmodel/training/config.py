@@ -125,6 +125,9 @@ class TrainConfig:
         fingerprint of the clip files, the geometry, the pipeline's config and its frozen VAE and image-encoder
         weights; a later run into the same ``OUT`` (``--resume``) with an equal fingerprint reads them instead of
         reading and encoding the clips again (k4d episode folders only). Costs disk: about the clips' latents.
+    val_clips: with validation episodes (``k4d train --val-data DIR``), how many of them form the fixed
+        validation batch (0: ``batch_size``; fewer when DIR holds fewer), evenly spread over DIR's sorted episodes.
+        Its loss is one no-grad forward pass of that batch per ``log_every`` steps (two: overall and changing cells).
     """
 
     mode: str = "full"
@@ -173,6 +176,7 @@ class TrainConfig:
     load_workers: int = 0
     encode_batch_size: int = 32
     cache_encoded: bool = True
+    val_clips: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.vae, Mapping):
@@ -198,7 +202,7 @@ class TrainConfig:
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         for name in ("max_steps", "warmup_steps", "lr_decay_steps", "checkpoint_every", "keep_checkpoints", "seed",
-                     "split_seed", "load_workers"):
+                     "split_seed", "load_workers", "val_clips"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")

@@ -23,11 +23,17 @@ conditioning code, soft mask, robot-condition dropout), AdamW, linear warm-up, g
 (bf16 on GPU), optional gradient checkpointing, resumable ``accelerate`` checkpoints in ``OUT/checkpoints/``
 (``--resume`` continues from the newest; only trainable parameters are written, so a 14B LoRA state stays small),
 a tqdm bar with the loss, and ``OUT/train_metrics.json`` (loss history, loss on a fixed batch before/after, timing).
+The fixed batch is of training clips, so its loss cannot tell learning from memorising: ``--val-data DIR``
+(``train(val_data=...)``) adds a validation loss, the same measure on a fixed batch of DIR's episodes (other
+episodes than the training clips, e.g. held-out seeds; ``val_clips`` of them, encoded by the same frozen
+encoders): ``val_loss_before/after`` and ``val_change_loss_before/after`` in the metrics, ``val_loss`` and
+``val_change_loss`` in every ``log_every`` entry of the history (on the bar, or a log line without it).
 The encodings are kept in ``OUT/encoded/`` (``cache_encoded``), so a resumed run on the same clips with the same
 frozen encoders starts training at once (``encoded_cache``: hit / miss / off in the metrics).
 
 Several processes: each reads its own share of the clips (``load_clips``) and draws ``batch_size`` of them per
-step, so the global batch is ``num_processes x batch_size``. The time budget and a non-finite loss are decided
+step, so the global batch is ``num_processes x batch_size``; every process reads the same validation clips and
+computes the same validation loss (no collective call). The time budget and a non-finite loss are decided
 jointly (one rank stopping alone would leave the others in the next all-reduce), and the replicas are checked
 identical at the end (``replica_spread`` in the metrics). The transformer is wrapped as the accelerate config
 says (DDP, FSDP or DeepSpeed); the VAE, a few million parameters, always trains under plain DDP.
@@ -182,12 +188,13 @@ class _SomeFields(torch.utils.data.Dataset):
 
 
 def load_clips(ds, workers: int = 0, keys: Sequence[str] | None = None, full_keys: Sequence[str] = (),
-               full_every: int = 0, derive: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+               full_every: int = 0, derive: dict[str, Any] | None = None, shard: bool = True) -> list[dict[str, Any]]:
     """Every clip of ``ds`` in order; ``workers`` > 0 reads them in that many DataLoader worker processes
     (decompressing thousands of episodes is the slow part of start-up on one core). ``keys``: keep only these
     fields of each clip (None: all), and of every ``full_every``-th clip (of ``ds``, before any sharding) also
     ``full_keys``; the rest is dropped where the clip is read (``_SomeFields``). ``derive`` (name -> picklable
-    function of the whole clip, e.g. ``vae.raised_mask``) adds fields computed there, kept with ``keys``."""
+    function of the whole clip, e.g. ``vae.raised_mask``) adds fields computed there, kept with ``keys``.
+    Under several processes each reads its share (every world-th clip), or with ``shard=False`` all of them."""
     from .distributed import dist_world
 
     if keys is not None or derive:
@@ -198,9 +205,10 @@ def load_clips(ds, workers: int = 0, keys: Sequence[str] | None = None, full_key
         # data-parallel: each process reads its own shard (every world-th clip), with its share of the workers
         from torch.utils.data import Subset
 
-        if len(ds) < world:
+        if shard and len(ds) < world:
             raise ValueError(f"{len(ds)} training clips cannot be shared by {world} processes")
-        ds = Subset(ds, range(rank, len(ds), world))
+        if shard:
+            ds = Subset(ds, range(rank, len(ds), world))
         workers = workers // world
     if workers <= 0 or len(ds) < 2 * workers:
         return [ds[i] for i in range(len(ds))]
@@ -208,8 +216,9 @@ def load_clips(ds, workers: int = 0, keys: Sequence[str] | None = None, full_key
 
     from .data import collate_clips
 
-    loader = DataLoader(ds, batch_size=16, num_workers=int(workers), collate_fn=collate_clips,
-                        multiprocessing_context="spawn")
+    # batches of 16, fewer where that would leave workers idle (a small set such as the validation clips)
+    loader = DataLoader(ds, batch_size=max(1, min(16, len(ds) // workers)), num_workers=int(workers),
+                        collate_fn=collate_clips, multiprocessing_context="spawn")
     return [c for batch in loader for c in batch]
 
 
@@ -237,6 +246,71 @@ def _fixed_batch_loss(transformer, batch: dict[str, torch.Tensor], seed: int, re
     return float(loss)
 
 
+def _batch_losses(transformer, batches: dict[str, dict[str, torch.Tensor]], seed: int) -> dict[str, float]:
+    """[`_fixed_batch_loss`] of each named batch, overall and over its changing cells: ``{name}_loss`` and
+    ``{name}_change_loss`` (run it under the training's autocast)."""
+    out = {}
+    for name, batch in batches.items():
+        out[f"{name}_loss"] = _fixed_batch_loss(transformer, batch, seed)
+        out[f"{name}_change_loss"] = _fixed_batch_loss(transformer, batch, seed, "change")
+    return out
+
+
+def check_val_folder(val_data: str | os.PathLike) -> Path:
+    """``val_data`` as a Path, checked before anything is trained: FileNotFoundError naming it when it is not a
+    folder of episodes (k4d ``*.npz``, or the Kinema4D layout)."""
+    from .data import detect_format
+
+    root = Path(val_data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"validation data (--val-data) {root}: no such folder")
+    try:
+        detect_format(root)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"validation data (--val-data): {exc}") from None
+    return root
+
+
+def load_val_encodings(pipe, val_data: str | os.PathLike, geom: tuple[int, int, int], encoding, n: int,
+                       reference: dict[str, torch.Tensor], workers: int = 0, encode_batch_size: int = 32
+                       ) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """The validation batch's encodings: ``n`` episodes of ``val_data`` (split "all"), evenly spread over its
+    sorted names, read at the model's ``geom`` (frames, height, width) in the pointmap ``encoding`` and encoded by
+    ``pipe``'s frozen encoders as the training clips are. Every process reads the same clips (no share).
+
+    Returns ``(encodings, info)``. Raises ValueError, naming the clip, for a clip of fewer frames than the model's
+    (they would be repeated) or whose encodings differ in fields or shapes from ``reference`` (a training clip's),
+    and when no clip is usable (no robot pixel in any)."""
+    from torch.utils.data import Subset
+
+    from .data import open_dataset
+    from .objective import encode_clips
+
+    ds = open_dataset(val_data, *geom, split="all", pointmap_encoding=encoding)
+    picked = sorted(set(np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int).tolist()))
+    clips = load_clips(Subset(ds, picked), min(workers, len(picked) // 2), shard=False)
+    for clip in clips:
+        frames = int(clip["frame_index"][-1]) + 1
+        if frames < geom[0]:
+            raise ValueError(f"validation clip {clip['name']} of {val_data} has {frames} frames, fewer than the "
+                             f"model's {geom[0]}: validation episodes must have the model's geometry "
+                             f"({geom[0]} x {geom[1]} x {geom[2]}) or more frames")
+    items, skipped = encode_clips(pipe, clips, encode_batch_size)
+    if not items:
+        raise ValueError(f"no usable validation clip in {val_data} ({len(skipped)} read, none with a robot pixel)")
+    for clip, item in zip([c for c in clips if c["name"] not in dict(skipped)], items):
+        bad = [k for k in sorted(set(item) | set(reference))
+               if k not in item or k not in reference or item[k].shape != reference[k].shape]
+        if bad:
+            k = bad[0]
+            raise ValueError(f"validation clip {clip['name']} of {val_data} encodes to {k} "
+                             f"{tuple(item[k].shape) if k in item else 'missing'}, the training clips to "
+                             f"{tuple(reference[k].shape) if k in reference else 'missing'}: it cannot be "
+                             f"scored by this model")
+    return items, {"val_data": str(val_data), "val_clips": len(items), "val_episodes": len(ds),
+                   "val_skipped": [list(x) for x in skipped]}
+
+
 def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     found = sorted(ckpt_root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return found[-1] if found else None
@@ -262,11 +336,12 @@ def lr_factor(step: int, cfg: TrainConfig, decay_from: int = 0) -> float:
 
 def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out: str | os.PathLike,
           resume: bool = False, max_steps: int | None = None, time_budget_s: float | None = None,
-          progress: bool = True, log=None) -> dict:
+          progress: bool = True, log=None, val_data: str | os.PathLike | None = None) -> dict:
     """Run one training job (see module docstring); returns the metrics also written to ``OUT/train_metrics.json``.
 
-    ``max_steps`` / ``time_budget_s`` override the config's. Raises ValueError / FileNotFoundError naming the
-    offending argument, config field or file.
+    ``max_steps`` / ``time_budget_s`` override the config's. ``val_data``: a folder of validation episodes
+    ([`load_val_encodings`]; ``cfg.val_clips`` of them) whose loss is reported beside the fixed batch's. Raises
+    ValueError / FileNotFoundError naming the offending argument, config field or file.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
@@ -291,6 +366,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     if cfg.convert_variant and not (cfg.mode == "full" and cfg.base.checkpoint_dir):
         raise ValueError(f"convert_variant={cfg.convert_variant!r} rebuilds a saved model: it needs mode 'full' with "
                          f"base.checkpoint_dir (or --base-checkpoint); set variant instead to train one from scratch")
+    if val_data is not None:
+        val_data = check_val_folder(val_data)  # before minutes of VAE training or encoding
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     precision = _resolve_precision(cfg)
@@ -459,6 +536,20 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
                          + (" for one of the processes" if acc.num_processes > 1 else ""))
     metrics["encode_s"] = time.perf_counter() - t_enc
     fixed = stack_encoded(cache[: min(4, len(cache))], acc.device)  # loss before/after; its changing cells too
+    probes = {"fixed_batch": fixed}
+    val = None
+    if val_data is not None:
+        t_val = time.perf_counter()
+        val_items, val_info = load_val_encodings(pipe, val_data, geom, encoding, cfg.val_clips or cfg.batch_size,
+                                                 cache[0], cfg.load_workers, cfg.encode_batch_size)
+        val = probes["val"] = stack_encoded(val_items, acc.device)
+        metrics.update(val_info, val_s=time.perf_counter() - t_val)
+        for name, why in val_info["val_skipped"]:
+            say(f"train: skipping validation clip {name}: {why}")
+        say(f"train: validation batch of {val_info['val_clips']} clips of {val_data} (of its "
+            f"{val_info['val_episodes']} episodes), scored every {cfg.log_every} steps")
+        if Path(val_data).resolve() == Path(data).resolve():
+            say("train: warning: --val-data is the training folder: its loss measures no generalisation")
 
     # 4. Optimiser, schedule, accelerate
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -506,9 +597,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             f"at step {step + _decay_span(cfg, step)}")
     metrics["start_step"] = step
     with acc.autocast():
-        metrics["fixed_batch_loss_before"] = _fixed_batch_loss(acc.unwrap_model(transformer), fixed, cfg.seed + 99)
-        metrics["fixed_batch_change_loss_before"] = _fixed_batch_loss(acc.unwrap_model(transformer), fixed,
-                                                                      cfg.seed + 99, "change")
+        metrics.update({f"{k}_before": v for k, v in
+                        _batch_losses(acc.unwrap_model(transformer), probes, cfg.seed + 99).items()})
 
     def save_checkpoint(at: int) -> None:
         path = ckpt_root / f"checkpoint-{at}"
@@ -528,6 +618,18 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     window: list[float] = []
     stopped = "max_steps"
     loss_v = None
+    shown: dict[str, str] = {}  # the latest validation loss, on the bar beside the loss
+
+    def log_entry(entry: dict) -> None:
+        """Append a history entry, with the validation losses when there is a validation batch."""
+        if val is not None:
+            with acc.autocast():
+                entry.update(_batch_losses(acc.unwrap_model(transformer), {"val": val}, cfg.seed + 99))
+            shown["val"] = f"{entry['val_loss']:.4f}"
+            if bar.disable:
+                say(f"train: step {entry['step']}: loss {entry['loss']:.4f}, validation loss {entry['val_loss']:.4f} "
+                    f"(changing cells {entry['val_change_loss']:.4f})")
+        history.append(entry)
     while step < cfg.max_steps:
         # one decision for all processes (rank 0's clock; any rank's bad loss), or the others would wait forever
         # in the next gradient all-reduce
@@ -560,17 +662,17 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             continue  # raised, on every process, at the top of the loop
         step += 1
         window.append(loss_v)
-        bar.set_postfix(loss=f"{loss_v:.4f}")
+        bar.set_postfix(loss=f"{loss_v:.4f}", **shown)
         bar.update()
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop,
-                            "lr": float(sched.get_last_lr()[0])})
+            log_entry({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop,
+                       "lr": float(sched.get_last_lr()[0])})
             window = []
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save_checkpoint(step)
     bar.close()
     if window:
-        history.append({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop})
+        log_entry({"step": step, "loss": float(np.mean(window)), "t_s": time.perf_counter() - t_loop})
     train_s = time.perf_counter() - t_loop
     save_checkpoint(step)
     from accelerate.utils import DistributedType
@@ -583,8 +685,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     # 6. Final weights
     core = acc.unwrap_model(transformer)
     with acc.autocast():
-        metrics["fixed_batch_loss_after"] = _fixed_batch_loss(core, fixed, cfg.seed + 99)
-        metrics["fixed_batch_change_loss_after"] = _fixed_batch_loss(core, fixed, cfg.seed + 99, "change")
+        metrics.update({f"{k}_after": v for k, v in _batch_losses(core, probes, cfg.seed + 99).items()})
     metrics.update({"steps": step, "stopped": stopped, "train_s": train_s, "history": history,
                     "steps_per_s": (step - metrics["start_step"]) / max(train_s, 1e-9)})
     if acc.is_main_process:
@@ -613,7 +714,10 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         say(f"train: {step} steps ({stopped}) in {train_s:.0f} s, loss {history[0]['loss'] if history else 'n/a'}"
             f" -> {history[-1]['loss'] if history else 'n/a'}; fixed-batch loss "
             f"{metrics['fixed_batch_loss_before']:.4f} -> {metrics['fixed_batch_loss_after']:.4f} (changing cells "
-            f"{metrics['fixed_batch_change_loss_before']:.4f} -> {metrics['fixed_batch_change_loss_after']:.4f})")
+            f"{metrics['fixed_batch_change_loss_before']:.4f} -> {metrics['fixed_batch_change_loss_after']:.4f})"
+            + (f"; validation loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss_after']:.4f} (changing "
+               f"cells {metrics['val_change_loss_before']:.4f} -> {metrics['val_change_loss_after']:.4f})"
+               if val is not None else ""))
     acc.wait_for_everyone()
     acc.end_training()
     return metrics
@@ -671,8 +775,13 @@ def train_vae_only(data: str | os.PathLike, config: TrainConfig | str | os.PathL
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_train_arguments(p: argparse.ArgumentParser, validation: bool = True) -> None:
+    """The arguments of ``k4d train`` (``validation=False``: of ``k4d train-vae``, without ``--val-data``)."""
     p.add_argument("--data", required=True, help="episode folder (k4d *.npz) or Kinema4D layout folder")
+    if validation:
+        p.add_argument("--val-data", default=None, help="folder of validation episodes (same formats as --data, "
+                       "all of it; e.g. held-out seeds): the fixed-batch loss on val_clips (default batch_size) of "
+                       "them is reported before/after and every log_every steps (val_loss in the metrics)")
     p.add_argument("--config", required=True, help="train config YAML, or a built-in name (default, smoke, lora)")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, pipeline/ or lora/, metrics)")
     p.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoints/checkpoint-N "
@@ -709,7 +818,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                        time_budget_s=args.time_budget_s, progress=not args.no_progress, resume=args.resume)
         return 0
     train(args.data, config_from_args(args), args.out, resume=args.resume, max_steps=args.max_steps,
-          time_budget_s=args.time_budget_s, progress=not args.no_progress)
+          time_budget_s=args.time_budget_s, progress=not args.no_progress, val_data=getattr(args, "val_data", None))
     return 0
 
 
