@@ -346,9 +346,7 @@ def test_simbench_region_fails_a_cylinder_toppled_in_the_zone_as_the_label_does(
     for quat, z, label in (((1.0, 0.0, 0.0, 0.0), size[1], "success"), ((c45, c45, 0.0, 0.0), size[0], "near_miss")):
         sim = YamSim(sim_cfg, layout=lay)
         monitor = TaskMonitor(sim)
-        adr = sim.scene.object_qpos_adr[0]
-        sim.data.qpos[adr:adr + 7] = [*lay.zone.center_base[:2], z, *quat]
-        sim.data.qvel[:] = 0.0
+        sim.set_object_pose(0, [*lay.zone.center_base[:2], z], quat)
         sim.step_for(1.0)
         assert monitor.outcome(sim).label == label
         frame = sim.render(rgb=False, depth=True, segmentation=True)

@@ -138,3 +138,26 @@ def test_tracker_executes_plan_and_gripper():
     assert abs(sim.gripper_width() - 0.03) < 2e-3
     js = sim.joint_state()
     assert js.names[:6] == list(ARM_JOINTS) and js.position.shape == (8,) and js.stamp == pytest.approx(sim.time)
+
+
+def test_set_object_pose_is_the_inverse_of_object_states():
+    """An object put somewhere by ``set_object_pose`` reads back there, at rest, and the robot is untouched; bad
+    input is refused by name."""
+    from k4d_bringup.sim.workcell import YamSim
+
+    sim = YamSim(SimConfig(), seed=2)
+    q_before = sim.q_robot().copy()
+    sim.data.qvel[:] = 0.3  # everything moving: only the object's velocities are to be zeroed
+    quat = np.array([np.cos(0.3), 0.0, 0.0, np.sin(0.3)])
+    sim.set_object_pose(0, [0.35, 0.05, 0.2], quat)
+    st = sim.object_states()[0]
+    np.testing.assert_allclose(st.pos_base, [0.35, 0.05, 0.2])
+    np.testing.assert_allclose(st.quat_wxyz, quat)
+    np.testing.assert_allclose(st.lin_vel, 0.0, atol=1e-12)
+    assert np.count_nonzero(sim.data.qvel == 0.0) == 6  # its own 6 degrees of freedom, nothing else
+    np.testing.assert_allclose(sim.q_robot(), q_before)
+    with pytest.raises(ValueError, match="finite position"):
+        sim.set_object_pose(0, [0.35, np.nan, 0.2], quat)
+    with pytest.raises(ValueError, match="quaternion"):
+        sim.set_object_pose(0, [0.35, 0.05, 0.2], quat[:3])
+    sim.close()

@@ -90,9 +90,7 @@ def _placed_in_zone(task: str, kind: str, size: tuple, quat_wxyz, z: float):
     lay = dataclasses.replace(lay, objects=(target,) + lay.objects[1:], zone=dataclasses.replace(lay.zone, kind="zone"))
     sim = YamSim(cfg, layout=lay)
     monitor = TaskMonitor(sim)
-    adr = sim.scene.object_qpos_adr[0]
-    sim.data.qpos[adr:adr + 7] = [*lay.zone.center_base[:2], z, *quat_wxyz]
-    sim.data.qvel[:] = 0.0
+    sim.set_object_pose(0, [*lay.zone.center_base[:2], z], quat_wxyz)
     sim.step_for(1.0)
     out = monitor.outcome(sim)
     final_z = float(sim.object_states()[0].pos_base[2])

@@ -160,9 +160,9 @@ def zone_min_points(height: int, width: int) -> int:
 def upright_min_points(height: int, width: int) -> int:
     """``success_zone_4d``'s upright threshold at ``height`` x ``width`` (a third of ``zone_min_points``: 1 at
     96 x 64, 4 at 192 x 128)."""
-    from k4d_bringup.shadow.predicate import min_points_for
+    from k4d_bringup.shadow.predicate import standing_min_points_for
 
-    return min_points_for(height, width, at_reference=1)
+    return standing_min_points_for(height, width)
 
 
 def zone_counts(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, floor_m: float = ZONE_FLOOR_M

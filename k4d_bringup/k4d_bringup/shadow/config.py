@@ -141,7 +141,7 @@ class ShadowConfig(RobotCameraConfig):
         "too. An episode start event may set its own (success_top) or turn it off (null).", False))
     success_top_min_points: int = field(default=1, metadata=_doc(
         "Points in the standing check's slab that make a frame successful (k4d eval's upright check "
-        "asks predicate.min_points_for(h, w, at_reference=1): 1 at 96 x 64, 4 at 192 x 128). Used when "
+        "asks predicate.standing_min_points_for(h, w): 1 at 96 x 64, 4 at 192 x 128). Used when "
         "success_top_min_height_m > 0 or an episode event sets a slab height.", False))
     imagined_standing_check: bool = field(default=False, metadata=_doc(
         "Apply the standing check to the imagined side too (off: only the camera's depth is asked for the slab). "

@@ -44,6 +44,13 @@ def min_points_for(height: int, width: int, at_reference: int = 3) -> int:
     return max(1, int(round(at_reference * int(height) * int(width) / REFERENCE_PIXELS)))
 
 
+def standing_min_points_for(height: int, width: int) -> int:
+    """The standing check's slab threshold for ``height`` x ``width`` pointmaps: 1 point at 96 x 64, scaled with
+    the area as ``min_points_for`` scales the box's 3 (4 at 192 x 128). A standing cylinder's top puts few pixels
+    above the slab height, a toppled one none."""
+    return min_points_for(height, width, at_reference=1)
+
+
 RELATIVE_PREFIX = "relative to "  # how the reason of a result counted against a baseline frame starts
 
 
@@ -307,7 +314,7 @@ def make_predicate(cfg, T_base_cam: np.ndarray, region=None, imagined: bool = Fa
         return None
     lo, hi = region if region is not None else (cfg.success_region_min, cfg.success_region_max)
     points = cfg.imagined_min_points if imagined and cfg.imagined_min_points else cfg.success_min_points
-    if imagined and not getattr(cfg, "imagined_standing_check", False):
+    if imagined and not cfg.imagined_standing_check:
         top = None
     tz, tn = (configured_top(cfg) if isinstance(top, str) and top == CONFIGURED else top) or (None, None)
     return RegionPredicate(T_base_cam, lo, hi, points, cfg.success_window_frames, cfg.robot_margin_px,

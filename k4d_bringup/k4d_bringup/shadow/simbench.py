@@ -27,7 +27,7 @@ the measured side (the recorded depth) for the slab, and the imagined side only 
 standing cylinders whose box they filled, and with the check on its imagined rates fell up to 0.63 below the true
 ones (270 episodes, seeds 4000-4002).
 ``success_min_points`` (3 at 96 x 64 pixels, scaled with the model's image area by default:
-``predicate.min_points_for``), ``success_top_min_points`` (1 at 96 x 64, ``min_points_for(.., at_reference=1)``:
+``predicate.min_points_for``), ``success_top_min_points`` (1 at 96 x 64, ``predicate.standing_min_points_for``:
 4 at 192 x 128) and the window come from the ShadowConfig.
 ``--relative on`` (``ShadowConfig.success_relative``) counts the region relative to the chunk's first frame, on
 the imagined and on the real side alike; ``--imagined-min-points N`` gives the imagined side its own threshold
@@ -224,7 +224,7 @@ def add_arguments(p) -> None:
                         "the models' pointmaps flatten standing objects; the camera's depth is always asked)")
     p.add_argument("--top-min-points", type=int, default=None,
                    help="success_top_min_points, the standing check's threshold (default: 1 at 96 x 64 pixels, "
-                        "scaled with the model's image area, min_points_for(.., at_reference=1); --served: a third "
+                        "scaled with the model's image area, predicate.standing_min_points_for; --served: a third "
                         "of --min-points, at least 1)")
     p.add_argument("--relative", choices=("on", "off"), default="off",
                    help="success_relative: count the goal region relative to the chunk's first frame (default off)")
@@ -245,7 +245,7 @@ def run_bench(args) -> int:
     from .aggregate import ranking, table3
     from .imaginers import ActionImaginer, EngineImaginer
     from .log import read_log
-    from .predicate import min_points_for
+    from .predicate import min_points_for, standing_min_points_for
 
     common = dict(success_predicate="region", **NOMINAL_REGION, success_window_frames=1,
                   save_frames=bool(args.report), success_relative=args.relative == "on",
@@ -270,7 +270,7 @@ def run_bench(args) -> int:
         pipe = imag.engine.pipe
         min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
         top = args.top_min_points if args.top_min_points is not None else \
-            min_points_for(pipe.height, pipe.width, at_reference=1)
+            standing_min_points_for(pipe.height, pipe.width)
         cfg = ShadowConfig(num_frames=pipe.num_frames, success_min_points=min_points, success_top_min_points=top,
                            **common)
         device = str(pipe.device)

@@ -149,6 +149,22 @@ class YamSim:
             out.append(ObjectState(o.name, o.role, qp[:3].copy(), qp[3:7].copy(), vel))
         return out
 
+    def set_object_pose(self, index: int, pos_base, quat_wxyz) -> None:
+        """Put free object ``index`` (0 = the target, ``layout.objects`` order) at ``pos_base`` (3,) m with
+        orientation ``quat_wxyz`` (4,), at rest (its velocities zeroed); the inverse of ``object_states``.
+        ValueError naming a wrong shape or non-finite value."""
+        import mujoco
+
+        pos, quat = np.asarray(pos_base, np.float64), np.asarray(quat_wxyz, np.float64)
+        if pos.shape != (3,) or quat.shape != (4,) or not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat))):
+            raise ValueError(f"set_object_pose needs a finite position (3,) and quaternion (4,), got {pos.tolist()} "
+                             f"and {quat.tolist()}")
+        adr = int(self.scene.object_qpos_adr[index])
+        dof = int(self.model.jnt_dofadr[self.model.body_jntadr[self.scene.object_body[index]]])
+        self.data.qpos[adr:adr + 7] = [*pos, *quat]
+        self.data.qvel[dof:dof + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
     # -- commands ---------------------------------------------------------------------------------
     def send_trajectory(self, traj, start_time: float | None = None) -> None:
         """Execute a JointTrajectoryData (times relative to ``start_time``, default now). Raises ValueError
