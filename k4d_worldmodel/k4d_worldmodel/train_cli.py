@@ -3,6 +3,7 @@
 
     k4d train --data /tmp/k4d_ds --config default --out /tmp/k4d_run [--resume] [--max-steps N] [--time-budget-s S]
     k4d train --data /tmp/k4d_ds --val-data /tmp/k4d_heldout --config default --out /tmp/k4d_run  # + validation loss
+    # ... and the model at its lowest one in /tmp/k4d_run/pipeline_best (--keep-best-val change|all|off)
     k4d train --data /tmp/k4d_new --config lora --base-checkpoint /tmp/k4d_run/pipeline --out /tmp/k4d_ft
     k4d train-vae --data /tmp/k4d_ds --config default --out /tmp/k4d_vae
     k4d eval --checkpoint /tmp/k4d_run/pipeline --data /tmp/k4d_heldout --split all --out /tmp/k4d_run/eval

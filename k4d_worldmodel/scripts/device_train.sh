@@ -42,7 +42,8 @@
 # The transformer's validation loss (train's val_data, `k4d train --val-data`) is measured on the held-out
 # episodes of $WORK/heldout (the config's val_clips of them, default its batch_size), before, after and every
 # log_every steps: val_loss_* in metrics.json's train part and its history, a log line each time; a --resume call
-# measures it on the held-out episodes of the first call.
+# measures it on the held-out episodes of the first call. The model at the lowest of those measurements (on the
+# changing cells, the config's keep_best_val) is kept in $WORK/run/pipeline_best and packed beside pipeline/.
 # The VAE is trained by `k4d train-vae` into $WORK/run/vae, resumably: on --resume, --vae-budget-s S > 0 continues
 # it for S seconds (and then starts the transformer afresh: its latents would have moved), 0 (the default on
 # --resume) keeps it as it is. The transformer then trains with that VAE frozen (vae.pretrained).
@@ -60,7 +61,10 @@
 # $OUT receives at most 8 files (the device tool's limit), each <= 16 MiB (--vae-only: vae/ with the VAE, its
 # config and vae_metrics.json, plus log.txt and phases.json):
 #   k4d_default.tar.part-aa, -ab, ...   tar of pipeline/ (K4DPipeline.save_pretrained, safetensors shards
-#                                       <= 15 MB) and eval/ (report.md, report.html, videos/); reassemble with
+#                                       <= 15 MB), eval/ (report.md, report.html, videos/) and, when the run kept
+#                                       one, pipeline_best/ (the model at the best validation loss, train's
+#                                       keep_best_val, with best_val.json: its step and losses; the files it
+#                                       shares with pipeline/ stored once); reassemble with
 #                                       cat k4d_default.tar.part-* | tar -x
 #   metrics.json  (train + VAE + eval metrics, timings, options)   bench_rollout.json   sample.mp4
 #   log.txt (the last 2 MB of the log)   phases.json (seconds at the end of each finished phase)
@@ -387,7 +391,27 @@ first_video=$(ls "$WORK/run/eval/videos"/*.mp4 2>/dev/null | head -n 1 || true)
 mkdir -p "$WORK/run/eval"
 [ -n "$first_video" ] && cp "$first_video" "$OUT/sample.mp4"
 cp "$WORK/run/config.yaml" "$WORK/run/pipeline/train_config.yaml"
-tar -C "$WORK/run" -cf - pipeline eval | split -b 15m - "$OUT/k4d_default.tar.part-"
+# the model at the best validation loss (train's keep_best_val) goes in the same tar when the run kept one; its
+# files equal to pipeline/'s (the frozen VAE and image encoder, everything when the best was the last step) are
+# hard links there, so the tar holds their bytes once (tar -x makes them hard links again)
+PACK_DIRS=(pipeline eval); PACK_ROOT="$WORK/run"
+if [ -d "$WORK/run/pipeline_best" ]; then
+  cp "$WORK/run/config.yaml" "$WORK/run/pipeline_best/train_config.yaml"
+  PACK_ROOT="$WORK/pack"; rm -rf "$PACK_ROOT"; mkdir -p "$PACK_ROOT"
+  cp -al "$WORK/run/pipeline" "$WORK/run/eval" "$WORK/run/pipeline_best" "$PACK_ROOT/"
+  (cd "$PACK_ROOT/pipeline_best" && find . -type f | while read -r f; do
+     if cmp -s "$f" "../pipeline/$f"; then ln -f "../pipeline/$f" "$f"; fi
+   done)
+  PACK_DIRS+=(pipeline_best)
+  echo "packing pipeline_best/ too: $(tr -d '\n ' < "$WORK/run/pipeline_best/best_val.json")"
+fi
+tar -C "$PACK_ROOT" -cf - "${PACK_DIRS[@]}" | split -b 15m - "$OUT/k4d_default.tar.part-"
+[ "$PACK_ROOT" = "$WORK/run" ] || rm -rf "$PACK_ROOT"
+PARTS=$(find "$OUT" -maxdepth 1 -name 'k4d_default.tar.part-*' | wc -l)
+OTHER=$((4 + BENCH))  # metrics.json, sample.mp4, log.txt, phases.json (+ bench_rollout.json)
+if [ $((PARTS + OTHER)) -gt 8 ]; then
+  echo "device_train.sh: warning: $PARTS tar parts ($(du -cm "$OUT"/k4d_default.tar.part-* | tail -n 1 | cut -f1) MB) and $OTHER other files are more than the 8 files (64 MiB) a device call returns"
+fi
 phase_done pack
 if [ "$BENCH" = 1 ]; then
 echo "== 5. rollout wall time on this device (17 and 49 frames)"

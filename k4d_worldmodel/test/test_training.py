@@ -194,9 +194,10 @@ def test_training_survives_an_unwritable_encoded_cache(synth, smoke_cfg, tmp_pat
     m = train(synth, smoke_cfg, tmp_path, max_steps=2, progress=False, log=msgs.append)
     assert m["steps"] == 2 and (tmp_path / "pipeline" / "model_index.json").is_file()
     assert m["encoded_cache"].startswith("not written") and any("could not be written" in x for x in msgs)
+    assert not (tmp_path / "pipeline_best").exists() and "best_val_step" not in m  # no validation data, no best
 
 
-def test_lora_on_our_checkpoint(trained, synth, tmp_path):
+def test_lora_on_our_checkpoint(trained, synth, val_synth, tmp_path):
     from safetensors.torch import load_file
 
     from k4d_worldmodel.loading import _LORA_KEY, fuse_lora_, load_saved
@@ -213,9 +214,14 @@ def test_lora_on_our_checkpoint(trained, synth, tmp_path):
 
     cfg = TrainConfig.from_dict(dict(mode="lora", base=dict(checkpoint_dir=str(out / "pipeline")),
                                      lora=dict(rank=4, alpha=8.0), batch_size=2, max_steps=3, lr=5e-3,
-                                     warmup_steps=0, checkpoint_every=0))
-    m = train(synth, cfg, tmp_path, progress=False, log=lambda x: None)
+                                     warmup_steps=0, checkpoint_every=0, log_every=1))
+    m = train(synth, cfg, tmp_path, progress=False, log=lambda x: None, val_data=val_synth)
     assert m["lora_modules"] == 16
+    # the best validation model, kept during training with its LoRA fused into a copy (the fused pipeline below
+    # shows that the copy's fusing left the training model's adapter alone)
+    best = min(m["history"], key=lambda h: h["val_change_loss"])
+    assert json.loads((tmp_path / "pipeline_best" / "best_val.json").read_text())["step"] == best["step"]
+    assert not any("lora" in k for k in load_saved(tmp_path / "pipeline_best").transformer.state_dict())
     lora = load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
     assert len(lora) == 2 * 8 * 2 and all(_LORA_KEY.match(k) and k.startswith("transformer.") for k in lora)
     assert lora["transformer.blocks.0.attn1.to_q.lora_A.weight"].shape == (4, 24)
@@ -788,3 +794,107 @@ def test_bad_validation_data_is_refused_by_name(synth, smoke_cfg, pmcond_pipe, t
     with pytest.raises(SystemExit):
         main(["train-vae", "--data", str(synth), "--config", "smoke", "--out", str(tmp_path / "vae"),
               "--val-data", str(synth)])
+
+
+def _best_run_cfg(smoke_cfg, trained_run, **changes):
+    """The smoke config starting from the smoke run's VAE (no VAE training: a second or so on a CPU)."""
+    from dataclasses import replace
+
+    vae = replace(smoke_cfg.vae, pretrained=str(trained_run / "vae"), train=False)
+    return replace(smoke_cfg, vae=vae, **changes)
+
+
+def test_the_best_validation_model_is_kept_and_a_resumed_run_goes_on_from_it(trained, synth, val_synth, smoke_cfg,
+                                                                               tmp_path):
+    from k4d_worldmodel.config import WorldModelConfig
+    from k4d_worldmodel.loading import load_pipeline
+    from k4d_worldmodel.models.transformer_k4d import K4DTransformer3DModel
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.objective import encode_clips, stack_encoded
+    from k4d_worldmodel.training.train import _fixed_batch_loss, pipeline_around_vae, train
+
+    # an lr far too high: the held-out loss is lowest after the first step and worse after, while training goes on
+    cfg = _best_run_cfg(smoke_cfg, trained[0], lr=0.2, log_every=1, max_steps=4)
+    out = tmp_path / "run"
+    (out / "pipeline_best").mkdir(parents=True)
+    (out / "pipeline_best" / "stale.txt").write_text("another run's best")
+    msgs = []
+    m = train(synth, cfg, out, progress=False, log=msgs.append, val_data=val_synth)
+    best_dir = out / "pipeline_best"
+    assert not (best_dir / "stale.txt").exists()  # a run from step 0 drops what an earlier run kept
+    history = m["history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    best = min(history, key=lambda h: h["val_change_loss"])
+    saved = json.loads((best_dir / "best_val.json").read_text())
+    assert saved["step"] == best["step"] == m["best_val_step"] < m["steps"]  # the model did get worse
+    assert saved["key"] == m["best_val_key"] == "val_change_loss"
+    assert saved["val_change_loss"] == m["best_val_change_loss"] == best["val_change_loss"]
+    assert saved["val_loss"] == m["best_val_loss"] == best["val_loss"]
+    # one log line per new best (each measurement strictly lower than all before it)
+    lows = [h["step"] for i, h in enumerate(history)
+            if all(h["val_change_loss"] < e["val_change_loss"] for e in history[:i])]
+    kept = [x for x in msgs if "best validation so far" in x]
+    assert [int(x.split()[2].rstrip(":")) for x in kept] == lows
+    # written as OUT/pipeline is: it loads with the same loader, with other weights than the last step's
+    pipe = load_pipeline(WorldModelConfig(checkpoint_dir=str(best_dir), device="cpu"))
+    last = load_pipeline(WorldModelConfig(checkpoint_dir=str(out / "pipeline"), device="cpu"))
+    assert sorted(p.name for p in best_dir.iterdir()) == sorted(
+        [p.name for p in (out / "pipeline").iterdir()] + ["best_val.json"])
+    same = ["model_index.json", "transformer/config.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    assert all((best_dir / f).read_bytes() == (out / "pipeline" / f).read_bytes() for f in same)
+    assert any(not torch.equal(v, last.transformer.state_dict()[k]) for k, v in pipe.transformer.state_dict().items())
+    # ... and they are the weights of the best step: their validation loss is the one recorded for it
+    scorer = pipeline_around_vae(trained[0] / "vae", cfg)
+    ds = open_dataset(val_synth, 5, 32, 48, split="all", pointmap_encoding=scorer.pointmap_encoding)
+    batch = stack_encoded(encode_clips(scorer, [ds[0], ds[2]])[0])
+    kept_model = K4DTransformer3DModel.from_pretrained(str(best_dir / "transformer"))
+    assert _fixed_batch_loss(kept_model, batch, cfg.seed + 99, "change") == pytest.approx(saved["val_change_loss"],
+                                                                                          rel=1e-4)
+
+    # a resumed run goes on from the recorded best: a lower one than it will reach stays ...
+    low = dict(saved, val_change_loss=1e-6)
+    (best_dir / "best_val.json").write_text(json.dumps(low))
+    weights = (best_dir / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    m2 = train(synth, cfg, out, resume=True, max_steps=6, progress=False, log=lambda x: None, val_data=val_synth)
+    assert m2["start_step"] == 4 and [h["step"] for h in m2["history"]][-2:] == [5, 6]
+    assert json.loads((best_dir / "best_val.json").read_text()) == low
+    assert (best_dir / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    assert m2["best_val_step"] == saved["step"] and m2["best_val_change_loss"] == 1e-6
+    # ... and a higher one is replaced by the resumed run's first measurement
+    (best_dir / "best_val.json").write_text(json.dumps(dict(saved, val_change_loss=1e9)))
+    m3 = train(synth, cfg, out, resume=True, max_steps=7, progress=False, log=lambda x: None, val_data=val_synth)
+    assert m3["best_val_step"] == 7 and json.loads((best_dir / "best_val.json").read_text())["step"] == 7
+
+
+def test_keep_best_val_selects_on_the_overall_loss_or_keeps_nothing(trained, synth, val_synth, smoke_cfg,
+                                                                      tmp_path):
+    from k4d_worldmodel.training.train import train
+
+    m = train(synth, _best_run_cfg(smoke_cfg, trained[0], lr=0.2, log_every=1, max_steps=3, keep_best_val="all"),
+              tmp_path / "all", progress=False, log=lambda x: None, val_data=val_synth)
+    best = min(m["history"], key=lambda h: h["val_loss"])
+    saved = json.loads((tmp_path / "all" / "pipeline_best" / "best_val.json").read_text())
+    assert saved["key"] == m["best_val_key"] == "val_loss" and saved["step"] == m["best_val_step"] == best["step"]
+    # off: validated as before, no model kept
+    m = train(synth, _best_run_cfg(smoke_cfg, trained[0], max_steps=1, keep_best_val="off"), tmp_path / "off",
+              progress=False, log=lambda x: None, val_data=val_synth)
+    assert m["val_loss_after"] > 0 and not (tmp_path / "off" / "pipeline_best").exists()
+    assert not any(k.startswith("best_val") for k in m)
+
+
+def test_keep_best_val_is_validated_and_set_by_the_cli():
+    import argparse
+
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.train import add_train_arguments, config_from_args
+
+    assert TrainConfig().keep_best_val == "change"
+    with pytest.raises(ValueError, match=r"keep_best_val must be one of \('off', 'change', 'all'\), got 'best'"):
+        TrainConfig.from_dict({"keep_best_val": "best"})
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    base = ["--data", "d", "--config", "smoke", "--out", "o"]
+    assert config_from_args(p.parse_args(base + ["--keep-best-val", "all"])).keep_best_val == "all"
+    assert config_from_args(p.parse_args(base)).keep_best_val == TrainConfig.from_yaml("smoke").keep_best_val
+    with pytest.raises(SystemExit):
+        p.parse_args(base + ["--keep-best-val", "best"])

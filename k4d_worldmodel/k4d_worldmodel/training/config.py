@@ -24,6 +24,7 @@ MODES = ("full", "lora")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 DATA_FORMATS = ("auto", "k4d", "kinema4d")
 LR_SCHEDULES = ("constant", "cosine")
+KEEP_BEST_VAL = ("off", "change", "all")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -128,6 +129,13 @@ class TrainConfig:
     val_clips: with validation episodes (``k4d train --val-data DIR``), how many of them form the fixed
         validation batch (0: ``batch_size``; fewer when DIR holds fewer), evenly spread over DIR's sorted episodes.
         Its loss is one no-grad forward pass of that batch per ``log_every`` steps (two: overall and changing cells).
+    keep_best_val: with validation episodes, also keep the model at its best validation measurement in
+        ``OUT/pipeline_best/`` (written like ``OUT/pipeline/``, plus ``best_val.json``), rewritten whenever a
+        measurement is strictly lower than every earlier one: "change" (default) selects on the changing cells'
+        validation loss (``val_change_loss``), "all" on the overall one (``val_loss``), "off" keeps none. The
+        training loss can go on falling while the held-out loss rises (memorising); this keeps the model from before.
+        A resumed run goes on from the best that ``pipeline_best/best_val.json`` records. Not for a LoRA of the
+        released layout (it writes no pipeline).
     """
 
     mode: str = "full"
@@ -177,6 +185,7 @@ class TrainConfig:
     encode_batch_size: int = 32
     cache_encoded: bool = True
     val_clips: int = 0
+    keep_best_val: str = "change"
 
     def __post_init__(self) -> None:
         if isinstance(self.vae, Mapping):
@@ -188,7 +197,7 @@ class TrainConfig:
         for name, allowed in (("mode", MODES), ("variant", ("pmcond", "full", "jointemb")),
                               ("convert_variant", ("", "pmcond", "full", "jointemb")), ("mixed_precision", PRECISIONS),
                               ("data_format", DATA_FORMATS), ("save_dtype", ("float32", "bfloat16")),
-                              ("lr_schedule", LR_SCHEDULES)):
+                              ("lr_schedule", LR_SCHEDULES), ("keep_best_val", KEEP_BEST_VAL)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (isinstance(self.num_frames, int) and self.num_frames >= 1 and (self.num_frames - 1) % 4 == 0):

@@ -28,6 +28,10 @@ The fixed batch is of training clips, so its loss cannot tell learning from memo
 episodes than the training clips, e.g. held-out seeds; ``val_clips`` of them, encoded by the same frozen
 encoders): ``val_loss_before/after`` and ``val_change_loss_before/after`` in the metrics, ``val_loss`` and
 ``val_change_loss`` in every ``log_every`` entry of the history (on the bar, or a log line without it).
+Training loss can go on falling while the validation loss rises (memorising), so with ``--val-data`` the model
+at the best validation measurement so far is also kept (``keep_best_val``, ``--keep-best-val``: selected on
+``val_change_loss``, the default, or on ``val_loss``): ``OUT/pipeline_best/``, written as ``OUT/pipeline/`` is,
+with ``best_val.json`` (its step and losses); ``best_val_*`` in the metrics. A resumed run goes on from that best.
 The encodings are kept in ``OUT/encoded/`` (``cache_encoded``), so a resumed run on the same clips with the same
 frozen encoders starts training at once (``encoded_cache``: hit / miss / off in the metrics).
 
@@ -55,9 +59,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import KEEP_BEST_VAL, TrainConfig
 
 STATE_FILE = "trainer_state.json"
+BEST_DIR = "pipeline_best"  # OUT/pipeline_best: the model at the best validation measurement (keep_best_val)
+BEST_FILE = "best_val.json"  # in it: that measurement's step, losses, selection key and validation clips
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -311,6 +317,42 @@ def load_val_encodings(pipe, val_data: str | os.PathLike, geom: tuple[int, int, 
                    "val_skipped": [list(x) for x in skipped]}
 
 
+def cpu_float_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` on the CPU with its floating-point parameters and buffers in float32, for saving a
+    model that goes on training: each tensor is copied straight to the CPU (no second copy on the GPU), and the
+    module itself is left as it is."""
+    import copy
+
+    def cpu32(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu", torch.float32 if t.is_floating_point() else t.dtype, copy=True)
+
+    memo: dict[int, Any] = {id(b): cpu32(b) for b in module.buffers()}
+    memo.update({id(p): torch.nn.Parameter(cpu32(p), requires_grad=p.requires_grad) for p in module.parameters()})
+    return copy.deepcopy(module, memo)
+
+
+def save_pipeline_dir(pipe, transformer: torch.nn.Module, cfg: TrainConfig, dest: str | os.PathLike
+                      ) -> dict[str, int]:
+    """Save ``pipe`` with ``transformer`` (on the CPU, float32, a LoRA already fused in) as its transformer to
+    ``dest``, as ``OUT/pipeline/`` is written: ``save_pretrained`` in safetensors shards of at most
+    ``cfg.save_max_shard_mb``, the transformer in ``cfg.save_dtype``; the VAE and image encoder are moved to the
+    CPU. ``pipe.transformer`` is ``transformer`` (or its ``save_dtype`` cast) afterwards. Returns the bytes of each
+    safetensors file written, by path relative to ``dest``."""
+    dest = Path(dest)
+    save_dtype = torch.bfloat16 if cfg.save_dtype == "bfloat16" else torch.float32
+    pipe.transformer = transformer if save_dtype == torch.float32 else transformer.to(save_dtype)
+    pipe.vae.to("cpu")
+    pipe.image_encoder.to("cpu")
+    pipe.save_pretrained(str(dest), safe_serialization=True, max_shard_size=f"{cfg.save_max_shard_mb}MB")
+    return {str(p.relative_to(dest)): p.stat().st_size for p in dest.rglob("*.safetensors")}
+
+
+def read_best_val(out: str | os.PathLike) -> dict | None:
+    """The best validation measurement recorded in ``OUT/pipeline_best/best_val.json`` (None: no such file)."""
+    path = Path(out) / BEST_DIR / BEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     found = sorted(ckpt_root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return found[-1] if found else None
@@ -340,8 +382,10 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     """Run one training job (see module docstring); returns the metrics also written to ``OUT/train_metrics.json``.
 
     ``max_steps`` / ``time_budget_s`` override the config's. ``val_data``: a folder of validation episodes
-    ([`load_val_encodings`]; ``cfg.val_clips`` of them) whose loss is reported beside the fixed batch's. Raises
-    ValueError / FileNotFoundError naming the offending argument, config field or file.
+    ([`load_val_encodings`]; ``cfg.val_clips`` of them) whose loss is reported beside the fixed batch's; unless
+    ``cfg.keep_best_val`` is "off", the model at the lowest of those measurements so far is kept in
+    ``OUT/pipeline_best/`` (``best_val_*`` in the metrics). Raises ValueError / FileNotFoundError naming the
+    offending argument, config field or file.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
@@ -592,6 +636,28 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             step, history = int(state["step"]), list(state.get("history", []))
             say(f"train: resumed from {latest} at step {step}")
     decay_from[0] = step
+    # the model at the best validation measurement (keep_best_val): rank 0's losses decide on every process
+    best_dir = out / BEST_DIR
+    writes_pipeline = cfg.mode == "full" or layout == "k4d"  # a LoRA of the released layout writes none
+    keep_best = val is not None and cfg.keep_best_val != "off" and writes_pipeline
+    best_key = "val_loss" if cfg.keep_best_val == "all" else "val_change_loss"
+    best: dict[str, Any] = {}
+    if step == 0 and acc.is_main_process and best_dir.exists():  # another run's weights: not this run's best
+        shutil.rmtree(best_dir)
+        say(f"train: {best_dir} of an earlier run removed (this run starts at step 0)")
+    if val is not None and cfg.keep_best_val != "off" and not writes_pipeline:
+        say("train: keep_best_val: a LoRA of the released layout writes no pipeline; no best model is kept")
+    if keep_best and step > 0:
+        earlier = read_best_val(out)
+        same_clips = earlier is not None and (earlier.get("val_data"), earlier.get("val_clips")) == (
+            str(val_data), int(val["x0"].shape[0]))
+        if same_clips and math.isfinite(float(earlier.get(best_key, math.nan))):
+            best = earlier
+            say(f"train: best validation so far {best_key} {best[best_key]:.4f} at step {best['step']} "
+                f"({best_dir}); only a lower one replaces it")
+        elif earlier is not None:
+            say(f"train: {best_dir} was selected on other validation clips ({earlier.get('val_data')}, "
+                f"{earlier.get('val_clips')} clips); this run's first measurement replaces it")
     if cfg.lr_schedule != "constant":
         say(f"train: lr {cfg.lr_schedule} from {cfg.lr:g} at step {step} to {cfg.lr * cfg.min_lr_ratio:g} "
             f"at step {step + _decay_span(cfg, step)}")
@@ -620,15 +686,45 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     loss_v = None
     shown: dict[str, str] = {}  # the latest validation loss, on the bar beside the loss
 
+    def keep_best_model(entry: dict) -> None:
+        """Record ``entry`` as the best validation measurement and (main process) write the model as it is now to
+        ``OUT/pipeline_best/``: into a fresh folder first, so that a stopped run never leaves half a model there."""
+        best.clear()
+        best.update(step=entry["step"], val_loss=entry["val_loss"], val_change_loss=entry["val_change_loss"],
+                    key=best_key, val_data=str(val_data), val_clips=int(val["x0"].shape[0]))
+        if acc.is_main_process:
+            tmp = out / f"{BEST_DIR}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            snapshot = cpu_float_copy(acc.unwrap_model(transformer))
+            training_transformer = pipe.transformer
+            try:
+                save_pipeline_dir(pipe, merge_lora(snapshot) if cfg.mode == "lora" else snapshot, cfg, tmp)
+            finally:
+                pipe.transformer = training_transformer
+            (tmp / BEST_FILE).write_text(json.dumps(best, indent=1))
+            shutil.rmtree(best_dir, ignore_errors=True)
+            tmp.rename(best_dir)
+        say(f"train: step {entry['step']}: best validation so far ({best_key} {entry[best_key]:.4f}), model kept in "
+            f"{best_dir}")
+
     def log_entry(entry: dict) -> None:
-        """Append a history entry, with the validation losses when there is a validation batch."""
+        """Append a history entry, with the validation losses when there is a validation batch (and keep the
+        model when they are the best so far)."""
         if val is not None:
             with acc.autocast():
                 entry.update(_batch_losses(acc.unwrap_model(transformer), {"val": val}, cfg.seed + 99))
+            if acc.num_processes > 1:  # every process computed them alike; rank 0's make one decision for all
+                from accelerate.utils import broadcast
+
+                pair = broadcast(torch.tensor([entry["val_loss"], entry["val_change_loss"]], dtype=torch.float64,
+                                              device=acc.device), from_process=0)
+                entry["val_loss"], entry["val_change_loss"] = (float(v) for v in pair.tolist())
             shown["val"] = f"{entry['val_loss']:.4f}"
             if bar.disable:
                 say(f"train: step {entry['step']}: loss {entry['loss']:.4f}, validation loss {entry['val_loss']:.4f} "
                     f"(changing cells {entry['val_change_loss']:.4f})")
+            if keep_best and entry[best_key] < best.get(best_key, math.inf):
+                keep_best_model(entry)
         history.append(entry)
     while step < cfg.max_steps:
         # one decision for all processes (rank 0's clock; any rank's bad loss), or the others would wait forever
@@ -688,24 +784,20 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         metrics.update({f"{k}_after": v for k, v in _batch_losses(core, probes, cfg.seed + 99).items()})
     metrics.update({"steps": step, "stopped": stopped, "train_s": train_s, "history": history,
                     "steps_per_s": (step - metrics["start_step"]) / max(train_s, 1e-9)})
+    if best:
+        metrics.update(best_val_step=best["step"], best_val_loss=best["val_loss"],
+                       best_val_change_loss=best["val_change_loss"], best_val_key=best_key,
+                       pipeline_best_dir=str(best_dir))
     if acc.is_main_process:
         core = core.to("cpu").float()
-        save_dtype = torch.bfloat16 if cfg.save_dtype == "bfloat16" else torch.float32
         if cfg.mode == "lora":
             files = save_released_lora(core, out / "lora")
             metrics["lora_dir"] = str(out / "lora")
             metrics["lora_base_model_dir"] = cfg.base.base_model_dir
             say(f"train: LoRA written to {files['lora']} (+ {files['added'].name})")
         if cfg.mode == "full" or layout == "k4d":
-            if cfg.mode == "lora":
-                core = merge_lora(core)
-            pipe.transformer = core if save_dtype == torch.float32 else core.to(save_dtype)
-            pipe.vae.to("cpu")
-            pipe.image_encoder.to("cpu")
-            pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True,
-                                 max_shard_size=f"{cfg.save_max_shard_mb}MB")
+            sizes = save_pipeline_dir(pipe, merge_lora(core) if cfg.mode == "lora" else core, cfg, out / "pipeline")
             metrics["pipeline_dir"] = str(out / "pipeline")
-            sizes = {str(p.relative_to(out)): p.stat().st_size for p in (out / "pipeline").rglob("*.safetensors")}
             metrics["checkpoint_bytes"] = int(sum(sizes.values()))
             metrics["largest_file_bytes"] = int(max(sizes.values()))
             say(f"train: pipeline written to {out / 'pipeline'} ({metrics['checkpoint_bytes'] / 2**20:.1f} MiB)")
@@ -717,7 +809,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             f"{metrics['fixed_batch_change_loss_before']:.4f} -> {metrics['fixed_batch_change_loss_after']:.4f})"
             + (f"; validation loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss_after']:.4f} (changing "
                f"cells {metrics['val_change_loss_before']:.4f} -> {metrics['val_change_loss_after']:.4f})"
-               if val is not None else ""))
+               if val is not None else "")
+            + (f"; best {best_key} {best[best_key]:.4f} at step {best['step']} in {best_dir}" if best else ""))
     acc.wait_for_everyone()
     acc.end_training()
     return metrics
@@ -782,6 +875,10 @@ def add_train_arguments(p: argparse.ArgumentParser, validation: bool = True) -> 
         p.add_argument("--val-data", default=None, help="folder of validation episodes (same formats as --data, "
                        "all of it; e.g. held-out seeds): the fixed-batch loss on val_clips (default batch_size) of "
                        "them is reported before/after and every log_every steps (val_loss in the metrics)")
+        p.add_argument("--keep-best-val", default=None, choices=KEEP_BEST_VAL,
+                       help="override keep_best_val (default in the configs: change): with --val-data, also keep "
+                       "the model at its lowest validation loss so far in OUT/pipeline_best/ (with best_val.json), "
+                       "selected on the changing cells' loss (change), the overall one (all), or not at all (off)")
     p.add_argument("--config", required=True, help="train config YAML, or a built-in name (default, smoke, lora)")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, pipeline/ or lora/, metrics)")
     p.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoints/checkpoint-N "
@@ -809,6 +906,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     if getattr(args, "load_workers", None) is not None:
         fields["load_workers"] = args.load_workers
+    if getattr(args, "keep_best_val", None) is not None:
+        fields["keep_best_val"] = args.keep_best_val
     return TrainConfig.from_dict({**fields, "base": base})
 
 
