@@ -7,7 +7,9 @@ robot changes: the robot itself, what it carries or pushes, and what it uncovers
 output where that can happen and the measured first frame everywhere else:
 
 * the *active* pixels of frame t are those the robot covers at frame 0 or at frame t (the kinematic robot masks,
-  known before imagining), grown by ``margin_px`` pixels for what the gripper holds or touches;
+  known before imagining), grown by ``margin_px`` pixels for what the gripper holds or touches; with
+  ``region="swept"``, those it has covered at any frame up to t: the world changes only where the robot has
+  been, so what it picked up from a place, or put down there, stays the model's to show after it has left;
 * active pixels keep the model's colour and geometry, except that pixels the robot covers at frame t take the
   kinematic robot pointmap (exact by construction);
 * every other pixel takes the first frame's colour and measured geometry.
@@ -21,14 +23,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def active_pixels(robot_mask: np.ndarray, margin_px: int = 2) -> np.ndarray:
-    """`(T, H, W)` bool: pixels the robot covers at frame 0 or at frame t, grown by ``margin_px`` (square)."""
+REGIONS = ("current", "swept")
+
+
+def active_pixels(robot_mask: np.ndarray, margin_px: int = 2, region: str = "current") -> np.ndarray:
+    """`(T, H, W)` bool: pixels the robot covers at frame 0 or at frame t (``region="current"``), or at any frame
+    up to t (``"swept"``), grown by ``margin_px`` (square)."""
     robot_mask = np.asarray(robot_mask, dtype=bool)
     if robot_mask.ndim != 3:
         raise ValueError(f"robot_mask must have shape (T, H, W), got {robot_mask.shape}")
     if isinstance(margin_px, bool) or not isinstance(margin_px, (int, np.integer)) or margin_px < 0:
         raise ValueError(f"margin_px must be an integer >= 0, got {margin_px!r}")
-    active = robot_mask | robot_mask[:1]
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    active = np.logical_or.accumulate(robot_mask, axis=0) if region == "swept" else robot_mask | robot_mask[:1]
     if margin_px:
         from scipy import ndimage
 
@@ -41,6 +49,7 @@ def active_pixels(robot_mask: np.ndarray, margin_px: int = 2) -> np.ndarray:
 def composite_static(
     rgb: np.ndarray, first_rgb: np.ndarray, robot_mask: np.ndarray, xyz: np.ndarray | None = None,
     first_xyz: np.ndarray | None = None, robot_xyz: np.ndarray | None = None, margin_px: int = 2,
+    region: str = "current",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Composite an imagined rollout onto the measured first frame (see module doc).
 
@@ -53,6 +62,7 @@ def composite_static(
             unknown the model's geometry is kept.
         robot_xyz: `(T, H, W, 3)` kinematic robot pointmaps, metres, NaN off-robot (optional).
         margin_px: growth of the robot masks.
+        region: "current" (the robot at frame 0 or t) or "swept" (the robot at any frame up to t).
 
     Returns:
         ``(rgb, xyz)``: new arrays (xyz None when not given); frame 0 is the measured frame where measured.
@@ -63,7 +73,7 @@ def composite_static(
         raise ValueError(f"first_rgb must be one frame {rgb.shape[1:]} of rgb {rgb.shape}, got {first_rgb.shape}")
     if np.shape(robot_mask) != rgb.shape[:3]:
         raise ValueError(f"robot_mask must have shape {rgb.shape[:3]}, got {np.shape(robot_mask)}")
-    active = active_pixels(robot_mask, margin_px)
+    active = active_pixels(robot_mask, margin_px, region)
     out_rgb = np.where(active[..., None], rgb, first_rgb[None]).astype(rgb.dtype)
     if xyz is None:
         return out_rgb, None

@@ -143,6 +143,7 @@ class WorldModelConfig:
             (``composite.composite_static``): only pixels the robot covers at frame 0 or at frame t (grown by
             ``compose_margin_px``) keep the model's output; the rest keeps the first frame's colour and, with a
             request's ``anchor_depth``, its measured geometry. A prior that hides changes far from the robot.
+            ``compose_region`` "swept" keeps the model's output wherever the robot has been up to frame t.
         lora_mode: "fuse" the released LoRA into the weights (as the release) or keep it as a "peft" adapter.
         lora_rank, lora_alpha: released LoRA hyper-parameters (r 64, alpha 32 -> scale 0.5).
         metric_*: [`MetricLiftConfig`] fields; ``metric_anchor_inlier_threshold_m`` is the inlier distance of the
@@ -174,6 +175,7 @@ class WorldModelConfig:
     adapt_inputs: bool = False
     compose_static: bool = False
     compose_margin_px: int = 2
+    compose_region: str = "current"
     lora_mode: str = "fuse"
     lora_rank: int = 64
     lora_alpha: float = 32.0
@@ -207,6 +209,10 @@ class WorldModelConfig:
         if isinstance(self.compose_margin_px, bool) or not isinstance(self.compose_margin_px, int) or \
                 self.compose_margin_px < 0:
             _fail("compose_margin_px", self.compose_margin_px, "an integer >= 0 (pixels)")
+        from .composite import REGIONS
+
+        if self.compose_region not in REGIONS:
+            _fail("compose_region", self.compose_region, " or ".join(map(repr, REGIONS)))
         if not isinstance(self.cuda_graphs, bool):
             _fail("cuda_graphs", self.cuda_graphs, "true or false")
         if not isinstance(self.complete_unreachable, bool):

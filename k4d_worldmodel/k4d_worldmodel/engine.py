@@ -440,7 +440,8 @@ class ImagineEngine:
         rgb = out.rgb
         if self.config.compose_static:
             rgb, xyz_c = composite_static(out.rgb, request.image, out.robot_mask, xyz if lift.metric else None,
-                                          first_xyz, seq.xyz, self.config.compose_margin_px)
+                                          first_xyz, seq.xyz, self.config.compose_margin_px,
+                                          self.config.compose_region)
             if xyz_c is not None:
                 xyz = xyz_c
         t_end = time.perf_counter()

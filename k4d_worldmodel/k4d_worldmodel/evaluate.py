@@ -24,10 +24,17 @@ sequence; its normalised XYZ is lifted to metres with ``lifting.lift_pointmaps``
   a pointmap sequence -- ground truth or imagined, with the same code -- by ``track_object``: points in the base
   frame that are above the table (``min_height_m``), not robot (kinematic robot mask, dilated by 1 px) and on the
   table area are grouped into 8-connected pixel components; starting from the object's known initial position
-  (which the first frame shows), each frame takes the component nearest to the previous position (a frame without
-  one keeps it). The centre is the median x, y and the 90th-percentile height minus the object's half height
-  (the camera sees the top). ``object_err_m``: mean over frames of the distance between the imagined and the ground
-  truth track; ``object_final_err_m``: the same at the last frame. ``raised_height_err_m``: the median height
+  (which the first frame shows), each frame takes the component nearest to the previous position. An object that
+  vanishes next to the gripper is taken to be carried: it follows the gripper (``gripper_positions``, the
+  kinematic robot pointmap's finger pixels) until a component appears near the carried position, e.g. where it
+  was put down (otherwise a carried object was never found again and its track stayed at the start). The centre
+  is the median x, y and the 90th-percentile height minus the object's half height (the camera sees the top).
+  ``object_err_m``: mean over frames 1.. of the distance between the imagined track and the simulator's recorded
+  object centre (``object_pos``); ``object_final_err_m``: the same at the last frame; ``gt_track_err_m``: the
+  tracker on the ground truth against the same record (how far the tracker itself is from the truth). Until
+  the twenty-eighth session the reference was the tracker's own output on the ground truth, which never
+  re-found a carried object, so a world that stayed still matched it on every pick-and-place success.
+  ``raised_height_err_m``: the median height
   error where the ground truth stands 1.5 to 30 cm above the table off the robot (``raised_height_error``); a
   large negative value says the output flattens the objects, and the zone predicate then cannot see them.
 * 4D success predicate (``success_4d``): ``success_zone_4d`` asks the pointmaps whether an object came to rest
@@ -53,7 +60,8 @@ model and noise, robot condition removed in every pass: the pipeline's unconditi
 world stays still: first RGB frame and first world pointmap repeated) and ``k4d_static`` (the same k4d rollout,
 composited onto the measured first frame by ``composite.composite_static``: only pixels the robot covers at frame
 0 or t, grown by 2 px, keep the model's output, the kinematic robot pointmap replaces the robot's pixels; no extra
-model run). Optional: ``emb`` (the paper's "emb." ablation: a second checkpoint of the ``jointemb`` variant,
+model run), ``k4d_swept`` (the same with the pixels the robot has covered at any frame up to t: the world
+changes only where the robot has been). Optional: ``emb`` (the paper's "emb." ablation: a second checkpoint of the ``jointemb`` variant,
 ``--emb-checkpoint``, conditioned on the joint vector per frame instead of pointmaps, same noise and lift) and
 ``vae_recon`` (not a method but a ceiling: the ground truth RGB and world pointmap passed through the model's own
 VAE and lifted like the model's output; no transformer can score better than what its autoencoder keeps). Output: ``metrics.json``, ``report.md``,
@@ -79,7 +87,7 @@ from k4d_kinematics.overlay import depth_colormap
 from . import metrics as M
 from .composite import composite_static
 
-METHODS = ("k4d", "k4d_static", "no_robot", "copy_first", "emb", "vae_recon")
+METHODS = ("k4d", "k4d_static", "k4d_swept", "no_robot", "copy_first", "emb", "vae_recon")
 DEFAULT_METHODS = ("k4d", "k4d_static", "no_robot", "copy_first")
 
 
@@ -89,10 +97,35 @@ def to_base_frame(xyz_cam: np.ndarray, T_base_cam: np.ndarray) -> np.ndarray:
     return xyz_cam @ T_base_cam[:3, :3].T + T_base_cam[:3, 3]
 
 
+GRIPPER_LINKS = ("tip_left", "tip_right", "gripper")  # the YAM's finger links, then its gripper body
+
+
+def gripper_positions(robot_xyz: np.ndarray, robot_link: np.ndarray | None, link_names: Sequence[str] | None,
+                      T_base_cam: np.ndarray) -> np.ndarray:
+    """Where the gripper is in each frame, `(T, 3)` metres in the base frame (NaN where unknown): the median of
+    the kinematic robot pointmap's pixels of the finger links (``GRIPPER_LINKS``: the tips, else the gripper
+    body). Without link ids or names (the Kinema4D layout) every frame is NaN and nothing is carried."""
+    T = robot_xyz.shape[0]
+    out = np.full((T, 3), np.nan)
+    if robot_link is None or not link_names:
+        return out
+    names = list(link_names)
+    for group in (GRIPPER_LINKS[:2], GRIPPER_LINKS[2:]):
+        ids = [names.index(n) for n in group if n in names]
+        if not ids:
+            continue
+        for t in np.flatnonzero(np.isnan(out[:, 0])):
+            pix = np.isin(robot_link[t], ids) & np.isfinite(robot_xyz[t]).all(-1)
+            if pix.any():
+                out[t] = np.median(to_base_frame(robot_xyz[t][pix].astype(np.float64), T_base_cam), axis=0)
+    return out
+
+
 def track_object(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.ndarray, init_pos_base: np.ndarray,
                  half_height: float, min_height_m: float = 0.006, max_height_m: float = 0.3,
                  table_x: tuple = (-0.1, 0.8), table_y: tuple = (-0.5, 0.5), min_pixels: int = 2,
-                 max_jump_m: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+                 max_jump_m: float = 0.06, gripper: np.ndarray | None = None, grasp_radius_m: float = 0.08,
+                 carry_gate_m: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
     """Track the target object through a metric world pointmap (see module docstring).
 
     Args:
@@ -100,8 +133,12 @@ def track_object(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.n
         robot_mask: `(T, H, W)` bool robot pixels (excluded, dilated by one pixel).
         T_base_cam: `(4, 4)` camera pose in the robot base frame. init_pos_base: `(3,)` initial object centre.
         half_height: the object's half height (m).
-        max_jump_m: components farther than this from the previous position are other objects (a frame with
-            none nearer keeps the previous position: the object is hidden, e.g. in the gripper).
+        max_jump_m: components farther than this from where the object was last found are other objects.
+        gripper: `(T, 3)` gripper positions in the base frame (``gripper_positions``; NaN = unknown), or None.
+            While the gripper is within ``grasp_radius_m`` (horizontally) of the object's position in the previous
+            frame, the object may have been carried: a component within ``carry_gate_m`` of where the gripper's
+            motion since then would have taken it counts too, and a frame that shows neither moves the object
+            with the gripper (hidden in it). Without it, a frame with no component keeps the previous position.
 
     Returns:
         ``(track (T, 3) float64 metres base frame, seen (T,) bool)``.
@@ -111,28 +148,45 @@ def track_object(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.n
     T = world_xyz.shape[0]
     track = np.zeros((T, 3))
     seen = np.zeros(T, dtype=bool)
-    prev = np.asarray(init_pos_base, dtype=np.float64).copy()
+    last = np.asarray(init_pos_base, dtype=np.float64).copy()  # where the object was last found
+    pos = last.copy()  # where it is taken to be (moves with the gripper while carried)
+    grip = np.full((T, 3), np.nan) if gripper is None else np.asarray(gripper, np.float64)
+    near = lambda a, b: np.isfinite(a).all() and np.isfinite(b).all() and np.linalg.norm(a[:2] - b[:2]) <= grasp_radius_m
     for t in range(T):
+        # the carried hypothesis: the object moved with the gripper since the previous frame, if the gripper
+        # was beside it there (also while it is still seen: a fast carry moves it beyond max_jump_m a frame)
+        carried = grip[t] + (pos - grip[t - 1]) if t > 0 and near(grip[t - 1], pos) and np.isfinite(grip[t]).all() \
+            else None
         p = to_base_frame(world_xyz[t].astype(np.float64), T_base_cam)
         robot = ndimage.binary_dilation(robot_mask[t], iterations=1)
         cand = (np.isfinite(p).all(-1) & ~robot & (p[..., 2] > min_height_m) & (p[..., 2] < max_height_m)
                 & (p[..., 0] > table_x[0]) & (p[..., 0] < table_x[1]) & (p[..., 1] > table_y[0])
                 & (p[..., 1] < table_y[1]))
         labels, n = ndimage.label(cand, structure=np.ones((3, 3)))
+        anchors = [(last, max_jump_m)] + ([(carried, carry_gate_m)] if carried is not None else [])
         best, best_d = None, np.inf
         for k in range(1, n + 1):
             pts = p[labels == k]
             if len(pts) < min_pixels:
                 continue
             c = np.r_[np.median(pts[:, :2], axis=0), np.percentile(pts[:, 2], 90) - half_height]
-            d = np.linalg.norm(c[:2] - prev[:2])
-            if d < best_d and d <= max_jump_m:
-                best, best_d = c, d
+            for a, gate in anchors:
+                d = np.linalg.norm(c[:2] - a[:2])
+                if d <= gate and d < best_d:
+                    best, best_d = c, d
         if best is not None:
-            prev = best
+            last = pos = best
             seen[t] = True
-        track[t] = prev
+        elif carried is not None:
+            pos = carried  # hidden in the gripper: it goes where the gripper goes
+        track[t] = pos
     return track, seen
+
+
+def clip_gripper(clip: dict[str, Any], T_base_cam: np.ndarray) -> np.ndarray:
+    """``gripper_positions`` of a clip (its kinematic robot pointmap, link ids and the episode's link names)."""
+    return gripper_positions(clip["robot_xyz"], clip.get("robot_link"), (clip.get("meta") or {}).get("link_names"),
+                             T_base_cam)
 
 
 ZONE_FLOOR_M = 0.006  # the goal zone's lower bound above the table: points under it are table, not object
@@ -302,10 +356,11 @@ def arm_psnr(rgb: np.ndarray, gt_rgb: np.ndarray, robot_mask: np.ndarray) -> flo
     return min(M.psnr(rgb[1:][changed], gt_rgb[1:][changed]), 100.0)
 
 
-def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], gt_track: np.ndarray | None,
+def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], ref_track: np.ndarray | None,
                  info: dict | None, tau: float, max_points: int, upright: bool = False) -> dict[str, Any]:
     """All per-clip metrics of one method's `(T, H, W, 3)` uint8 RGB and metric XYZ (``upright``: the success
-    predicate's standing check, ``success_zone_4d``)."""
+    predicate's standing check, ``success_zone_4d``). ``ref_track``: the object's true centres `(T, 3)`, base
+    frame (the simulator's ``object_pos`` of the target), which the imagined track is scored against."""
     gt_rgb = clip["rgb"]
     row: dict[str, Any] = {
         "psnr": M.psnr_video(rgb[1:], gt_rgb[1:]),
@@ -313,9 +368,10 @@ def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], gt_tr
         "arm_psnr": arm_psnr(rgb, gt_rgb, clip["robot_mask"]),
         **geometry_metrics(xyz_m, clip["world_xyz"], tau, max_points),
     }
-    if info is not None and gt_track is not None:
-        track, seen = track_object(xyz_m, clip["robot_mask"], info["T_base_cam"], info["init"], info["half_height"])
-        err = np.linalg.norm(track - gt_track, axis=1)
+    if info is not None and ref_track is not None:
+        track, seen = track_object(xyz_m, clip["robot_mask"], info["T_base_cam"], info["init"], info["half_height"],
+                                   gripper=clip_gripper(clip, info["T_base_cam"]))
+        err = np.linalg.norm(track - ref_track, axis=1)
         row.update({"object_err_m": float(err[1:].mean()), "object_final_err_m": float(err[-1]),
                     "object_seen_frac": float(seen.mean()),
                     "raised_height_err_m": raised_height_error(xyz_m, clip["world_xyz"], clip["robot_mask"],
@@ -654,7 +710,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
            "seed": seed, "methods": list(methods), "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
            "pointmap_encoding": pipe.pointmap_encoding.kind, "tau": tau, "max_points": max_points,
            "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None, "register_block_px": reg,
-           "label_rule": LABEL_RULE, "zone_upright_check": upright_sides}
+           "label_rule": LABEL_RULE, "zone_upright_check": upright_sides,
+           "object_reference": "simulator"}  # object_err_m against object_pos (older logs: the tracked truth)
     if completed:  # only then, so that the logs of models it does not touch (v2) resume as before
         run["unreachable_completed"] = True
     rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
@@ -679,12 +736,12 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 if meta.get("relabelled"):  # an older dataset's label, recomputed by the current rule
                     row["label_recorded"] = meta.get("label_recorded")
             info = object_info(clip)
-            gt_track = None
+            true_pos = None
             if info is not None:
-                gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
-                                              info["half_height"])
-                row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info)
                 true_pos = clip["object_pos"][:, 0]
+                gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
+                                              info["half_height"], gripper=clip_gripper(clip, info["T_base_cam"]))
+                row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info)
                 row["gt_track_err_m"] = float(np.linalg.norm(gt_track - true_pos, axis=1).mean())
             outputs = {}
             try:
@@ -701,18 +758,18 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 outputs["emb"] = imagine(emb_pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg, reg)
             if "vae_recon" in methods:
                 outputs["vae_recon"] = autoencode(pipe, clip, seed, lift_cfg, anchor_cfg, reg)
-            if "k4d_static" in methods:
-                robot_mask = np.isfinite(clip["robot_xyz"]).all(-1)
-                rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], robot_mask, xyz_m, clip["world_xyz"][0],
-                                                clip["robot_xyz"])
-                outputs["k4d_static"] = (rgb_s, xyz_s, {**extra, "composited": True})
+            for method, region in (("k4d_static", "current"), ("k4d_swept", "swept")):
+                if method in methods:
+                    rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], np.isfinite(clip["robot_xyz"]).all(-1),
+                                                    xyz_m, clip["world_xyz"][0], clip["robot_xyz"], region=region)
+                    outputs[method] = (rgb_s, xyz_s, {**extra, "composited": region})
             if "copy_first" in methods:
                 T = clip["rgb"].shape[0]
                 outputs["copy_first"] = (np.repeat(clip["rgb"][:1], T, 0), np.repeat(clip["world_xyz"][:1], T, 0),
                                          {"lift": "gt_first_frame"})
             for m in methods:
                 rgb_m, xyz_mm, extra_m = outputs[m]
-                row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, gt_track, info, tau, max_points,
+                row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, true_pos, info, tau, max_points,
                                            bool(imagined_upright)), **extra_m}
             if len(video_names) < videos:
                 name = f"{clip['name'].replace('/', '_')}.mp4"

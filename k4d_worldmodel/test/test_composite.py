@@ -33,6 +33,24 @@ def test_active_pixels_are_robot_now_or_at_start_grown_within_frames():
         active_pixels(mask[0], 1)
 
 
+def test_swept_region_keeps_every_place_the_robot_has_been():
+    """region="swept": a pixel the robot covered at frame 1 stays active at frames 2 and 3 (where it may have
+    picked something up or put it down), never before frame 1; "current" drops it once the robot has left."""
+    mask = np.zeros((4, 9, 9), bool)
+    mask[0, 4, 4] = True
+    mask[1, 1, 1] = True
+    mask[3, 7, 7] = True
+    swept, current = active_pixels(mask, 0, "swept"), active_pixels(mask, 0)
+    assert swept[1:, 1, 1].all() and not swept[0, 1, 1] and not current[2, 1, 1]
+    assert swept[:, 4, 4].all() and swept[3, 7, 7] and not swept[2, 7, 7]
+    assert np.array_equal(swept, np.logical_or.accumulate(mask, 0)) and (swept >= current).all()
+    rgb, first, m, xyz, first_xyz, robot_xyz = _scene()
+    out_rgb, _ = composite_static(rgb, first, m, xyz, first_xyz, robot_xyz, margin_px=0, region="swept")
+    np.testing.assert_array_equal(out_rgb[3][m[1]], rgb[3][m[1]])  # left at frame 2: still the model's
+    with pytest.raises(ValueError, match="region"):
+        active_pixels(mask, 0, "everywhere")
+
+
 def test_composite_keeps_the_model_only_where_the_robot_acts():
     rgb, first, mask, xyz, first_xyz, robot_xyz = _scene()
     out_rgb, out_xyz = composite_static(rgb, first, mask, xyz, first_xyz, robot_xyz, margin_px=1)
@@ -69,6 +87,8 @@ def test_engine_compose_static(model_dir):
 
     with pytest.raises(ValueError, match="compose_margin_px"):
         WorldModelConfig(compose_margin_px=-2)
+    with pytest.raises(ValueError, match="compose_region"):
+        WorldModelConfig(compose_region="all")
     inp = tiny_inputs(build_tiny_pipeline("pmcond"))
     req = ImagineRequest(image=inp["image"], sequence=sequence_from_arrays(inp["robot_xyz"], inp["robot_link"]))
     results = {}

@@ -31,6 +31,53 @@ def test_tracker_and_success_predicate_on_ground_truth(synth):
         assert success_4d(info["task"], track, info["goal"], info["radius"], info["half_height"]) == c["meta"]["success"]
 
 
+def _table_scene(T, objects, H=30, W=40):
+    """A flat table seen straight down with identity camera pose (camera frame = base frame): pixel (i, j) is
+    the point (0.3 + 0.01 j, -0.15 + 0.01 i, 0); ``objects[t]`` lists (x, y) centres of 3 x 3 px, 4 cm tall
+    blocks in frame t."""
+    xyz = np.zeros((T, H, W, 3), np.float32)
+    jj, ii = np.meshgrid(np.arange(W), np.arange(H))
+    xyz[..., 0], xyz[..., 1] = 0.3 + 0.01 * jj, -0.15 + 0.01 * ii
+    for t in range(T):
+        for x, y in objects[t]:
+            j, i = int(round((x - 0.3) / 0.01)), int(round((y + 0.15) / 0.01))
+            xyz[t, i - 1:i + 2, j - 1:j + 2, 2] = 0.04
+    return xyz
+
+
+def test_tracker_follows_a_carried_object_to_where_it_is_put_down():
+    """An object that vanishes beside the gripper is carried: with the gripper's positions the track follows it
+    and finds it again 25 cm away where it is put down, not the distractor that stays on the table;
+    without them (and when it vanishes far from the gripper) the track keeps its last position, as before."""
+    from k4d_worldmodel.evaluate import gripper_positions, track_object
+
+    A, B, D = (0.40, -0.05), (0.60, 0.10), (0.40, 0.06)  # pick, place, distractor
+    objects = [[A, D], [A, D], [D], [D], [D], [B, D], [B, D]]
+    xyz = _table_scene(7, objects)
+    mask = np.zeros(xyz.shape[:3], bool)
+    grip = np.array([[0.40, -0.05, 0.2], [0.40, -0.05, 0.06], [0.41, -0.05, 0.1], [0.5, 0.03, 0.15],
+                     [0.58, 0.09, 0.1], [0.60, 0.10, 0.15], [0.60, 0.10, 0.2]])
+    T = np.eye(4)
+    track, seen = track_object(xyz, mask, T, np.r_[A, 0.02], 0.02, gripper=grip)
+    assert seen.tolist() == [True, True, False, False, False, True, True]
+    assert np.linalg.norm(track[-1, :2] - B) < 0.01 and np.linalg.norm(track[3, :2] - grip[3, :2]) < 0.02
+    old, _ = track_object(xyz, mask, T, np.r_[A, 0.02], 0.02)
+    assert np.linalg.norm(old[-1, :2] - A) < 0.01  # no gripper: it never finds the object again
+    far = grip.copy()
+    far[:, 0] += 0.3  # the gripper nowhere near: not carried
+    kept, _ = track_object(xyz, mask, T, np.r_[A, 0.02], 0.02, gripper=far)
+    assert np.linalg.norm(kept[-1, :2] - A) < 0.01
+
+    # gripper_positions: the median of the finger links' pixels in the base frame, NaN where none is seen
+    link = np.full(xyz.shape[:3], -1, np.int16)
+    link[0, 2:4, 2:4] = 1  # tip_left
+    link[1, 5, 5] = 0      # the gripper body only
+    rx = xyz.copy()
+    g = gripper_positions(rx, link, ["gripper", "tip_left", "tip_right"], T)
+    assert np.allclose(g[0], np.median(xyz[0, 2:4, 2:4].reshape(-1, 3), 0)) and np.allclose(g[1], xyz[1, 5, 5])
+    assert np.isnan(g[2:]).all() and np.isnan(gripper_positions(rx, None, None, T)).all()
+
+
 def test_raised_height_error_sees_objects_sink(synth):
     """The objects' height error: 0 on the truth, -2 cm when the scene is lowered 2 cm along the base z axis,
     and NaN-free only where the truth has raised points."""
