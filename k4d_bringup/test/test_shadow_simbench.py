@@ -359,3 +359,24 @@ def test_simbench_region_fails_a_cylinder_toppled_in_the_zone_as_the_label_does(
             res = make_predicate(cfg, T, ep.region, top=ep.top).evaluate(xyz, robot)
             assert res.valid and res.counts[0] >= cfg.success_min_points, res  # the box sees it either way
             assert res.success == (label == "success" or not upright), (label, upright, res)
+
+
+def test_bench_compose_option_reaches_the_engine_and_is_refused_when_served(tmp_path):
+    """``k4d shadow bench --compose swept`` runs the in-process engine with compose_static and the swept region;
+    a served model composites by its node's own parameters, so --served with --compose stops with a message."""
+    import argparse
+
+    from k4d_bringup.shadow.imaginers import EngineImaginer
+    from k4d_bringup.shadow.simbench import add_arguments, run_bench
+    from k4d_worldmodel.tiny import build_tiny_pipeline
+
+    model = tmp_path / "tiny_model"
+    build_tiny_pipeline("pmcond", seed=0).save_pretrained(model)
+    cfg = EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept").engine.config
+    assert cfg.compose_static and cfg.compose_region == "swept"
+    assert not EngineImaginer(str(model), "cpu", 2, 1.0).engine.config.compose_static
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit, match="--compose applies to a model run in this process"):
+        run_bench(parser.parse_args([str(tmp_path), "--served", "--min-points", "1", "--compose", "swept",
+                                     "--log", str(tmp_path / "x.jsonl")]))

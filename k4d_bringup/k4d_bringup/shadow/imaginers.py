@@ -66,13 +66,15 @@ class EngineImaginer:
 
     def __init__(self, checkpoint: str, device: str = "auto", num_inference_steps: int = 0,
                  guidance_scale: float = 0.0, seed: int = 42, cuda_graphs: bool = True,
-                 send_initial_depth: bool = True, metric_register: bool = True):
+                 send_initial_depth: bool = True, metric_register: bool = True, compose: str = "off"):
+        """``compose``: "off", or the composite region ("current", "swept") of the engine's ``compose_static``."""
         from k4d_worldmodel.config import WorldModelConfig
         from k4d_worldmodel.engine import ImagineEngine, SamplingOverrides
 
+        composed = {} if compose == "off" else {"compose_static": True, "compose_region": compose}
         self.engine = ImagineEngine(WorldModelConfig(checkpoint_dir=str(checkpoint), device=device,
                                                     cuda_graphs=bool(cuda_graphs),
-                                                    metric_register=bool(metric_register)))
+                                                    metric_register=bool(metric_register), **composed))
         self.engine.load()
         self.sampling = SamplingOverrides(num_inference_steps=int(num_inference_steps),
                                           guidance_scale=float(guidance_scale), seed=int(seed))

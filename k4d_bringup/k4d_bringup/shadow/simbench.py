@@ -226,6 +226,9 @@ def add_arguments(p) -> None:
                    help="success_top_min_points, the standing check's threshold (default: 1 at 96 x 64 pixels, "
                         "scaled with the model's image area, predicate.standing_min_points_for; --served: a third "
                         "of --min-points, at least 1)")
+    p.add_argument("--compose", choices=("off", "current", "swept"), default="off",
+                   help="in-process model: composite each imagination onto the chunk's measured first frame "
+                        "(the engine's compose_static with this compose_region; default off)")
     p.add_argument("--relative", choices=("on", "off"), default="off",
                    help="success_relative: count the goal region relative to the chunk's first frame (default off)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
@@ -251,6 +254,9 @@ def run_bench(args) -> int:
                   save_frames=bool(args.report), success_relative=args.relative == "on",
                   imagined_min_points=args.imagined_min_points,
                   imagined_standing_check=args.imagined_upright == "on")
+    if args.served and args.compose != "off":
+        raise SystemExit("k4d shadow bench --served: --compose applies to a model run in this process; set the "
+                         "imagine node's compose_static / compose_region parameters instead")
     if args.served:
         if args.min_points is None:
             raise SystemExit("k4d shadow bench --served: give --min-points, the served model's zone threshold "
@@ -266,7 +272,8 @@ def run_bench(args) -> int:
         device = f"served on {args.imagine_action}"
     else:
         imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0,
-                              cuda_graphs=args.cuda_graphs == "on", metric_register=args.register == "on")
+                              cuda_graphs=args.cuda_graphs == "on", metric_register=args.register == "on",
+                              compose=args.compose)
         pipe = imag.engine.pipe
         min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
         top = args.top_min_points if args.top_min_points is not None else \
@@ -285,6 +292,7 @@ def run_bench(args) -> int:
     out["cuda_graphs"] = args.cuda_graphs
     out["register"] = args.register
     out["relative"] = args.relative
+    out["compose"] = args.compose
     out["upright"] = args.upright
     out["imagined_upright"] = args.imagined_upright
     out["table3"], out["ranking"] = table3(recs), ranking(recs)
