@@ -66,7 +66,6 @@ def main() -> None:
         clip = ds[int(i)]
         info = E.object_info(clip)
         truth = clip["world_xyz"]
-        gt_track, _ = E.track_object(truth, clip["robot_mask"], info["T_base_cam"], info["init"], info["half_height"])
         gt_success = E.success_zone_4d(truth, clip["robot_mask"], info)
         meta = clip.get("meta") or {}
         if "success" in meta:  # the predicate on the truth against the simulator's label, at this resolution
@@ -79,10 +78,10 @@ def main() -> None:
                 xyz = np.where(np.isfinite(truth), xyz, np.nan)
                 g = E.geometry_metrics(xyz, truth)
                 track, _ = E.track_object(xyz, clip["robot_mask"], info["T_base_cam"], info["init"],
-                                          info["half_height"])
+                                          info["half_height"], gripper=info["gripper"])
                 rows.setdefault(f"{name} | blur {k} px, noise {sigma}", []).append(dict(
                     agree=E.success_zone_4d(xyz, clip["robot_mask"], info) == gt_success,
-                    object_err_m=float(np.linalg.norm(track - gt_track, axis=1)[1:].mean()), **g))
+                    object_err_m=float(np.linalg.norm(track - info["true_track"], axis=1)[1:].mean()), **g))
     summary = {key: {m: float(np.nanmean([r[m] for r in v])) for m in ("agree", "object_err_m", "chamfer_l1",
                                                                        "fscore") if m in v[0]}
                for key, v in rows.items()}

@@ -151,12 +151,13 @@ def track_object(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.n
     last = np.asarray(init_pos_base, dtype=np.float64).copy()  # where the object was last found
     pos = last.copy()  # where it is taken to be (moves with the gripper while carried)
     grip = np.full((T, 3), np.nan) if gripper is None else np.asarray(gripper, np.float64)
-    near = lambda a, b: np.isfinite(a).all() and np.isfinite(b).all() and np.linalg.norm(a[:2] - b[:2]) <= grasp_radius_m
     for t in range(T):
         # the carried hypothesis: the object moved with the gripper since the previous frame, if the gripper
         # was beside it there (also while it is still seen: a fast carry moves it beyond max_jump_m a frame)
-        carried = grip[t] + (pos - grip[t - 1]) if t > 0 and near(grip[t - 1], pos) and np.isfinite(grip[t]).all() \
-            else None
+        carried = None
+        if t > 0 and np.isfinite(grip[t - 1:t + 1]).all() and \
+                np.linalg.norm(grip[t - 1, :2] - pos[:2]) <= grasp_radius_m:
+            carried = grip[t] + (pos - grip[t - 1])
         p = to_base_frame(world_xyz[t].astype(np.float64), T_base_cam)
         robot = ndimage.binary_dilation(robot_mask[t], iterations=1)
         cand = (np.isfinite(p).all(-1) & ~robot & (p[..., 2] > min_height_m) & (p[..., 2] < max_height_m)
@@ -181,12 +182,6 @@ def track_object(world_xyz: np.ndarray, robot_mask: np.ndarray, T_base_cam: np.n
             pos = carried  # hidden in the gripper: it goes where the gripper goes
         track[t] = pos
     return track, seen
-
-
-def clip_gripper(clip: dict[str, Any], T_base_cam: np.ndarray) -> np.ndarray:
-    """``gripper_positions`` of a clip (its kinematic robot pointmap, link ids and the episode's link names)."""
-    return gripper_positions(clip["robot_xyz"], clip.get("robot_link"), (clip.get("meta") or {}).get("link_names"),
-                             T_base_cam)
 
 
 ZONE_FLOOR_M = 0.006  # the goal zone's lower bound above the table: points under it are table, not object
@@ -298,7 +293,9 @@ def raised_height_error(xyz: np.ndarray, gt_xyz: np.ndarray, robot_mask: np.ndar
 
 
 def object_info(clip: dict[str, Any]) -> dict | None:
-    """Target object / zone / camera facts of a k4d clip, or None (Kinema4D layout, or missing metadata)."""
+    """Target object / zone / camera facts of a k4d clip, or None (Kinema4D layout, or missing metadata); with the
+    simulator's track of the target (``true_track``, base frame) and the gripper's (``gripper_positions``), once
+    per clip for every method's tracker."""
     meta = clip.get("meta") or {}
     if not meta.get("objects") or "object_pos" not in clip or "T_base_cam" not in clip or "zone" not in meta:
         return None
@@ -306,10 +303,14 @@ def object_info(clip: dict[str, Any]) -> dict | None:
 
     hh = target_rest_height(meta)
     target = meta["objects"][0]
+    T_base_cam = np.asarray(clip["T_base_cam"], np.float64)
     return {"task": meta.get("task", "pick_place"), "half_height": hh, "init": clip["object_pos"][0, 0],
+            "true_track": np.asarray(clip["object_pos"][:, 0], np.float64),
+            "gripper": gripper_positions(clip["robot_xyz"], clip.get("robot_link"), meta.get("link_names"),
+                                         T_base_cam),
             "kind": target["kind"], "size": [float(v) for v in target["size"]],
             "goal": meta["zone"]["center_base"], "radius": float(meta["zone"]["radius"]),
-            "T_base_cam": np.asarray(clip["T_base_cam"], np.float64)}
+            "T_base_cam": T_base_cam}
 
 
 # --------------------------------------------------------------------------------------------- per clip
@@ -356,11 +357,11 @@ def arm_psnr(rgb: np.ndarray, gt_rgb: np.ndarray, robot_mask: np.ndarray) -> flo
     return min(M.psnr(rgb[1:][changed], gt_rgb[1:][changed]), 100.0)
 
 
-def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], ref_track: np.ndarray | None,
-                 info: dict | None, tau: float, max_points: int, upright: bool = False) -> dict[str, Any]:
+def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], info: dict | None, tau: float,
+                 max_points: int, upright: bool = False) -> dict[str, Any]:
     """All per-clip metrics of one method's `(T, H, W, 3)` uint8 RGB and metric XYZ (``upright``: the success
-    predicate's standing check, ``success_zone_4d``). ``ref_track``: the object's true centres `(T, 3)`, base
-    frame (the simulator's ``object_pos`` of the target), which the imagined track is scored against."""
+    predicate's standing check, ``success_zone_4d``). ``info``: ``object_info(clip)``; the imagined object track
+    is scored against its ``true_track`` (the simulator's record)."""
     gt_rgb = clip["rgb"]
     row: dict[str, Any] = {
         "psnr": M.psnr_video(rgb[1:], gt_rgb[1:]),
@@ -368,10 +369,10 @@ def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], ref_t
         "arm_psnr": arm_psnr(rgb, gt_rgb, clip["robot_mask"]),
         **geometry_metrics(xyz_m, clip["world_xyz"], tau, max_points),
     }
-    if info is not None and ref_track is not None:
+    if info is not None:
         track, seen = track_object(xyz_m, clip["robot_mask"], info["T_base_cam"], info["init"], info["half_height"],
-                                   gripper=clip_gripper(clip, info["T_base_cam"]))
-        err = np.linalg.norm(track - ref_track, axis=1)
+                                   gripper=info["gripper"])
+        err = np.linalg.norm(track - info["true_track"], axis=1)
         row.update({"object_err_m": float(err[1:].mean()), "object_final_err_m": float(err[-1]),
                     "object_seen_frac": float(seen.mean()),
                     "raised_height_err_m": raised_height_error(xyz_m, clip["world_xyz"], clip["robot_mask"],
@@ -736,13 +737,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 if meta.get("relabelled"):  # an older dataset's label, recomputed by the current rule
                     row["label_recorded"] = meta.get("label_recorded")
             info = object_info(clip)
-            true_pos = None
             if info is not None:
-                true_pos = clip["object_pos"][:, 0]
                 gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
-                                              info["half_height"], gripper=clip_gripper(clip, info["T_base_cam"]))
+                                              info["half_height"], gripper=info["gripper"])
                 row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info)
-                row["gt_track_err_m"] = float(np.linalg.norm(gt_track - true_pos, axis=1).mean())
+                row["gt_track_err_m"] = float(np.linalg.norm(gt_track - info["true_track"], axis=1).mean())
             outputs = {}
             try:
                 rgb, xyz_m, extra = imagine(pipe, clip, steps, guidance, seed, lift_cfg, anchor_cfg, reg)
@@ -769,8 +768,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                                          {"lift": "gt_first_frame"})
             for m in methods:
                 rgb_m, xyz_mm, extra_m = outputs[m]
-                row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, true_pos, info, tau, max_points,
-                                           bool(imagined_upright)), **extra_m}
+                row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, info, tau, max_points, bool(imagined_upright)),
+                          **extra_m}
             if len(video_names) < videos:
                 name = f"{clip['name'].replace('/', '_')}.mp4"
                 panels = [(clip["rgb"], clip["world_xyz"]), outputs["k4d"][:2]]

@@ -134,8 +134,8 @@ def test_zone_predicate_asks_a_pick_place_cylinder_to_stand(tmp_path):
     from k4d_worldmodel.evaluate import clip_metrics
 
     truth = {**c, "world_xyz": standing}
-    asked = clip_metrics(c["rgb"], lying, truth, np.zeros((3, 3)), info(), 0.01, 512, upright=True)
-    unasked = clip_metrics(c["rgb"], lying, truth, np.zeros((3, 3)), info(), 0.01, 512)
+    asked = clip_metrics(c["rgb"], lying, truth, info(), 0.01, 512, upright=True)
+    unasked = clip_metrics(c["rgb"], lying, truth, info(), 0.01, 512)
     assert not asked["success_4d"] and unasked["success_4d"]
 
 
