@@ -30,6 +30,10 @@
 #          | --lr-decay-steps N (lr_schedule cosine: the transformer's lr falls from the config's to min_lr_ratio of
 #            it over the N steps after this call's start, e.g. a last --resume call annealing a model trained at a
 #            constant lr; the --condition-fill / --change-weight of earlier calls must be given again with it)
+#          | --train-seed S (the training episodes' dataset seeds are S + k for the k-th scenario, default 0;
+#            another S gives fresh clips for a model continued with --init-from, e.g. 10. The held-out episodes
+#            keep seeds 1000 + k, so validation losses of runs with other S compare)
+#          | --lr LR (the transformer's peak lr; e.g. lower than the config's for a model continued with --init-from)
 #          | --no-bench (skip the rollout timing, which otherwise runs after the checkpoint is packed)
 #          | --config NAME (default: the shipped model's recipe; metric: the v3 recipe, see configs/metric.yaml)
 #          | --width W --height H --fy F (episode geometry; default 96 64 80, the models'; configs/metric_hr.yaml
@@ -74,7 +78,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; RAISED_WEIGHT=""; COND_FILL=""; CHANGE_WEIGHT=""; LR_DECAY=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
+TRAIN_SEED=0; LR=""; VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; RAISED_WEIGHT=""; COND_FILL=""; CHANGE_WEIGHT=""; LR_DECAY=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -83,6 +87,8 @@ while [ $# -gt 0 ]; do
     --no-bench) BENCH=0 ;;
     --vae-from) VAE_FROM=$2; shift ;;
     --init-from) INIT_FROM=$2; shift ;;
+    --train-seed) TRAIN_SEED=$2; shift ;;
+    --lr) LR=$2; shift ;;
     --condition-fill) COND_FILL=$2; shift ;;
     --lr-decay-steps) LR_DECAY=$2; shift ;;
     --change-weight) CHANGE_WEIGHT=$2; shift ;;
@@ -141,9 +147,10 @@ if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   else
     echo "device_train.sh: could not install the wheels in $WHEELS (other Python?); using the installed packages"
   fi
-elif [ "$RESUME" = 1 ] && [ -d /tmp/k4d_site ]; then
-  # a later call on the same warm machine: the wheels the first call installed are still there, so the call
-  # need not carry them again (36 MiB of the 64 MiB a call may carry; room for a checkpoint to --init-from)
+elif [ -z "${K4D_WHEELS:-}" ] && [ -d /tmp/k4d_site ]; then
+  # a later call on the same warm machine: the wheels an earlier call installed are still there, so the call
+  # need not carry them again (36 MiB of the 64 MiB a call may carry; room for a checkpoint to --init-from: a
+  # first call may carry the wheels alone and only install them, as docs/GPU_RUNS.md shows)
   export PYTHONPATH=/tmp/k4d_site${PYTHONPATH:+:$PYTHONPATH}
   echo "device_train.sh: using the wheels an earlier call installed in /tmp/k4d_site"
 fi
@@ -199,7 +206,7 @@ else
   LAUNCH=("$PY")
 fi
 
-if [ -n "$DEPTH_WEIGHT$VAE_LR$RAISED_WEIGHT$COND_FILL$CHANGE_WEIGHT$LR_DECAY" ]; then  # the config with these fields changed, saved beside the run
+if [ -n "$DEPTH_WEIGHT$VAE_LR$RAISED_WEIGHT$COND_FILL$CHANGE_WEIGHT$LR_DECAY$LR" ]; then  # the config with these fields changed, saved beside the run
   "$PY" - <<PYEOF
 import yaml
 from k4d_worldmodel.training.config import TrainConfig
@@ -216,12 +223,14 @@ if "$CHANGE_WEIGHT":
     cfg.change_weight = float("$CHANGE_WEIGHT")
 if "$LR_DECAY":
     cfg.lr_schedule, cfg.lr_decay_steps = "cosine", int("$LR_DECAY")
+if "$LR":
+    cfg.lr = float("$LR")
 cfg = TrainConfig.from_dict(cfg.to_dict())  # validated: a bad value stops here, by name
 open("$WORK/config.yaml.new", "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 PYEOF
   mv "$WORK/config.yaml.new" "$WORK/config.yaml"
   CONFIG="$WORK/config.yaml"
-  echo "config: $CONFIG (${DEPTH_WEIGHT:+vae.pointmap_depth_weight $DEPTH_WEIGHT }${VAE_LR:+vae.lr $VAE_LR }${RAISED_WEIGHT:+vae.pointmap_raised_weight $RAISED_WEIGHT }${COND_FILL:+condition_fill $COND_FILL }${CHANGE_WEIGHT:+change_weight $CHANGE_WEIGHT }${LR_DECAY:+lr_schedule cosine over $LR_DECAY steps})"
+  echo "config: $CONFIG (${DEPTH_WEIGHT:+vae.pointmap_depth_weight $DEPTH_WEIGHT }${VAE_LR:+vae.lr $VAE_LR }${RAISED_WEIGHT:+vae.pointmap_raised_weight $RAISED_WEIGHT }${COND_FILL:+condition_fill $COND_FILL }${CHANGE_WEIGHT:+change_weight $CHANGE_WEIGHT }${LR_DECAY:+lr_schedule cosine over $LR_DECAY steps }${LR:+lr $LR})"
 elif [ "$RESUME" = 1 ] && [ -f "$WORK/config.yaml" ]; then
   # a --resume call that changes no field keeps the earlier call's config (a transformer continued on another
   # condition_fill, or a VAE on another depth weight, would be silently trained on a different objective)
@@ -254,7 +263,7 @@ if __name__ == "__main__":
             for k, sc in enumerate(scenarios) for i in range(max(1, $HELDOUT // len(scenarios)))]
     n_held = len(jobs)
     per = max(1, $EPISODES // len(scenarios))
-    jobs += [(i, k, "$WORK/train/" + sc, opts[sc], 1) for i in range(per) for k, sc in enumerate(scenarios)]
+    jobs += [(i, $TRAIN_SEED + k, "$WORK/train/" + sc, opts[sc], 1) for i in range(per) for k, sc in enumerate(scenarios)]
     t0, metas = time.perf_counter(), []
     with mp.get_context("spawn").Pool($WORKERS, initializer=_worker_init) as pool:
         for meta in pool.imap(_worker, jobs, chunksize=1):
@@ -384,7 +393,8 @@ out = {"train": json.loads((run / "train_metrics.json").read_text()),
        "vae": json.loads(vae_file.read_text()) if vae_file.is_file() else {},
        "eval": {"header": ev["header"], "summary": ev["summary"], "wall_s": ev["wall_s"]},
        "options": {"config": "$CONFIG", "gpus": $GPUS, "episodes": $EPISODES, "heldout": $HELDOUT, "frames": $FRAMES,
-                   "height": $H, "width": $W, "fy": $FY, "mujoco_gl": "$MUJOCO_GL", "generation_s": $GEN_S}}
+                   "height": $H, "width": $W, "fy": $FY, "mujoco_gl": "$MUJOCO_GL", "generation_s": $GEN_S,
+                   "train_seed": $TRAIN_SEED}}
 pathlib.Path("$OUT/metrics.json").write_text(json.dumps(out, indent=1))
 PYEOF
 first_video=$(ls "$WORK/run/eval/videos"/*.mp4 2>/dev/null | head -n 1 || true)

@@ -41,8 +41,8 @@ def _vae_weights(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     work = tmp_path / "work"
-    first = _run(["--vae-depth-weight", "3", "--vae-lr", "0.0003", "--vae-raised-weight", "10"], work,
-                 tmp_path / "out1")
+    first = _run(["--vae-depth-weight", "3", "--vae-lr", "0.0003", "--vae-raised-weight", "10", "--train-seed", "7",
+                  "--lr", "0.0021"], work, tmp_path / "out1")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "vae.pointmap_depth_weight 3 vae.lr 0.0003 vae.pointmap_raised_weight 10" in first.stdout
     vae_metrics = json.loads((work / "run" / "vae" / "vae_metrics.json").read_text())
@@ -52,6 +52,16 @@ def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out1").glob("k4d_default.tar.part-*"))
     assert f"validation loss on {work / 'heldout'}" in first.stdout
     packed_train = json.loads((tmp_path / "out1" / "metrics.json").read_text())["train"]
+    assert json.loads((tmp_path / "out1" / "metrics.json").read_text())["options"]["train_seed"] == 7
+    import yaml
+
+    assert "lr 0.0021" in first.stdout and yaml.safe_load((work / "run" / "config.yaml").read_text())["lr"] == 0.0021
+    # the training episodes are those of seeds 7 + k, the held-out ones keep 1000 + k
+    from k4d_bringup.dataset.generate import GenerateOptions, episode_spec
+
+    meta = json.loads(next((work / "train" / "easy").glob("*.json")).read_text())
+    spec = episode_spec(meta["index"], 7, GenerateOptions(num_frames=5, width=48, height=32, fy=40.0))
+    assert meta["scene_seed"] == spec["scene_seed"]
     assert packed_train["val_data"] == str(work / "heldout") and packed_train["val_loss_after"] > 0  # NaN fails too
 
     # a later call starts the transformer from a saved pipeline whose VAE differs from this run's
@@ -65,8 +75,6 @@ def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     second = _run(["--resume", "--init-from", str(init), "--change-weight", "5"], work, tmp_path / "out2")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "change_weight 5" in second.stdout
-    import yaml
-
     assert yaml.safe_load((work / "run" / "pipeline" / "train_config.yaml").read_text())["change_weight"] == 5.0
     assert f"the transformer starts from {init}, with this run's VAE" in second.stdout
     metrics = json.loads((work / "run" / "train_metrics.json").read_text())
