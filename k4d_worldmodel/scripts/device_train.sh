@@ -78,7 +78,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
 SMOKE=0; EPISODES=2400; HELDOUT=96; VAE_BUDGET=150; TRAIN_BUDGET=420; EVAL_STEPS=20; TOTAL_BUDGET=545
 GEN_BUDGET=170; SCENARIOS=easy,medium,hard; RESUME=0; EVAL_EPISODES=24; VAE_ONLY=0; VAE_BUDGET_SET=0
-TRAIN_SEED=0; LR=""; VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; RAISED_WEIGHT=""; COND_FILL=""; CHANGE_WEIGHT=""; LR_DECAY=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
+TRAIN_SEED=0; LR=""; VAE_TRAINED=0; VAE_FROM=""; INIT_FROM=""; DEPTH_WEIGHT=""; VAE_LR=""; RAISED_WEIGHT=""; COND_FILL=""; CHANGE_WEIGHT=""; LR_DECAY=""; BENCH=1; CONFIG=default; GPUS=""; W=96; H=64; FY=80.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
@@ -323,6 +323,7 @@ if [ "$VAE_BUDGET" -gt 0 ]; then
     --time-budget-s "$VAE_BUDGET" --no-progress --load-workers $(( WORKERS > 1 ? WORKERS : 0 )) $VAE_RESUME
   # a transformer trained on the old latents cannot continue on the new ones
   [ -d "$WORK/run/checkpoints" ] && { echo "the VAE moved: the transformer starts afresh"; rm -rf "$WORK/run/checkpoints"; }
+  VAE_TRAINED=1
   phase_done vae
 fi
 if [ "$VAE_ONLY" = 1 ]; then
@@ -333,7 +334,10 @@ fi
 # a transformer continuing on the clips and the VAE of an earlier call reads that call's encodings (train's
 # encoded cache, run/encoded/: seconds for what took 98 + 188 s for 2,450 clips of 192 x 128) instead of reading
 # and encoding the clips again; the VAE trained in this call would have removed the checkpoints
-if [ -z "$INIT_FROM" ] && [ -d "$WORK/run/checkpoints" ] && compgen -G "$WORK/run/encoded/*.json" >/dev/null; then
+# (also for --init-from, whose frozen encoders are this run's VAE and the image encoder every run of the config
+# builds from its seed: a call that generated and encoded the clips from scratch, carrying the wheels, and a
+# --resume --init-from call carrying the checkpoint; train() re-encodes on a fingerprint miss)
+if [ "$RESUME" = 1 ] && [ "$VAE_TRAINED" = 0 ] && compgen -G "$WORK/run/encoded/*.json" >/dev/null; then
   LOAD_EST=$(( SMOKE == 1 ? 2 : 30 )); ENC_EST=0
   echo "the encodings of the earlier call are reused ($(du -sh "$WORK/run/encoded" | cut -f1))"
 fi

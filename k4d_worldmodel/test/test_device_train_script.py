@@ -79,6 +79,8 @@ def test_depth_weight_and_init_from_in_the_device_script(tmp_path):
     assert f"the transformer starts from {init}, with this run's VAE" in second.stdout
     metrics = json.loads((work / "run" / "train_metrics.json").read_text())
     assert metrics["continued_from"] == str(work / "run" / "base")
+    # the first call's encodings serve it (the frozen encoders are this run's VAE and the config's image encoder)
+    assert "the encodings of the earlier call are reused" in second.stdout and metrics["encoded_cache"] == "hit"
     assert all(metrics[f"fixed_batch_change_loss_{w}"] >= 0 for w in ("before", "after"))  # NaN fails too
     ours, packed = _vae_weights(work / "run" / "vae"), _vae_weights(work / "run" / "pipeline" / "vae")
     assert all(torch.equal(ours[k], packed[k]) for k in ours)  # this run's VAE, not the init folder's
