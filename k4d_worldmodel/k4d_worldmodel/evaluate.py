@@ -378,6 +378,9 @@ def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], info:
                     "raised_height_err_m": raised_height_error(xyz_m, clip["world_xyz"], clip["robot_mask"],
                                                                info["T_base_cam"]),
                     "success_4d": success_zone_4d(xyz_m, clip["robot_mask"], info, upright=upright),
+                    # the zone's points in the first and the last frame (what success_4d compares with its
+                    # threshold), so a threshold calibrated on other episodes can judge the logged rows again
+                    "zone_counts": [int(c) for c in zone_counts(xyz_m, clip["robot_mask"], info)],
                     "success_track_4d": success_4d(info["task"], track, info["goal"], info["radius"],
                                                    info["half_height"])})
     return row
@@ -637,7 +640,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
              tau: float = 0.01, max_points: int = 4096, progress: bool = True, pipe=None,
              emb_checkpoint: str | Path | None = None, emb_pipe=None, resume: bool = False,
              save_rollouts: bool = False, register: bool = True, complete_unreachable: bool = True,
-             imagined_upright: bool = False) -> dict:
+             imagined_upright: bool = False, vae_autocast: str = "auto") -> dict:
     """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
 
     ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
@@ -655,7 +658,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     (``WorldModelConfig.metric_register``, the engine's default); False scores the lift alone, as before it
     existed. ``complete_unreachable``: the pipeline's completion of the output directions the transformer cannot
     reach (``WorldModelConfig.complete_unreachable``); recorded as ``unreachable_completed``, true only where it
-    acts (a model with such directions).
+    acts (a model with such directions). ``vae_autocast``: ``WorldModelConfig.vae_autocast`` of the loaded
+    pipeline ("auto": bfloat16 on a CPU with native bfloat16, float32 elsewhere); the header records the dtype
+    the VAE ran in (``vae_autocast``: "bfloat16" or "off"; a given ``pipe``'s own), so runs on machines with and
+    without native bfloat16 are told apart.
     """
     from k4d_bringup.sim.policies import LABEL_RULE  # the outcome rule the simulator's labels follow
     from tqdm.auto import tqdm
@@ -683,7 +689,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 cfg_file = Path(checkpoint) / "transformer" / "config.json"
                 variant = json.loads(cfg_file.read_text()).get("variant", "pmcond")
         cfg = WorldModelConfig(checkpoint_dir=str(checkpoint), base_model_dir=base_model_dir, variant=variant,
-                               device=device)
+                               device=device, vae_autocast=vae_autocast)
         pipe = load_pipeline(cfg)
     pipe.set_progress_bar_config(disable=True)
     completed = bool(complete_unreachable) and pipe.transformer.reachable_basis() is not None
@@ -712,7 +718,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
            "pointmap_encoding": pipe.pointmap_encoding.kind, "tau": tau, "max_points": max_points,
            "emb_checkpoint": str(emb_checkpoint) if emb_checkpoint else None, "register_block_px": reg,
            "label_rule": LABEL_RULE, "zone_upright_check": upright_sides,
-           "object_reference": "simulator"}  # object_err_m against object_pos (older logs: the tracked truth)
+           "object_reference": "simulator",  # object_err_m against object_pos (older logs: the tracked truth)
+           "vae_autocast": _autocast_name(getattr(pipe, "vae_autocast", None))}
     if completed:  # only then, so that the logs of models it does not touch (v2) resume as before
         run["unreachable_completed"] = True
     rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
@@ -741,6 +748,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                 gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
                                               info["half_height"], gripper=info["gripper"])
                 row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info)
+                row["gt_zone_counts"] = [int(c) for c in zone_counts(clip["world_xyz"], clip["robot_mask"], info)]
                 row["gt_track_err_m"] = float(np.linalg.norm(gt_track - info["true_track"], axis=1).mean())
             outputs = {}
             try:
@@ -798,7 +806,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
               "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
               "zone_min_points": zone_min_points(pipe.height, pipe.width), "zone_upright_check": upright_sides,
-              "register_block_px": reg,
+              "register_block_px": reg, "vae_autocast": run["vae_autocast"],
               "unreachable_completed": completed, "label_rule": LABEL_RULE,
               "relabelled": sum(1 for r in rows if "label_recorded" in r), "skipped": len(skipped),
               "commit": _commit()}
@@ -809,6 +817,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     (out / "metrics.json").write_text(json.dumps(result, indent=1, default=_json_default))
     write_report(out, summary, rows, header, video_names, skipped)
     return result
+
+
+def _autocast_name(dtype) -> str:
+    """"bfloat16" (or another dtype's name) for the VAE's autocast dtype, "off" for None."""
+    return "off" if dtype is None else str(dtype).replace("torch.", "")
 
 
 def _nan_for_none(row: dict) -> dict:

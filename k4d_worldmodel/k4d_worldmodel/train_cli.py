@@ -40,7 +40,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                       progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint, resume=args.resume,
                       save_rollouts=args.save_rollouts, register=not args.no_register,
                       complete_unreachable=not args.no_complete_unreachable,
-                      imagined_upright=args.imagined_upright)
+                      imagined_upright=args.imagined_upright, vae_autocast=args.vae_autocast)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -97,6 +97,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--imagined-upright", action="store_true",
                    help="apply the success predicate's standing check (a pick-place cylinder's points above the "
                         "height a toppled one reaches) to the imagined pointmaps too, not only to the ground truth")
+    p.add_argument("--vae-autocast", choices=("auto", "bfloat16", "off"), default="auto",
+                   help="the VAE's encode/decode under bfloat16 autocast (auto: on CPUs with native bfloat16, as "
+                        "WorldModelConfig.vae_autocast), or in float32 (off); the run header records the one used, "
+                        "since the answers of two machines differ with it")
     p.set_defaults(func=_run_eval)
 
 

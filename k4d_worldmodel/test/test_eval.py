@@ -158,6 +158,13 @@ def test_eval_end_to_end_writes_report(synth, pmcond_pipe, tmp_path):
     h, w = pmcond_pipe.height, pmcond_pipe.width
     assert saved["header"]["zone_min_points"] == max(1, round(3 * h * w / (96 * 64)))  # the threshold it used
     assert saved["header"]["zone_upright_check"] == "truth"  # the standing check: the ground truth's side only
+    # each row logs the zone counts its success answer came from (no standing check on the imagined side here)
+    k = saved["header"]["zone_min_points"]
+    for row in r["episodes"]:
+        for m in s["methods"]:
+            first, last = row[m]["zone_counts"]
+            assert row[m]["success_4d"] == (last - first >= k)
+        assert len(row["gt_zone_counts"]) == 2 and all(c >= 0 for c in row["gt_zone_counts"])
     md = (tmp_path / "report.md").read_text()
     assert "| k4d |" in md and "copy_first" in md and "Pearson" in md and "raised_height_err_m" in md
     assert "arm_psnr" in md
@@ -177,6 +184,21 @@ def test_eval_cli(synth, tmp_path, capsys):
                "--no-progress", "--device", "cpu"])
     assert rc == 0 and "success rate" in capsys.readouterr().out
     assert (tmp_path / "ev" / "report.html").is_file()
+    header = json.loads((tmp_path / "ev" / "metrics.json").read_text())["header"]
+    from k4d_worldmodel.config import WorldModelConfig
+
+    want = WorldModelConfig(device="cpu").resolved_vae_autocast()  # auto: this CPU's choice, recorded
+    assert header["vae_autocast"] == ("off" if want is None else "bfloat16")
+    # float32 asked for by name: recorded, and a resume of the bfloat16 or auto log under it is refused by name
+    args = ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(synth), "--split", "all", "--steps", "1",
+            "--methods", "k4d,copy_first", "--videos", "0", "--no-progress", "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "f32"), "--vae-autocast", "off"]) == 0
+    assert json.loads((tmp_path / "f32" / "metrics.json").read_text())["header"]["vae_autocast"] == "off"
+    assert main(args + ["--out", str(tmp_path / "b16"), "--vae-autocast", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "b16" / "metrics.json").read_text())["header"]["vae_autocast"] == "bfloat16"
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "b16"), "--vae-autocast", "off", "--resume"]) != 0
+    assert "vae_autocast" in capsys.readouterr().err
 
 
 def test_eval_log_survives_a_crash_and_resumes(synth, pmcond_pipe, tmp_path):
@@ -290,3 +312,58 @@ def test_skipped_episodes_are_named_and_a_resume_covers_only_what_is_asked(synth
     r2 = E.evaluate("tiny", synth, tmp_path, resume=True, max_episodes=2, **kw)
     assert r2["summary"]["episodes"] == 2 and r2["header"]["skipped"] == 0
     assert sorted(x["name"] for x in r2["episodes"]) == ["000000", "000001"]
+
+
+def _calibration_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibrate_zone_threshold.py"
+    spec = importlib.util.spec_from_file_location("calibrate_zone_threshold", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_zone_threshold_is_chosen_on_one_run_and_applied_to_another(synth, pmcond_pipe, tmp_path):
+    from k4d_worldmodel.evaluate import evaluate, read_episode_rows, zone_min_points
+
+    kw = dict(split="all", steps=2, pipe=pmcond_pipe, videos=0, progress=False, methods=("k4d", "copy_first"))
+    evaluate("tiny-random", synth, tmp_path / "calib", seed=1, **kw)
+    evaluate("tiny-random", synth, tmp_path / "held", seed=2, **kw)
+    mod = _calibration_script()
+    rows = read_episode_rows(tmp_path / "held")
+    default = zone_min_points(pmcond_pipe.height, pmcond_pipe.width)
+    # the logged counts reproduce the logged answers at the default threshold
+    again = mod.rejudge(rows, "k4d", default)
+    assert [r["k4d"]["success_4d"] for r in again] == [r["k4d"]["success_4d"] for r in rows]
+    out = tmp_path / "choice.json"
+    assert mod.main(["--calib", str(tmp_path / "calib"), "--heldout", str(tmp_path / "held"), "--method", "k4d",
+                     "--max-threshold", "20", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    tab = res["calib_table"]
+    assert [t["threshold"] for t in tab] == list(range(1, 21)) and res["default_threshold"] == default
+    assert max(t["agreement"] for t in tab) == next(t for t in tab if t["threshold"] == res["chosen_threshold"])[
+        "agreement"]
+    # a threshold no count reaches judges every held-out episode a failure: its rate is 0
+    never = mod._success_summary(mod.rejudge(rows, "k4d", 10 ** 6), "k4d")
+    assert never["overall"] == 0.0 and never["rate_difference"] == -never["sim_overall"]
+    # an older run without the counts, and runs of two models, are refused by name
+    old = tmp_path / "old"
+    old.mkdir()
+    lines = (tmp_path / "held" / "episodes.jsonl").read_text().splitlines()
+    stripped = []
+    for line in lines:
+        rec = json.loads(line)
+        if rec.get("kind") == "episode":
+            rec["row"]["k4d"].pop("zone_counts")
+        stripped.append(json.dumps(rec))
+    (old / "episodes.jsonl").write_text("\n".join(stripped) + "\n")
+    (old / "metrics.json").write_text((tmp_path / "held" / "metrics.json").read_text())
+    with pytest.raises(SystemExit, match="no zone_counts"):
+        mod.main(["--calib", str(tmp_path / "calib"), "--heldout", str(old), "--method", "k4d"])
+    other = json.loads((tmp_path / "held" / "metrics.json").read_text())
+    other["header"]["checkpoint"] = "another-model"
+    (old / "metrics.json").write_text(json.dumps(other))
+    (old / "episodes.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match="differ in model"):
+        mod.main(["--calib", str(tmp_path / "calib"), "--heldout", str(old), "--method", "k4d"])
