@@ -572,6 +572,33 @@ def test_shadow_calibrated_probability_fit_apply_and_ranking(tmp_path):
         apply_probability(other, {"feature": fit["feature"], "intercept": "a", "slope": 1.0})
 
 
+
+def test_a_probability_fit_records_its_model_and_composite_and_refuses_other_logs():
+    """A fit says which model and composite it was fitted on (the chunk records' model_id and composite); applied
+    to a log of another model or composite it stops with both named; older fits or chunks without them pass."""
+    from k4d_bringup.shadow.calibrate import apply_probability, fit_probability
+
+    def log(model, composite, n=20):
+        recs = []
+        for i in range(n):
+            r = _chunk_and_episode(f"{model}{composite}{i}", "s", "p", i % 2, [i])
+            r[0].update(model_id=model, composite=composite)
+            recs += r
+        return recs
+
+    fit = fit_probability(log("m@1", "swept"))
+    assert fit["model_ids"] == ["m@1"] and fit["composites"] == ["swept"]
+    assert apply_probability(log("m@1", "swept", 4), fit)[0]["probability_fit"]
+    with pytest.raises(ValueError, match=r"model \['m@1'\].*model \['m@2'\]"):
+        apply_probability(log("m@2", "swept", 4), fit)
+    with pytest.raises(ValueError, match=r"composite \['swept'\].*composite \['off'\]"):
+        apply_probability(log("m@1", "off", 4), fit)
+    served = log("m@1", "", 4)  # a served model's composite is unknown: not compared
+    assert apply_probability(served, fit)[0]["imagined_success_probability"] >= 0
+    older = {k: v for k, v in fit.items() if k not in ("model_ids", "composites")}
+    assert apply_probability(log("m@2", "off", 4), older)[0]["probability_fit"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Calibration check
 # ---------------------------------------------------------------------------------------------
@@ -663,6 +690,7 @@ def test_replay_recording_with_tiny_world_model_and_report(scene, tmp_path, monk
     assert any(c["mode"] == "candidate" and c["status"] == "ok" and c["psnr_db"] is None for c in chunks_)
     assert [(e["mode"], e["actual_success"]) for e in eps if e["mode"] == "live"] == [("live", True), ("live", False)]
     assert all(c["model_id"] for c in live)
+    assert all(c["composite"] == "off" for c in live)  # the in-process engine's composite, logged with each chunk
     # Every request carried the depth of its chunk's start frame (send_initial_depth): metres of the table scene,
     # registered to the image, 0 in the recording -> NaN.
     assert len(requests) == len(chunks_) and all(r.anchor_depth is not None for r in requests)

@@ -162,7 +162,7 @@ def fit_probability(records: list[dict]) -> dict:
     """Logistic fit of the actual outcome on log(1 + imagined count in the last frame) over the live paired
     episodes; ValueError when fewer than 10 episodes or only one outcome is present."""
     last = _last_ok_chunks(records)
-    xs, ys = [], []
+    xs, ys, models, composites = [], [], set(), set()
     for e in episode_records(records):
         if e.get("mode", "live") != "live" or not _paired(e):
             continue
@@ -172,6 +172,8 @@ def fit_probability(records: list[dict]) -> dict:
             continue
         xs.append(math.log1p(counts[-1]))
         ys.append(float(bool(e["actual_success"])))
+        models.add(str(c.get("model_id") or ""))
+        composites.add(str(c.get("composite") or ""))
     if len(xs) < 10:
         raise ValueError(f"need at least 10 live paired episodes with imagined counts to fit a probability, got "
                          f"{len(xs)}")
@@ -191,14 +193,34 @@ def fit_probability(records: list[dict]) -> dict:
     p = expit(res.x[0] + res.x[1] * x)
     return {"feature": PROBABILITY_FEATURE, "intercept": float(res.x[0]), "slope": float(res.x[1]),
             "episodes": int(len(x)), "success_rate": float(y.mean()), "log_loss": float(res.fun / len(x)),
-            "brier": float(np.mean((p - y) ** 2)), "converged": bool(res.success)}
+            "brier": float(np.mean((p - y) ** 2)), "converged": bool(res.success),
+            # what it was fitted on: apply_probability refuses logs of other models or composites
+            "model_ids": sorted(m for m in models if m), "composites": sorted(c for c in composites if c)}
+
+
+def check_provenance(records: list[dict], fit: dict) -> None:
+    """ValueError when ``records`` hold imaginations of a model (``model_id``) or a composite (``composite``) that
+    ``fit`` was not fitted on: the imagined count means another thing there. Fields a fit or a chunk does not
+    record (fits and logs made before they existed, a served model's composite) are not compared."""
+    for key, field, what in (("model_ids", "model_id", "model"), ("composites", "composite", "composite")):
+        allowed = set(fit.get(key) or [])
+        if not allowed:
+            continue
+        seen = {str(r.get(field)) for r in records if r.get("kind") == "chunk" and r.get("status") == "ok"
+                and r.get(field)}
+        other = sorted(seen - allowed)
+        if other:
+            raise ValueError(f"the probability fit was fitted on imaginations of {what} {sorted(allowed)}, but this "
+                             f"log holds {what} {other}; fit it again on a log of the same {what} "
+                             "(k4d shadow calibrate --probability)")
 
 
 def apply_probability(records: list[dict], fit: dict) -> list[dict]:
     """Copies of ``records`` whose chunks and episodes carry the calibrated ``imagined_success_probability``
     (an episode: its last OK chunk's); chunks without a valid imagined prediction keep theirs. ValueError for a
-    malformed fit."""
+    malformed fit, or one fitted on another model or composite (``check_provenance``)."""
     _check_fit(fit)
+    check_provenance(records, fit)
     out = copy.deepcopy(records)
     for r in out:
         if r.get("kind") == "chunk" and r.get("status") == "ok":

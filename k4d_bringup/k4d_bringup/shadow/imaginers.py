@@ -79,6 +79,7 @@ class EngineImaginer:
         self.sampling = SamplingOverrides(num_inference_steps=int(num_inference_steps),
                                           guidance_scale=float(guidance_scale), seed=int(seed))
         self.model_id = self.engine.model_id
+        self.compose = str(compose)
         self.depth_gate = DepthGate(send_initial_depth, logging.getLogger(__name__).warning)
 
     def __call__(self, initial_rgb, seq, rec=None) -> RolloutData:
@@ -92,7 +93,7 @@ class EngineImaginer:
             raise RuntimeError(str(exc)) from None
         return RolloutData(np.asarray(r.rgb), np.asarray(r.xyz, np.float32), bool(r.metric), r.model_id,
                            float(r.timings.get("generation_s", float("nan"))), r.metric_quality,
-                           float(r.lift.residual_m), anchor_sent=depth is not None)
+                           float(r.lift.residual_m), anchor_sent=depth is not None, composite=self.compose)
 
 
 class ActionImaginer:

@@ -75,7 +75,10 @@ class RolloutData:
     """An imagined rollout: rgb (T, H, W, 3) uint8; xyz (T, H, W, 3) float32 (metres when ``metric``).
 
     ``anchor_sent``: the request carried the chunk-start depth, so the world model already tried the anchored
-    lift with it; the session does not fit the same anchor again (``ShadowConfig.anchor_lift``).
+    lift with it; the session does not fit the same anchor again (``ShadowConfig.anchor_lift``). ``composite``: the
+    region the imagination was composited on the measured first frame in ("off", "current", "swept"; "" where the
+    imaginer cannot tell, e.g. a served model, whose node's parameters decide), logged with the chunk so that a
+    calibration fitted on one composite is not applied to another.
     """
 
     rgb: np.ndarray
@@ -86,6 +89,7 @@ class RolloutData:
     metric_quality: str = ""
     metric_residual_m: float = NAN
     anchor_sent: bool = False
+    composite: str = ""
 
 
 class FramePairer:
@@ -632,7 +636,8 @@ class ShadowSession:
                    has_actual=bool(act["valid"]), actual_success=bool(act["valid"] and act["success"]),
                    predicate={"imagined": imag, "actual": act}, frames_compared=len(frames),
                    imagined_valid=bool(imag["valid"]),
-                   model_id=ro.model_id, generation_time_s=ro.generation_time_s, metric=bool(ro.metric),
+                   model_id=ro.model_id, composite=ro.composite, generation_time_s=ro.generation_time_s,
+                   metric=bool(ro.metric),
                    metric_quality=ro.metric_quality, metric_residual_m=ro.metric_residual_m)
         res["frames_file"] = self._save_frames(rec, frames)
         self._emit_chunk(rec, res)
