@@ -5,7 +5,8 @@ held-out run with it.
         --method k4d_swept --json out.json
 
 `k4d eval` judges an imagined 4D rollout successful when the goal zone holds at least `zone_min_points` more
-points in its last frame than in its first (`evaluate.success_zone_4d`; 12 at 192 x 128, set on the ground truth).
+points in its last frame than in its first (`evaluate.success_zone_4d`, whose box rule on the two counts is
+`evaluate.zone_gain_success`; 12 at 192 x 128, set on the ground truth).
 A model's lifted output smears or loses points, so the count that means "the object is there" can differ on
 the imagined side. Every row of a run since the twenty-ninth session logs the two counts (`zone_counts`), so any
 threshold can be applied again without running the model. This script picks, on the calibration run's episodes
@@ -46,10 +47,11 @@ def _rows(out: Path, method: str) -> tuple[list[dict], dict]:
 def rejudge(rows: list[dict], method: str, threshold: int) -> list[dict]:
     """Copies of ``rows`` with ``method``'s ``success_4d`` recomputed from its logged zone counts at
     ``threshold``."""
+    from k4d_worldmodel.evaluate import zone_gain_success
+
     out = copy.deepcopy(rows)
     for r in out:
-        first, last = r[method]["zone_counts"]
-        r[method]["success_4d"] = bool(last - first >= int(threshold))
+        r[method]["success_4d"] = zone_gain_success(r[method]["zone_counts"], threshold)
     return out
 
 
@@ -60,7 +62,7 @@ def table(rows: list[dict], method: str, thresholds) -> list[dict]:
     real = np.array([r["sim_success"] for r in rows], bool)
     out = []
     for k in thresholds:
-        pred = np.array([r[method]["zone_counts"][1] - r[method]["zone_counts"][0] >= k for r in rows], bool)
+        pred = np.array([r[method]["success_4d"] for r in rejudge(rows, method, k)], bool)
         out.append({"threshold": int(k), "agreement": float(np.mean(pred == real)),
                     "rate_difference": float(pred.mean() - real.mean())})
     return out

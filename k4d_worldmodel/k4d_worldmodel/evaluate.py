@@ -234,8 +234,18 @@ def upright_zone_counts(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dic
     return None if z is None else zone_counts(world_xyz, robot_mask, info, z)
 
 
+def zone_gain_success(counts, min_points: int) -> bool:
+    """``success_zone_4d``'s box rule on its `(2,)` zone counts (first frame, last frame): at least ``min_points``
+    more in the last. The shadow predicate's rule (``predicate.success_from_counts``) with the first frame's count
+    as its baseline and the last frame as its window; what ``benchmarks/calibrate_zone_threshold.py`` applies to
+    logged counts."""
+    from k4d_bringup.shadow.predicate import success_from_counts
+
+    return success_from_counts([int(counts[1])], int(min_points), baseline=int(counts[0]))[0]
+
+
 def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, min_points: int | None = None,
-                    floor_m: float = ZONE_FLOOR_M, upright: bool = True) -> bool:
+                    floor_m: float = ZONE_FLOOR_M, upright: bool = True, counts=None) -> bool:
     """The task's success asked of a metric 4D pointmap sequence: did an object come to rest in the goal zone
     (for pick_place: standing, as the simulator's label rule 3 asks)?
 
@@ -255,12 +265,14 @@ def success_zone_4d(world_xyz: np.ndarray, robot_mask: np.ndarray, info: dict, m
     else: agreement with the rule-3 labels 66 -> 68 (standing cylinders in the zone gain 6-26 slab points, toppled
     ones 0); on the 144 rule-2 held-out episodes' ground truth it left the agreement at 132. ``k4d eval`` runs it
     on the ground truth and, only when asked (``imagined_upright``), on the imagined pointmaps (module docstring).
-    The shadow predicate's standing check (``RegionPredicate(top_min_z=...)``) asks the same slab."""
+    The shadow predicate's standing check (``RegionPredicate(top_min_z=...)``) asks the same slab.
+
+    ``counts``: the `(2,)` ``zone_counts`` at ``floor_m`` when the caller has them already (they are logged)."""
     shape = np.shape(world_xyz)[1:3]
     if min_points is None:
         min_points = zone_min_points(*shape)
-    occ = zone_counts(world_xyz, robot_mask, info, floor_m)
-    if occ[1] - occ[0] < min_points:
+    occ = zone_counts(world_xyz, robot_mask, info, floor_m) if counts is None else counts
+    if not zone_gain_success(occ, min_points):
         return False
     up = upright_zone_counts(world_xyz, robot_mask, info) if upright else None
     return bool(up is None or up[1] - up[0] >= upright_min_points(*shape))
@@ -372,15 +384,16 @@ def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], info:
     if info is not None:
         track, seen = track_object(xyz_m, clip["robot_mask"], info["T_base_cam"], info["init"], info["half_height"],
                                    gripper=info["gripper"])
+        counts = [int(c) for c in zone_counts(xyz_m, clip["robot_mask"], info)]
         err = np.linalg.norm(track - info["true_track"], axis=1)
         row.update({"object_err_m": float(err[1:].mean()), "object_final_err_m": float(err[-1]),
                     "object_seen_frac": float(seen.mean()),
                     "raised_height_err_m": raised_height_error(xyz_m, clip["world_xyz"], clip["robot_mask"],
                                                                info["T_base_cam"]),
-                    "success_4d": success_zone_4d(xyz_m, clip["robot_mask"], info, upright=upright),
+                    "success_4d": success_zone_4d(xyz_m, clip["robot_mask"], info, upright=upright, counts=counts),
                     # the zone's points in the first and the last frame (what success_4d compares with its
                     # threshold), so a threshold calibrated on other episodes can judge the logged rows again
-                    "zone_counts": [int(c) for c in zone_counts(xyz_m, clip["robot_mask"], info)],
+                    "zone_counts": counts,
                     "success_track_4d": success_4d(info["task"], track, info["goal"], info["radius"],
                                                    info["half_height"])})
     return row
@@ -747,8 +760,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
             if info is not None:
                 gt_track, seen = track_object(clip["world_xyz"], clip["robot_mask"], info["T_base_cam"], info["init"],
                                               info["half_height"], gripper=info["gripper"])
-                row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info)
                 row["gt_zone_counts"] = [int(c) for c in zone_counts(clip["world_xyz"], clip["robot_mask"], info)]
+                row["gt_success_4d"] = success_zone_4d(clip["world_xyz"], clip["robot_mask"], info,
+                                                       counts=row["gt_zone_counts"])
                 row["gt_track_err_m"] = float(np.linalg.norm(gt_track - info["true_track"], axis=1).mean())
             outputs = {}
             try:

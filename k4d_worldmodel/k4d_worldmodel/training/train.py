@@ -347,30 +347,6 @@ def save_pipeline_dir(pipe, transformer: torch.nn.Module, cfg: TrainConfig, dest
     return {str(p.relative_to(dest)): p.stat().st_size for p in dest.rglob("*.safetensors")}
 
 
-def save_transformer_into(transformer: torch.nn.Module, cfg: TrainConfig, dest: str | os.PathLike, frozen_from: str
-                          | os.PathLike) -> dict[str, int]:
-    """Write a pipeline folder at ``dest`` that is ``frozen_from`` (a folder ``save_pipeline_dir`` wrote from the same
-    run) with ``transformer`` (CPU, float32, no LoRA) as its transformer: every file of ``frozen_from`` but its
-    ``transformer/`` is hard-linked (copied where links cannot be made), since the frozen VAE, image encoder,
-    scheduler and index do not change during a run, and only the transformer is serialised, as
-    ``save_pipeline_dir`` writes it. Returns the bytes of each safetensors file written."""
-    dest, src = Path(dest), Path(frozen_from)
-    for f in src.rglob("*"):
-        rel = f.relative_to(src)
-        if rel.parts[0] == "transformer" or rel.name == BEST_FILE or not f.is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, dest / rel)
-        except OSError:
-            shutil.copy2(f, dest / rel)
-    save_dtype = torch.bfloat16 if cfg.save_dtype == "bfloat16" else torch.float32
-    core = transformer if save_dtype == torch.float32 else transformer.to(save_dtype)
-    core.save_pretrained(str(dest / "transformer"), safe_serialization=True,
-                         max_shard_size=f"{cfg.save_max_shard_mb}MB")
-    return {str(p.relative_to(dest)): p.stat().st_size for p in (dest / "transformer").rglob("*.safetensors")}
-
-
 def read_best_val(out: str | os.PathLike) -> dict | None:
     """The best validation measurement recorded in ``OUT/pipeline_best/best_val.json`` (None: no such file)."""
     path = Path(out) / BEST_DIR / BEST_FILE
@@ -711,8 +687,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     shown: dict[str, str] = {}  # the latest validation loss, on the bar beside the loss
 
     # the cost of the validation passes and of the best-model saves inside the training loop's clock (metrics
-    # val_s, best_saves, best_save_s): the first save writes the whole pipeline, later ones its transformer only
-    saves = {"full": False, "n": 0, "s": 0.0, "val_s": 0.0}
+    # val_s, best_saves, best_save_s)
+    saves = {"n": 0, "s": 0.0, "val_s": 0.0}
 
     def keep_best_model(entry: dict) -> None:
         """Record ``entry`` as the best validation measurement and (main process) write the model as it is now to
@@ -725,17 +701,11 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
             shutil.rmtree(tmp, ignore_errors=True)
             t_save = time.perf_counter()
             snapshot = cpu_float_copy(acc.unwrap_model(transformer))
-            snapshot = merge_lora(snapshot) if cfg.mode == "lora" else snapshot
-            if saves["full"] and best_dir.is_dir():
-                # after this run's first save only the transformer changes: the rest is linked from the last best
-                save_transformer_into(snapshot, cfg, tmp, best_dir)
-            else:
-                training_transformer = pipe.transformer
-                try:
-                    save_pipeline_dir(pipe, snapshot, cfg, tmp)
-                finally:
-                    pipe.transformer = training_transformer
-                saves["full"] = True
+            training_transformer = pipe.transformer
+            try:
+                save_pipeline_dir(pipe, merge_lora(snapshot) if cfg.mode == "lora" else snapshot, cfg, tmp)
+            finally:
+                pipe.transformer = training_transformer
             (tmp / BEST_FILE).write_text(json.dumps(best, indent=1))
             shutil.rmtree(best_dir, ignore_errors=True)
             tmp.rename(best_dir)
