@@ -84,8 +84,78 @@ def test_declare_config_on_a_node_reads_the_param_file():
         bad = node.set_parameters([Parameter("num_frames", value=0)])[0]
         assert not bad.successful and "num_frames" in bad.reason
         node.destroy_node()
+        # a field without metadata is described by its docstring entry (WorldModelConfig's fields)
+        from k4d_worldmodel.config import WorldModelConfig
+
+        wm = rclpy.create_node("wm_params", context=ctx)
+        declare_config(wm, WorldModelConfig)
+        assert "depth ramp" in wm.describe_parameter("compose_flying_rel").description
+        assert "flow UniPC" in wm.describe_parameter("flow_shift").description
+        wm.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_attribute_docs_describe_fields_without_metadata():
+    """A config documented the Google way (``Attributes:``) gets its parameter descriptions from the docstring:
+    single and grouped entries, continuation lines, globs below a field's own entry, bases through the MRO."""
+    import dataclasses
+
+    from k4d_kinematics.ros.params import attribute_docs
+
+    @dataclasses.dataclass
+    class Base:
+        """Base.
+
+        Attributes:
+            speed: how fast,
+                in m/s.
+            lo_a, lo_b: the two ends.
+        """
+
+        speed: float = 1.0
+        lo_a: int = 0
+        lo_b: int = 1
+
+    @dataclasses.dataclass
+    class Child(Base):
+        """Child.
+
+        Attributes:
+            metric_*: any metric field.
+            metric_gain: its own entry.
+
+        Returns nothing, and this line is not an attribute.
+        """
+
+        metric_gain: float = 2.0
+        metric_bias: float = 0.0
+        note: str = ""
+
+    docs = attribute_docs(Child)
+    assert docs["speed"] == "how fast, in m/s." and docs["lo_a"] == docs["lo_b"] == "the two ends."
+    assert docs["metric_gain"] == "its own entry." and docs["metric_bias"] == "any metric field."
+    assert "note" not in docs and "Returns nothing" not in " ".join(docs.values())
+
+
+@pytest.mark.parametrize("module, name", [
+    ("k4d_worldmodel.ros.imagine_node", "ImagineNodeConfig"), ("k4d_bringup.shadow.config", "ShadowConfig"),
+    ("k4d_bringup.ros.sim_node", "SimNodeConfig"), ("k4d_bringup.ros.demo_node", "DemoNodeConfig"),
+    ("k4d_bringup.ros.overlay_node", "OverlayConfig"), ("k4d_bringup.ros.planner_node", "PlannerNodeConfig"),
+    ("k4d_kinematics.config", "PointmapNodeConfig"), ("k4d_kinematics.config", "PlanNodeConfig")])
+def test_every_node_parameter_has_a_description(module, name):
+    """Every parameter a node declares carries a description (field metadata, or its class docstring's
+    ``Attributes:`` entry): ``ros2 param describe`` never answers with an empty text."""
+    import dataclasses
+    import importlib
+
+    from k4d_kinematics.ros.params import attribute_docs
+
+    cls = getattr(importlib.import_module(module), name)
+    docs = attribute_docs(cls)
+    bare = [f.name for f in dataclasses.fields(cls)
+            if f.init and not (f.metadata.get("description") or docs.get(f.name))]
+    assert not bare, f"{name}: parameters without a description: {bare}"
 
 
 # ---------------------------------------------------------------------------------------------

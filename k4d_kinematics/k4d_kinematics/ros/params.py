@@ -1,13 +1,18 @@
 """Declare a node's ROS parameters from a dataclass config, with descriptors and validation.
 
 One dataclass per core is the single source of parameter names, defaults and descriptions, so YAML
-files, launch files and code agree. Field metadata keys: ``description`` (str), ``read_only`` (bool).
+files, launch files and code agree. Field metadata keys: ``description`` (str), ``read_only`` (bool); a field
+without a ``description`` is described by its entry in the ``Attributes:`` section of its class's docstring
+(``attribute_docs``), so a ROS-free config documented the Google way needs no metadata.
 Validation lives in the dataclass's ``__post_init__`` (ValueError naming the field); a parameter
 change that fails it is rejected with that reason and the node keeps its previous configuration.
 """
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import inspect
+import re
 import typing
 from typing import Any, Callable, Optional, TypeVar
 
@@ -41,6 +46,46 @@ def _default(f: dataclasses.Field):
     raise ValueError(f"config field {f.name!r} needs a default to become a ROS parameter")
 
 
+_ENTRY = re.compile(r"^([A-Za-z_*][\w*]*(?:\s*,\s*[A-Za-z_*][\w*]*)*)\s*:\s+(.*)$")
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> its text in the ``Attributes:`` section of the docstrings of ``cls`` and its bases (Google
+    style: ``name: text`` or ``name_a, name_b: text`` at one indentation, continuation lines deeper; a name
+    may be a glob such as ``metric_*``). The first class of the MRO that documents a field wins."""
+    out: dict[str, str] = {}
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    for klass in cls.__mro__:
+        lines = (inspect.cleandoc(klass.__doc__) if klass.__dict__.get("__doc__") else "").splitlines()
+        try:
+            start = next(i for i, ln in enumerate(lines) if ln.strip() == "Attributes:") + 1
+        except StopIteration:
+            continue
+        entries: list[tuple[list[str], list[str]]] = []
+        indent = None
+        for ln in lines[start:]:
+            if not ln.strip():
+                continue
+            depth = len(ln) - len(ln.lstrip())
+            if indent is None:
+                indent = depth
+            if depth < indent:
+                break  # the section ended
+            m = _ENTRY.match(ln.strip()) if depth == indent else None
+            if m:
+                entries.append(([n.strip() for n in m.group(1).split(",")], [m.group(2).strip()]))
+            elif entries:
+                entries[-1][1].append(ln.strip())
+        for globs in (False, True):  # a field's own entry wins over a glob that also covers it
+            for keys, text in entries:
+                body = " ".join(text).replace("``", "'")
+                for key in keys:
+                    if ("*" in key) == globs:
+                        for name in (fnmatch.filter(names, key) if globs else [key]):
+                            out.setdefault(name, body)
+    return out
+
+
 def declare_config(node, cfg_cls: type[T], on_change: Optional[Callable[[T], None]] = None) -> T:
     """Declare one parameter per dataclass field of ``cfg_cls`` and return the validated config.
 
@@ -49,12 +94,13 @@ def declare_config(node, cfg_cls: type[T], on_change: Optional[Callable[[T], Non
     """
     hints = typing.get_type_hints(cfg_cls)
     fields = [f for f in dataclasses.fields(cfg_cls) if f.init]
+    documented = attribute_docs(cfg_cls)
     for f in fields:
         default = _default(f)
         if isinstance(default, tuple):
             default = list(default)
-        desc = ParameterDescriptor(
-            description=f.metadata.get("description", ""), read_only=bool(f.metadata.get("read_only", False)))
+        desc = ParameterDescriptor(description=f.metadata.get("description") or documented.get(f.name, ""),
+                                   read_only=bool(f.metadata.get("read_only", False)))
         ptype = _param_type(hints[f.name])
         if default is None or (isinstance(default, list) and not default):
             node.declare_parameter(f.name, ptype, desc)
