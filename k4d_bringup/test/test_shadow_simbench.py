@@ -375,8 +375,15 @@ def test_bench_compose_option_reaches_the_engine_and_is_refused_when_served(tmp_
     cfg = EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept").engine.config
     assert cfg.compose_static and cfg.compose_region == "swept"
     assert not EngineImaginer(str(model), "cpu", 2, 1.0).engine.config.compose_static
+    # the flying-point filter reaches the engine, and the records name the filtered composite apart
+    filt = EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept", flying_rel=0.05)
+    assert filt.engine.config.compose_flying_rel == 0.05 and filt.compose == "swept/between:0.05"
+    assert EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept").compose == "swept"
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    with pytest.raises(SystemExit, match="--flying-rel filters the composite"):
+        run_bench(parser.parse_args([str(tmp_path), "--checkpoint", str(model), "--flying-rel", "0.05",
+                                     "--log", str(tmp_path / "y.jsonl")]))
     with pytest.raises(SystemExit, match="--compose applies to a model run in this process"):
         run_bench(parser.parse_args([str(tmp_path), "--served", "--min-points", "1", "--compose", "swept",
                                      "--log", str(tmp_path / "x.jsonl")]))

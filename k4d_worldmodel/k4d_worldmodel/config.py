@@ -132,18 +132,25 @@ class WorldModelConfig:
             exactly, for data that is 0 there (``K4DPipeline.__call__``). Off, the sampler leaves the initial
             noise in them, half of every latent at unit variance. No effect on v2 or the released 14B model.
         num_inference_steps, guidance_scale, seed: sampling (release: 50, 5.0, 42).
-        scheduler: "unipc" (Wan2.1 flow UniPC) or "euler" (flow-matching Euler); flow_shift 3.0 for 480p.
+        scheduler, flow_shift: "unipc" (Wan2.1 flow UniPC) or "euler" (flow-matching Euler); flow_shift 3.0 for
+            480p.
         cfg_mode: "correct" (uncond pass drops the robot condition) or "released" (reproduce the release defect).
         batch_cfg: run cond + uncond as one batch-2 forward.
         adapt_inputs: fit requests of another size to the model instead of refusing them: the first image is
             area-resized, the robot pointmaps nearest-resized (camera intrinsics scaled with them) and, from a
             longer sequence, the model's number of frames is taken evenly spaced (first and last kept). The
             rollout then comes at the model's size and camera. False (default): such requests are refused.
-        compose_static, compose_margin_px: composite the rollout onto the measured first frame
+        compose_static, compose_margin_px, compose_region: composite the rollout onto the measured first frame
             (``composite.composite_static``): only pixels the robot covers at frame 0 or at frame t (grown by
             ``compose_margin_px``) keep the model's output; the rest keeps the first frame's colour and, with a
             request's ``anchor_depth``, its measured geometry. A prior that hides changes far from the robot.
             ``compose_region`` "swept" keeps the model's output wherever the robot has been up to frame t.
+        compose_flying_rel, compose_flying_mode: with ``compose_static`` and a metric rollout, the model's points
+            that sit on a depth ramp (``composite.flying_points``: a range more than ``compose_flying_rel`` of
+            itself beyond a 3 x 3 neighbour, on both sides with "between", on either with "either") become NaN
+            holes of the organized cloud; 0 = off. Measured and kinematic points are never removed. The default
+            (either, 0.12) was chosen on 144 calibration episodes and judged on 144 held-out ones: v18's swept
+            composite went from Chamfer L2 0.0013 to 0.00077 m^2 (copy-first 0.00098) with no answer changed.
         lora_mode: "fuse" the released LoRA into the weights (as the release) or keep it as a "peft" adapter.
         lora_rank, lora_alpha: released LoRA hyper-parameters (r 64, alpha 32 -> scale 0.5).
         metric_*: [`MetricLiftConfig`] fields; ``metric_anchor_inlier_threshold_m`` is the inlier distance of the
@@ -176,6 +183,8 @@ class WorldModelConfig:
     compose_static: bool = False
     compose_margin_px: int = 2
     compose_region: str = "current"
+    compose_flying_rel: float = 0.12
+    compose_flying_mode: str = "either"
     lora_mode: str = "fuse"
     lora_rank: int = 64
     lora_alpha: float = 32.0
@@ -213,6 +222,13 @@ class WorldModelConfig:
 
         if self.compose_region not in REGIONS:
             _fail("compose_region", self.compose_region, " or ".join(map(repr, REGIONS)))
+        from .composite import FLYING_MODES
+
+        rel = self.compose_flying_rel
+        if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not 0 <= rel < 1:
+            _fail("compose_flying_rel", rel, "a fraction in [0, 1) of a point's range (0 = off)")
+        if self.compose_flying_mode not in FLYING_MODES:
+            _fail("compose_flying_mode", self.compose_flying_mode, " or ".join(map(repr, FLYING_MODES)))
         if not isinstance(self.cuda_graphs, bool):
             _fail("cuda_graphs", self.cuda_graphs, "true or false")
         if not isinstance(self.complete_unreachable, bool):

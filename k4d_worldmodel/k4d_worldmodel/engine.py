@@ -441,7 +441,8 @@ class ImagineEngine:
         if self.config.compose_static:
             rgb, xyz_c = composite_static(out.rgb, request.image, out.robot_mask, xyz if lift.metric else None,
                                           first_xyz, seq.xyz, self.config.compose_margin_px,
-                                          self.config.compose_region)
+                                          self.config.compose_region, self.config.compose_flying_rel or None,
+                                          self.config.compose_flying_mode)
             if xyz_c is not None:
                 xyz = xyz_c
         t_end = time.perf_counter()

@@ -653,7 +653,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
              tau: float = 0.01, max_points: int = 4096, progress: bool = True, pipe=None,
              emb_checkpoint: str | Path | None = None, emb_pipe=None, resume: bool = False,
              save_rollouts: bool = False, register: bool = True, complete_unreachable: bool = True,
-             imagined_upright: bool = False, vae_autocast: str = "auto") -> dict:
+             imagined_upright: bool = False, vae_autocast: str = "auto", flying_rel: float | None = 0.12,
+             flying_mode: str = "either") -> dict:
     """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
 
     ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
@@ -674,7 +675,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     acts (a model with such directions). ``vae_autocast``: ``WorldModelConfig.vae_autocast`` of the loaded
     pipeline ("auto": bfloat16 on a CPU with native bfloat16, float32 elsewhere); the header records the dtype
     the VAE ran in (``vae_autocast``: "bfloat16" or "off"; a given ``pipe``'s own), so runs on machines with and
-    without native bfloat16 are told apart.
+    without native bfloat16 are told apart. ``flying_rel`` / ``flying_mode``: the composited methods leave the
+    model's points on a depth ramp NaN (``composite.flying_points``; ``WorldModelConfig.compose_flying_rel``,
+    whose default this is); None = off (the runs before the thirtieth session). Recorded in the run record when a
+    composited method is evaluated, so a log of the other setting is not resumed.
     """
     from k4d_bringup.sim.policies import LABEL_RULE  # the outcome rule the simulator's labels follow
     from tqdm.auto import tqdm
@@ -688,6 +692,12 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     bad = [m for m in methods if m not in METHODS]
     if bad or "k4d" not in methods:
         raise ValueError(f"methods must include 'k4d' and be among {METHODS}, got {methods}")
+    if flying_rel is not None:
+        from .composite import FLYING_MODES
+
+        if not (isinstance(flying_rel, (int, float)) and 0 < flying_rel < 1) or flying_mode not in FLYING_MODES:
+            raise ValueError(f"flying_rel must be a fraction in (0, 1) and flying_mode one of {FLYING_MODES}, got "
+                             f"{flying_rel!r} / {flying_mode!r}")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -735,6 +745,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
            "vae_autocast": _autocast_name(getattr(pipe, "vae_autocast", None))}
     if completed:  # only then, so that the logs of models it does not touch (v2) resume as before
         run["unreachable_completed"] = True
+    if flying_rel is not None and {"k4d_static", "k4d_swept"} & set(methods):
+        # likewise: unfiltered runs, and runs without a composite, keep the run record they always had
+        run["flying_rel"], run["flying_mode"] = float(flying_rel), str(flying_mode)
     rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
     done = {r["name"] for r in rows}
     video_names = [r["video"] for r in rows if r.get("video")]
@@ -782,7 +795,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
             for method, region in (("k4d_static", "current"), ("k4d_swept", "swept")):
                 if method in methods:
                     rgb_s, xyz_s = composite_static(rgb, clip["rgb"][0], np.isfinite(clip["robot_xyz"]).all(-1),
-                                                    xyz_m, clip["world_xyz"][0], clip["robot_xyz"], region=region)
+                                                    xyz_m, clip["world_xyz"][0], clip["robot_xyz"], region=region,
+                                                    flying_rel=flying_rel, flying_mode=flying_mode)
                     outputs[method] = (rgb_s, xyz_s, {**extra, "composited": region})
             if "copy_first" in methods:
                 T = clip["rgb"].shape[0]
@@ -822,6 +836,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "zone_min_points": zone_min_points(pipe.height, pipe.width), "zone_upright_check": upright_sides,
               "register_block_px": reg, "vae_autocast": run["vae_autocast"],
               "unreachable_completed": completed, "label_rule": LABEL_RULE,
+              "flying_rel": run.get("flying_rel", 0.0), "flying_mode": run.get("flying_mode", ""),
               "relabelled": sum(1 for r in rows if "label_recorded" in r), "skipped": len(skipped),
               "commit": _commit()}
     if "emb" in methods:

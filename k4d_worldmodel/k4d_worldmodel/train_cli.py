@@ -40,7 +40,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                       progress=not args.no_progress, emb_checkpoint=args.emb_checkpoint, resume=args.resume,
                       save_rollouts=args.save_rollouts, register=not args.no_register,
                       complete_unreachable=not args.no_complete_unreachable,
-                      imagined_upright=args.imagined_upright, vae_autocast=args.vae_autocast)
+                      imagined_upright=args.imagined_upright, vae_autocast=args.vae_autocast,
+                      flying_rel=args.flying_rel or None, flying_mode=args.flying_mode)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -101,6 +102,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="the VAE's encode/decode under bfloat16 autocast (auto: on CPUs with native bfloat16, as "
                         "WorldModelConfig.vae_autocast), or in float32 (off); the run header records the one used, "
                         "since the answers of two machines differ with it")
+    p.add_argument("--flying-rel", type=float, default=0.12,
+                   help="composited methods (k4d_static, k4d_swept): leave the model's points on a depth ramp NaN "
+                        "(composite.flying_points, a range jump of more than this fraction to a 3x3 neighbour; "
+                        "WorldModelConfig.compose_flying_rel, default 0.12); 0 = off, as runs before the thirtieth "
+                        "session. Recorded in the run header")
+    p.add_argument("--flying-mode", choices=("between", "either"), default="either",
+                   help="with --flying-rel: a jump on either side of the point (default) or on both (between, "
+                        "keeps both sides of a sharp edge)")
     p.set_defaults(func=_run_eval)
 
 

@@ -266,6 +266,36 @@ def test_eval_records_and_switches_the_completion(synth, pmcond_pipe, tmp_path):
         evaluate("tiny-random", synth, tmp_path / "on", resume=True, complete_unreachable=False, **kw)
 
 
+def test_eval_flying_filter_is_recorded_and_acts_on_the_composites_only(synth, pmcond_pipe, tmp_path):
+    """``flying_rel``: the composited method's saved cloud has the filter's holes among the model's pixels, the raw
+    method's is the unfiltered run's, the header records the setting and a resume under another is refused."""
+    from k4d_worldmodel.composite import model_pixels
+    from k4d_worldmodel.evaluate import evaluate
+    from k4d_worldmodel.training.data import open_dataset
+
+    kw = dict(split="all", steps=2, pipe=pmcond_pipe, videos=0, progress=False, methods=("k4d", "k4d_swept"),
+              max_episodes=1, save_rollouts=True)
+    plain = evaluate("tiny-random", synth, tmp_path / "plain", flying_rel=None, **kw)
+    filt = evaluate("tiny-random", synth, tmp_path / "filt", flying_rel=0.02, flying_mode="between", **kw)
+    assert plain["header"]["flying_rel"] == 0.0 and filt["header"]["flying_rel"] == 0.02
+    assert filt["header"]["flying_mode"] == "between"
+    default = evaluate("tiny-random", synth, tmp_path / "default", **kw)  # the filter is on by default
+    assert (default["header"]["flying_rel"], default["header"]["flying_mode"]) == (0.12, "either")
+    ds = open_dataset(synth, pmcond_pipe.num_frames, pmcond_pipe.height, pmcond_pipe.width, split="all")
+    name = ds[0]["name"].replace("/", "_")
+    a, b = np.load(tmp_path / "plain" / "rollouts" / f"{name}.npz"), np.load(tmp_path / "filt" / "rollouts" / f"{name}.npz")
+    np.testing.assert_array_equal(a["k4d_xyz"], b["k4d_xyz"])
+    removed = np.isnan(b["k4d_swept_xyz"]).any(-1) & ~np.isnan(a["k4d_swept_xyz"]).any(-1)
+    assert removed.any() and not (removed & ~model_pixels(ds[0]["robot_mask"], 2, "swept")).any()
+    assert filt["episodes"][0]["k4d"]["psnr"] == plain["episodes"][0]["k4d"]["psnr"]
+    with pytest.raises(ValueError, match="flying_rel"):
+        evaluate("tiny-random", synth, tmp_path / "filt", resume=True, **kw)
+    with pytest.raises(ValueError, match="flying_rel"):  # an unfiltered log is not resumed under the default
+        evaluate("tiny-random", synth, tmp_path / "plain", resume=True, **kw)
+    with pytest.raises(ValueError, match="flying_rel"):
+        evaluate("tiny-random", synth, tmp_path / "bad", flying_rel=1.5, **kw)
+
+
 def test_geometry_metrics_compare_both_sides_on_the_same_pixels_and_count_missing_points():
     """Above max_points valid pixels per frame (every 96 x 64 clip) a perfect prediction scores Chamfer 0 and
     F-score 1: both sides are drawn from one pixel subset (two independent draws left F about 0.7 for the
@@ -367,3 +397,50 @@ def test_zone_threshold_is_chosen_on_one_run_and_applied_to_another(synth, pmcon
     (old / "episodes.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(SystemExit, match="differ in model"):
         mod.main(["--calib", str(tmp_path / "calib"), "--heldout", str(old), "--method", "k4d"])
+
+
+def test_flying_filter_is_chosen_on_saved_rollouts(synth, pmcond_pipe, tmp_path):
+    """``benchmarks/calibrate_flying_filter.py`` re-scores a run's saved composite at every setting: its
+    unfiltered row is the run's own (checked against the log), its choice obeys the flip and F-score limits, and
+    a rollout that is not the run's, or a run filtered already, is refused by name."""
+    import importlib.util
+
+    from k4d_worldmodel.evaluate import evaluate
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibrate_flying_filter.py"
+    spec = importlib.util.spec_from_file_location("calibrate_flying_filter", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    kw = dict(split="all", steps=2, pipe=pmcond_pipe, videos=0, progress=False, save_rollouts=True,
+              methods=("k4d", "k4d_swept", "copy_first"))
+    run = evaluate("tiny-random", synth, tmp_path / "run", flying_rel=None, **kw)  # calibrated unfiltered
+    out = tmp_path / "choice.json"
+    fig = tmp_path / "fig.png"
+    assert mod.main(["--run", str(tmp_path / "run"), "--rels", "0.02,0.1", "--json", str(out), "--figure",
+                     str(fig)]) == 0
+    res = json.loads(out.read_text())
+    assert res["chosen"] is not None  # the tiny model's composite has removable points (either at 2 %)
+    import imageio.v2 as imageio
+
+    img = imageio.imread(fig)  # three panels side by side, 3x enlarged, removed points magenta
+    assert img.shape == (3 * pmcond_pipe.height, 3 * (3 * pmcond_pipe.width + 4), 3)
+    assert (img == (255, 0, 255)).all(-1).any()
+    table = res["table"]
+    assert [(t["mode"], t["rel"]) for t in table] == [("none", 0.0), ("between", 0.02), ("between", 0.1),
+                                                      ("either", 0.02), ("either", 0.1)]
+    logged = np.mean([r["k4d_swept"]["chamfer_l2"] for r in run["episodes"]])
+    assert table[0]["chamfer_l2"] == pytest.approx(logged) and table[0]["flips"] == 0
+    assert res["copy_first"]["chamfer_l2"] == pytest.approx(run["summary"]["methods"]["copy_first"]["chamfer_l2"])
+    assert table[3]["chamfer_l2"] != table[0]["chamfer_l2"]  # "either" at 2 % removes points of the random model
+    ok = [t for t in table[1:] if t["flips"] <= 2 and t["fscore"] >= table[0]["fscore"]]
+    assert res["chosen"] == (min(ok, key=lambda t: (t["chamfer_l2"], t["flips"])) if ok else None)
+    # a rollout that is not the run's is refused
+    npz = sorted((tmp_path / "run" / "rollouts").glob("*.npz"))[0]
+    arrays = dict(np.load(npz))
+    arrays["k4d_swept_xyz"] = arrays["k4d_swept_xyz"] + 0.05
+    np.savez_compressed(npz, **arrays)
+    with pytest.raises(SystemExit, match="not this run's rollout"):
+        mod.main(["--run", str(tmp_path / "run"), "--rels", "0.1"])
+    evaluate("tiny-random", synth, tmp_path / "filtered", flying_rel=0.05, max_episodes=1, **kw)
+    with pytest.raises(SystemExit, match="filtered already"):
+        mod.main(["--run", str(tmp_path / "filtered")])

@@ -229,6 +229,9 @@ def add_arguments(p) -> None:
     p.add_argument("--compose", choices=("off", "current", "swept"), default="off",
                    help="in-process model: composite each imagination onto the chunk's measured first frame "
                         "(the engine's compose_static with this compose_region; default off)")
+    p.add_argument("--flying-rel", type=float, default=0.0,
+                   help="with --compose: leave the model's points on a depth ramp NaN (compose_flying_rel, a range "
+                        "jump of more than this fraction to a 3x3 neighbour on both sides; default 0 = off)")
     p.add_argument("--relative", choices=("on", "off"), default="off",
                    help="success_relative: count the goal region relative to the chunk's first frame (default off)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
@@ -254,6 +257,8 @@ def run_bench(args) -> int:
                   save_frames=bool(args.report), success_relative=args.relative == "on",
                   imagined_min_points=args.imagined_min_points,
                   imagined_standing_check=args.imagined_upright == "on")
+    if args.flying_rel and args.compose == "off":
+        raise SystemExit("k4d shadow bench: --flying-rel filters the composite; give --compose current or swept")
     if args.served and args.compose != "off":
         raise SystemExit("k4d shadow bench --served: --compose applies to a model run in this process; set the "
                          "imagine node's compose_static / compose_region parameters instead")
@@ -273,7 +278,7 @@ def run_bench(args) -> int:
     else:
         imag = EngineImaginer(args.checkpoint, args.device, num_inference_steps=args.steps, guidance_scale=1.0,
                               cuda_graphs=args.cuda_graphs == "on", metric_register=args.register == "on",
-                              compose=args.compose)
+                              compose=args.compose, flying_rel=args.flying_rel)
         pipe = imag.engine.pipe
         min_points = args.min_points if args.min_points is not None else min_points_for(pipe.height, pipe.width)
         top = args.top_min_points if args.top_min_points is not None else \
@@ -293,6 +298,7 @@ def run_bench(args) -> int:
     out["register"] = args.register
     out["relative"] = args.relative
     out["compose"] = args.compose
+    out["flying_rel"] = args.flying_rel
     out["upright"] = args.upright
     out["imagined_upright"] = args.imagined_upright
     out["table3"], out["ranking"] = table3(recs), ranking(recs)

@@ -343,7 +343,7 @@ class ImagineNode(LifecycleNode):
         engine = self.engine
         if engine is not None:
             live = ("num_inference_steps", "guidance_scale", "seed", "scheduler", "cfg_mode", "compose_static",
-                    "compose_margin_px", "compose_region") + tuple(
+                    "compose_margin_px", "compose_region", "compose_flying_rel", "compose_flying_mode") + tuple(
                 n for n in WorldModelConfig.field_names() if n.startswith("metric_"))
             engine.config = dataclasses.replace(engine.config, **{n: getattr(cfg, n) for n in live})
         self._update_diag()
