@@ -370,7 +370,7 @@ def arm_psnr(rgb: np.ndarray, gt_rgb: np.ndarray, robot_mask: np.ndarray) -> flo
 
 
 def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], info: dict | None, tau: float,
-                 max_points: int, upright: bool = False) -> dict[str, Any]:
+                 max_points: int, upright: bool = False, min_points: int | None = None) -> dict[str, Any]:
     """All per-clip metrics of one method's `(T, H, W, 3)` uint8 RGB and metric XYZ (``upright``: the success
     predicate's standing check, ``success_zone_4d``). ``info``: ``object_info(clip)``; the imagined object track
     is scored against its ``true_track`` (the simulator's record)."""
@@ -390,7 +390,8 @@ def clip_metrics(rgb: np.ndarray, xyz_m: np.ndarray, clip: dict[str, Any], info:
                     "object_seen_frac": float(seen.mean()),
                     "raised_height_err_m": raised_height_error(xyz_m, clip["world_xyz"], clip["robot_mask"],
                                                                info["T_base_cam"]),
-                    "success_4d": success_zone_4d(xyz_m, clip["robot_mask"], info, upright=upright, counts=counts),
+                    "success_4d": success_zone_4d(xyz_m, clip["robot_mask"], info, min_points, upright=upright,
+                                                  counts=counts),
                     # the zone's points in the first and the last frame (what success_4d compares with its
                     # threshold), so a threshold calibrated on other episodes can judge the logged rows again
                     "zone_counts": counts,
@@ -654,7 +655,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
              emb_checkpoint: str | Path | None = None, emb_pipe=None, resume: bool = False,
              save_rollouts: bool = False, register: bool = True, complete_unreachable: bool = True,
              imagined_upright: bool = False, vae_autocast: str = "auto", flying_rel: float | None = 0.12,
-             flying_mode: str = "either") -> dict:
+             flying_mode: str = "either", imagined_min_points: int | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``data``'s ``split`` (see module docstring); returns and writes ``metrics.json``.
 
     ``pipe``: an already loaded pipeline (then ``checkpoint`` is only recorded). ``guidance`` <= 1 runs the
@@ -678,7 +679,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     without native bfloat16 are told apart. ``flying_rel`` / ``flying_mode``: the composited methods leave the
     model's points on a depth ramp NaN (``composite.flying_points``; ``WorldModelConfig.compose_flying_rel``,
     whose default this is); None = off (the runs before the thirtieth session). Recorded in the run record when a
-    composited method is evaluated, so a log of the other setting is not resumed.
+    composited method is evaluated, so a log of the other setting is not resumed. ``imagined_min_points``: the
+    zone predicate's threshold on every method's output (default: the camera's, ``zone_min_points``, which the
+    ground truth always uses), e.g. one chosen on other episodes by ``benchmarks/calibrate_zone_threshold.py``;
+    recorded in the run record and the header.
     """
     from k4d_bringup.sim.policies import LABEL_RULE  # the outcome rule the simulator's labels follow
     from tqdm.auto import tqdm
@@ -692,6 +696,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     bad = [m for m in methods if m not in METHODS]
     if bad or "k4d" not in methods:
         raise ValueError(f"methods must include 'k4d' and be among {METHODS}, got {methods}")
+    if imagined_min_points is not None and (isinstance(imagined_min_points, bool) or
+                                            not isinstance(imagined_min_points, int) or imagined_min_points < 1):
+        raise ValueError(f"imagined_min_points must be an integer >= 1 (zone points), got {imagined_min_points!r}")
     if flying_rel is not None:
         from .composite import FLYING_MODES
 
@@ -748,6 +755,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     if flying_rel is not None and {"k4d_static", "k4d_swept"} & set(methods):
         # likewise: unfiltered runs, and runs without a composite, keep the run record they always had
         run["flying_rel"], run["flying_mode"] = float(flying_rel), str(flying_mode)
+    if imagined_min_points is not None:  # likewise: runs at the camera's threshold keep their run record
+        run["imagined_min_points"] = int(imagined_min_points)
     rows, log = _open_episode_log(out / "episodes.jsonl", run, resume)
     done = {r["name"] for r in rows}
     video_names = [r["video"] for r in rows if r.get("video")]
@@ -804,7 +813,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
                                          {"lift": "gt_first_frame"})
             for m in methods:
                 rgb_m, xyz_mm, extra_m = outputs[m]
-                row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, info, tau, max_points, bool(imagined_upright)),
+                row[m] = {**clip_metrics(rgb_m, xyz_mm, clip, info, tau, max_points, bool(imagined_upright),
+                                         imagined_min_points),
                           **extra_m}
             if len(video_names) < videos:
                 name = f"{clip['name'].replace('/', '_')}.mp4"
@@ -834,6 +844,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
               "frames": pipe.num_frames, "size": f"{pipe.height}x{pipe.width}",
               "pointmap_encoding": pipe.pointmap_encoding.kind, "first_xyz_condition": pipe.config.first_xyz_condition,
               "zone_min_points": zone_min_points(pipe.height, pipe.width), "zone_upright_check": upright_sides,
+              "imagined_min_points": run.get("imagined_min_points", zone_min_points(pipe.height, pipe.width)),
               "register_block_px": reg, "vae_autocast": run["vae_autocast"],
               "unreachable_completed": completed, "label_rule": LABEL_RULE,
               "flying_rel": run.get("flying_rel", 0.0), "flying_mode": run.get("flying_mode", ""),

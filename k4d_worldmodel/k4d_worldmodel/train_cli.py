@@ -41,7 +41,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                       save_rollouts=args.save_rollouts, register=not args.no_register,
                       complete_unreachable=not args.no_complete_unreachable,
                       imagined_upright=args.imagined_upright, vae_autocast=args.vae_autocast,
-                      flying_rel=args.flying_rel or None, flying_mode=args.flying_mode)
+                      flying_rel=args.flying_rel or None, flying_mode=args.flying_mode,
+                      imagined_min_points=args.imagined_min_points)
     print_summary(result)
     print(f"k4d eval: report in {args.out}/report.md and report.html", file=sys.stderr)
     return 0
@@ -107,6 +108,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(composite.flying_points, a range jump of more than this fraction to a 3x3 neighbour; "
                         "WorldModelConfig.compose_flying_rel, default 0.12); 0 = off, as runs before the thirtieth "
                         "session. Recorded in the run header")
+    p.add_argument("--imagined-min-points", type=int, default=None,
+                   help="the zone predicate's threshold on the methods' outputs (default: the camera's, 3 at 96 x 64, "
+                        "12 at 192 x 128, which the ground truth keeps); choose it on other episodes with "
+                        "benchmarks/calibrate_zone_threshold.py. Recorded in the run header")
     p.add_argument("--flying-mode", choices=("between", "either"), default="either",
                    help="with --flying-rel: a jump on either side of the point (default) or on both (between, "
                         "keeps both sides of a sharp edge)")

@@ -377,6 +377,17 @@ def test_zone_threshold_is_chosen_on_one_run_and_applied_to_another(synth, pmcon
     # a threshold no count reaches judges every held-out episode a failure: its rate is 0
     never = mod._success_summary(mod.rejudge(rows, "k4d", 10 ** 6), "k4d")
     assert never["overall"] == 0.0 and never["rate_difference"] == -never["sim_overall"]
+    # k4d eval at the chosen threshold answers as the script's re-judgement does; the truth keeps the camera's
+    chosen = res["chosen_threshold"]
+    at = evaluate("tiny-random", synth, tmp_path / "at_chosen", seed=2, imagined_min_points=chosen, **kw)
+    assert at["header"]["imagined_min_points"] == chosen and at["header"]["zone_min_points"] == default
+    assert [r["k4d"]["success_4d"] for r in at["episodes"]] == \
+        [r["k4d"]["success_4d"] for r in mod.rejudge(rows, "k4d", chosen)]
+    assert [r["gt_success_4d"] for r in at["episodes"]] == [r["gt_success_4d"] for r in rows]
+    with pytest.raises(ValueError, match="imagined_min_points"):  # a log of the other threshold is not resumed
+        evaluate("tiny-random", synth, tmp_path / "held", seed=2, imagined_min_points=chosen, resume=True, **kw)
+    with pytest.raises(ValueError, match="imagined_min_points"):
+        evaluate("tiny-random", synth, tmp_path / "bad", imagined_min_points=0, **kw)
     # an older run without the counts, and runs of two models, are refused by name
     old = tmp_path / "old"
     old.mkdir()
