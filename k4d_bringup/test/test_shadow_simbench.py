@@ -368,6 +368,7 @@ def test_bench_compose_option_reaches_the_engine_and_is_refused_when_served(tmp_
 
     from k4d_bringup.shadow.imaginers import EngineImaginer
     from k4d_bringup.shadow.simbench import add_arguments, run_bench
+    from k4d_worldmodel.config import WorldModelConfig
     from k4d_worldmodel.tiny import build_tiny_pipeline
 
     model = tmp_path / "tiny_model"
@@ -377,10 +378,14 @@ def test_bench_compose_option_reaches_the_engine_and_is_refused_when_served(tmp_
     assert not EngineImaginer(str(model), "cpu", 2, 1.0).engine.config.compose_static
     # the flying-point filter reaches the engine, and the records name the filtered composite apart
     filt = EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept", flying_rel=0.05)
-    assert filt.engine.config.compose_flying_rel == 0.05 and filt.compose == "swept/between:0.05"
+    # the engine's mode by default, named in the records
+    assert filt.engine.config.compose_flying_rel == 0.05 and filt.compose == "swept/either:0.05"
+    assert filt.engine.config.compose_flying_mode == WorldModelConfig().compose_flying_mode == "either"
     assert EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept").compose == "swept"
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    args = parser.parse_args([str(tmp_path), "--checkpoint", str(model), "--log", str(tmp_path / "z.jsonl")])
+    assert args.flying_rel is None  # resolved in run_bench: the engine's default with --compose, 0 without
     with pytest.raises(SystemExit, match="--flying-rel filters the composite"):
         run_bench(parser.parse_args([str(tmp_path), "--checkpoint", str(model), "--flying-rel", "0.05",
                                      "--log", str(tmp_path / "y.jsonl")]))

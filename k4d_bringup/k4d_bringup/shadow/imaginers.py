@@ -67,10 +67,10 @@ class EngineImaginer:
     def __init__(self, checkpoint: str, device: str = "auto", num_inference_steps: int = 0,
                  guidance_scale: float = 0.0, seed: int = 42, cuda_graphs: bool = True,
                  send_initial_depth: bool = True, metric_register: bool = True, compose: str = "off",
-                 flying_rel: float = 0.0, flying_mode: str = "between"):
+                 flying_rel: float = 0.0, flying_mode: str = "either"):
         """``compose``: "off", or the composite region ("current", "swept") of the engine's ``compose_static``;
         ``flying_rel`` / ``flying_mode``: its ``compose_flying_rel`` / ``compose_flying_mode`` (0 = off). The
-        chunk records name the composite with the filter ("swept/between:0.05"), so a success probability fitted
+        chunk records name the composite with the filter ("swept/either:0.12"), so a success probability fitted
         on one is not applied to the other."""
         from k4d_worldmodel.config import WorldModelConfig
         from k4d_worldmodel.engine import ImagineEngine, SamplingOverrides

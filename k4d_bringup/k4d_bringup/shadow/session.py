@@ -77,7 +77,7 @@ class RolloutData:
     ``anchor_sent``: the request carried the chunk-start depth, so the world model already tried the anchored
     lift with it; the session does not fit the same anchor again (``ShadowConfig.anchor_lift``). ``composite``: the
     region the imagination was composited on the measured first frame in ("off", "current", "swept", with the
-    flying-point filter "swept/between:0.05"; "" where the imaginer cannot tell, e.g. a served model, whose
+    flying-point filter "swept/either:0.12"; "" where the imaginer cannot tell, e.g. a served model, whose
     node's parameters decide), logged with the chunk so that a
     calibration fitted on one composite is not applied to another.
     """

@@ -229,9 +229,10 @@ def add_arguments(p) -> None:
     p.add_argument("--compose", choices=("off", "current", "swept"), default="off",
                    help="in-process model: composite each imagination onto the chunk's measured first frame "
                         "(the engine's compose_static with this compose_region; default off)")
-    p.add_argument("--flying-rel", type=float, default=0.0,
+    p.add_argument("--flying-rel", type=float, default=None,
                    help="with --compose: leave the model's points on a depth ramp NaN (compose_flying_rel, a range "
-                        "jump of more than this fraction to a 3x3 neighbour on both sides; default 0 = off)")
+                        "jump of more than this fraction to a 3x3 neighbour on either side, the engine's mode; "
+                        "default 0.12 as the engine's, 0 = off, as the twenty-ninth session's runs)")
     p.add_argument("--relative", choices=("on", "off"), default="off",
                    help="success_relative: count the goal region relative to the chunk's first frame (default off)")
     p.add_argument("--log", required=True, metavar="LOG.jsonl")
@@ -257,8 +258,12 @@ def run_bench(args) -> int:
                   save_frames=bool(args.report), success_relative=args.relative == "on",
                   imagined_min_points=args.imagined_min_points,
                   imagined_standing_check=args.imagined_upright == "on")
-    if args.flying_rel and args.compose == "off":
+    if args.flying_rel is not None and args.compose == "off":
         raise SystemExit("k4d shadow bench: --flying-rel filters the composite; give --compose current or swept")
+    if args.flying_rel is None:
+        from k4d_worldmodel.config import WorldModelConfig
+
+        args.flying_rel = WorldModelConfig.compose_flying_rel if args.compose != "off" else 0.0
     if args.served and args.compose != "off":
         raise SystemExit("k4d shadow bench --served: --compose applies to a model run in this process; set the "
                          "imagine node's compose_static / compose_region parameters instead")
