@@ -381,11 +381,11 @@ def test_bench_compose_option_reaches_the_engine_and_is_refused_when_served(tmp_
     # the engine's mode by default, named in the records
     assert filt.engine.config.compose_flying_rel == 0.05 and filt.compose == "swept/either:0.05"
     assert filt.engine.config.compose_flying_mode == WorldModelConfig().compose_flying_mode == "either"
-    assert EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept").compose == "swept"
+    assert EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept", flying_rel=0.0).compose == "swept"
+    default = EngineImaginer(str(model), "cpu", 2, 1.0, compose="swept")  # the engine's filter, named as such
+    assert default.compose == f"swept/either:{WorldModelConfig().compose_flying_rel:g}"
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args([str(tmp_path), "--checkpoint", str(model), "--log", str(tmp_path / "z.jsonl")])
-    assert args.flying_rel is None  # resolved in run_bench: the engine's default with --compose, 0 without
     with pytest.raises(SystemExit, match="--flying-rel filters the composite"):
         run_bench(parser.parse_args([str(tmp_path), "--checkpoint", str(model), "--flying-rel", "0.05",
                                      "--log", str(tmp_path / "y.jsonl")]))

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +100,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"{run}: no row with a simulator label and method {args.method!r}")
     settings = [(m, float(r)) for m in args.modes.split(",") for r in args.rels.split(",")]
     per = {s: [] for s in [("none", 0.0)] + settings}
-    real, t0 = [], time.perf_counter()
-    for k, row in enumerate(rows):
+    from tqdm.auto import tqdm
+
+    real = []
+    for row in tqdm(rows, desc="episodes"):
         npz = run / "rollouts" / f"{row['name'].replace('/', '_')}.npz"
         if not npz.is_file():
             raise SystemExit(f"{npz}: missing; the run was not made with --save-rollouts")
@@ -121,11 +121,6 @@ def main(argv=None) -> int:
             per[(mode, rel)].append(score(filtered(xyz, clip["robot_mask"], args.margin_px, region, rel, mode),
                                           clip, info, upright=False))
         real.append(bool(row["sim_success"]))
-        if sys.stderr.isatty() or (k + 1) % 24 == 0 or k + 1 == len(rows):
-            end = "" if sys.stderr.isatty() else "\n"
-            print(f"\r{k + 1}/{len(rows)} episodes, {time.perf_counter() - t0:.0f} s", end=end, file=sys.stderr)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     real = np.array(real)
     base_answers = np.array([r["success_4d"] for r in per[("none", 0.0)]])
     table = []

@@ -699,12 +699,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, split: s
     if imagined_min_points is not None and (isinstance(imagined_min_points, bool) or
                                             not isinstance(imagined_min_points, int) or imagined_min_points < 1):
         raise ValueError(f"imagined_min_points must be an integer >= 1 (zone points), got {imagined_min_points!r}")
-    if flying_rel is not None:
-        from .composite import FLYING_MODES
+    if flying_rel is not None:  # checked as the engine's setting is, before anything is loaded
+        from .config import WorldModelConfig
 
-        if not (isinstance(flying_rel, (int, float)) and 0 < flying_rel < 1) or flying_mode not in FLYING_MODES:
-            raise ValueError(f"flying_rel must be a fraction in (0, 1) and flying_mode one of {FLYING_MODES}, got "
-                             f"{flying_rel!r} / {flying_mode!r}")
+        WorldModelConfig(compose_flying_rel=flying_rel, compose_flying_mode=flying_mode)
+        flying_rel = flying_rel or None  # 0 = off, as in the engine
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -67,17 +67,19 @@ class EngineImaginer:
     def __init__(self, checkpoint: str, device: str = "auto", num_inference_steps: int = 0,
                  guidance_scale: float = 0.0, seed: int = 42, cuda_graphs: bool = True,
                  send_initial_depth: bool = True, metric_register: bool = True, compose: str = "off",
-                 flying_rel: float = 0.0, flying_mode: str = "either"):
+                 flying_rel: float | None = None, flying_mode: str | None = None):
         """``compose``: "off", or the composite region ("current", "swept") of the engine's ``compose_static``;
-        ``flying_rel`` / ``flying_mode``: its ``compose_flying_rel`` / ``compose_flying_mode`` (0 = off). The
-        chunk records name the composite with the filter ("swept/either:0.12"), so a success probability fitted
-        on one is not applied to the other."""
+        ``flying_rel`` / ``flying_mode``: its ``compose_flying_rel`` / ``compose_flying_mode`` (None: the
+        engine's defaults; rel 0 = off). The chunk records name the composite with the filter the engine applies
+        ("swept/either:0.12"), so a success probability fitted on one is not applied to the other."""
         from k4d_worldmodel.config import WorldModelConfig
         from k4d_worldmodel.engine import ImagineEngine, SamplingOverrides
 
-        composed = {} if compose == "off" else {"compose_static": True, "compose_region": compose,
-                                                "compose_flying_rel": float(flying_rel),
-                                                "compose_flying_mode": flying_mode}
+        composed = {} if compose == "off" else {"compose_static": True, "compose_region": compose}
+        if compose != "off" and flying_rel is not None:
+            composed["compose_flying_rel"] = float(flying_rel)
+        if compose != "off" and flying_mode is not None:
+            composed["compose_flying_mode"] = flying_mode
         self.engine = ImagineEngine(WorldModelConfig(checkpoint_dir=str(checkpoint), device=device,
                                                     cuda_graphs=bool(cuda_graphs),
                                                     metric_register=bool(metric_register), **composed))
@@ -85,7 +87,9 @@ class EngineImaginer:
         self.sampling = SamplingOverrides(num_inference_steps=int(num_inference_steps),
                                           guidance_scale=float(guidance_scale), seed=int(seed))
         self.model_id = self.engine.model_id
-        self.compose = str(compose) if compose == "off" or not flying_rel else f"{compose}/{flying_mode}:{flying_rel:g}"
+        cfg = self.engine.config
+        self.compose = str(compose) if compose == "off" or not cfg.compose_flying_rel else \
+            f"{compose}/{cfg.compose_flying_mode}:{cfg.compose_flying_rel:g}"
         self.depth_gate = DepthGate(send_initial_depth, logging.getLogger(__name__).warning)
 
     def __call__(self, initial_rgb, seq, rec=None) -> RolloutData:

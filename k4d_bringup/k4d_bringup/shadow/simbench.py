@@ -260,10 +260,6 @@ def run_bench(args) -> int:
                   imagined_standing_check=args.imagined_upright == "on")
     if args.flying_rel is not None and args.compose == "off":
         raise SystemExit("k4d shadow bench: --flying-rel filters the composite; give --compose current or swept")
-    if args.flying_rel is None:
-        from k4d_worldmodel.config import WorldModelConfig
-
-        args.flying_rel = WorldModelConfig.compose_flying_rel if args.compose != "off" else 0.0
     if args.served and args.compose != "off":
         raise SystemExit("k4d shadow bench --served: --compose applies to a model run in this process; set the "
                          "imagine node's compose_static / compose_region parameters instead")
@@ -303,7 +299,7 @@ def run_bench(args) -> int:
     out["register"] = args.register
     out["relative"] = args.relative
     out["compose"] = args.compose
-    out["flying_rel"] = args.flying_rel
+    out["composite"] = getattr(imag, "compose", "")  # with the filter the engine applied ("swept/either:0.12")
     out["upright"] = args.upright
     out["imagined_upright"] = args.imagined_upright
     out["table3"], out["ranking"] = table3(recs), ranking(recs)

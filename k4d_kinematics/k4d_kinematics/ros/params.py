@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import inspect
-import re
 import typing
 from typing import Any, Callable, Optional, TypeVar
 
@@ -46,40 +44,23 @@ def _default(f: dataclasses.Field):
     raise ValueError(f"config field {f.name!r} needs a default to become a ROS parameter")
 
 
-_ENTRY = re.compile(r"^([A-Za-z_*][\w*]*(?:\s*,\s*[A-Za-z_*][\w*]*)*)\s*:\s+(.*)$")
-
-
 def attribute_docs(cls: type) -> dict[str, str]:
     """Field name -> its text in the ``Attributes:`` section of the docstrings of ``cls`` and its bases (Google
-    style: ``name: text`` or ``name_a, name_b: text`` at one indentation, continuation lines deeper; a name
-    may be a glob such as ``metric_*``). The first class of the MRO that documents a field wins."""
+    style, parsed by ``docstring_parser``). An entry may name several fields (``name_a, name_b: text``) or a glob
+    (``metric_*``); a field's own entry wins over a glob, and the first class of the MRO that documents a field
+    wins over its bases."""
+    from docstring_parser import DocstringStyle, parse
+
     out: dict[str, str] = {}
     names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
     for klass in cls.__mro__:
-        lines = (inspect.cleandoc(klass.__doc__) if klass.__dict__.get("__doc__") else "").splitlines()
-        try:
-            start = next(i for i, ln in enumerate(lines) if ln.strip() == "Attributes:") + 1
-        except StopIteration:
-            continue
-        entries: list[tuple[list[str], list[str]]] = []
-        indent = None
-        for ln in lines[start:]:
-            if not ln.strip():
-                continue
-            depth = len(ln) - len(ln.lstrip())
-            if indent is None:
-                indent = depth
-            if depth < indent:
-                break  # the section ended
-            m = _ENTRY.match(ln.strip()) if depth == indent else None
-            if m:
-                entries.append(([n.strip() for n in m.group(1).split(",")], [m.group(2).strip()]))
-            elif entries:
-                entries[-1][1].append(ln.strip())
+        doc = klass.__dict__.get("__doc__")
+        entries = [(p.arg_name, " ".join((p.description or "").split()).replace("``", "'"))
+                   for p in (parse(doc, style=DocstringStyle.GOOGLE).params if doc else [])
+                   if p.args and p.args[0] == "attribute"]
         for globs in (False, True):  # a field's own entry wins over a glob that also covers it
-            for keys, text in entries:
-                body = " ".join(text).replace("``", "'")
-                for key in keys:
+            for keys, body in entries:
+                for key in (k.strip() for k in keys.split(",")):
                     if ("*" in key) == globs:
                         for name in (fnmatch.filter(names, key) if globs else [key]):
                             out.setdefault(name, body)
