@@ -150,6 +150,52 @@ def test_encoded_cache_round_trip_and_invalidation(synth, pmcond_pipe, tmp_path)
     assert load_encoded(path, fp) is None
 
 
+def test_encoded_bank_gives_the_stacked_batches_and_frees_the_list(synth, pmcond_pipe):
+    from k4d_worldmodel.training.data import open_dataset
+    from k4d_worldmodel.training.objective import EncodedBank, encode_clips, stack_encoded
+
+    pipe = pmcond_pipe
+    ds = open_dataset(synth, pipe.num_frames, pipe.height, pipe.width, split="all")
+    encoded, _ = encode_clips(pipe, [ds[i] for i in range(len(ds))])
+    idx = [3, 0, 3, 1]  # repeats, out of order: what torch.randint draws
+    want = stack_encoded([encoded[i] for i in idx])
+    for on in ("device", "host"):
+        bank = EncodedBank(list(encoded), "cpu", on)
+        got = bank.batch(idx)
+        assert len(bank) == 4 and got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) and got[k].device.type == "cpu" for k in want)
+    assert bank.nbytes == sum(v.numel() * v.element_size() for item in encoded for v in item.values())
+    items = list(encoded)
+    EncodedBank(items, "cpu", consume=True)
+    assert items == []  # host memory does not hold the encodings twice
+    # clips of another geometry or other fields are refused by name, not stacked into garbage
+    odd = dict(encoded[1], x0=encoded[1]["x0"][:, :1])
+    with pytest.raises(ValueError, match="clip 1: field 'x0'"):
+        EncodedBank([encoded[0], odd], "cpu")
+    with pytest.raises(ValueError, match="clip 1 has fields"):
+        EncodedBank([encoded[0], {k: v for k, v in encoded[1].items() if k != "change_mask"}], "cpu")
+    with pytest.raises(ValueError, match="at least one"):
+        EncodedBank([], "cpu")
+
+
+def test_encodings_placement_fits_them_on_the_accelerator_or_says_why_not():
+    from k4d_worldmodel.training.config import TrainConfig
+    from k4d_worldmodel.training.objective import encodings_placement
+
+    gib = 2**30
+    assert encodings_placement("auto", 14 * gib, "cuda:0", free_bytes=70 * gib) == "device"
+    assert encodings_placement("auto", 14 * gib, "cuda:0", free_bytes=20 * gib) == "host"  # over half the free
+    assert encodings_placement("host", gib, "cuda:0", free_bytes=70 * gib) == "host"
+    assert encodings_placement("device", 14 * gib, "cuda:0", free_bytes=20 * gib) == "device"
+    with pytest.raises(MemoryError, match=r"14.00 GiB .* 10.00 GiB free"):
+        encodings_placement("device", 14 * gib, "cuda:0", free_bytes=10 * gib)
+    assert encodings_placement("host", gib, "cpu") == "device"  # one memory on a CPU run
+    with pytest.raises(ValueError, match="encodings_on"):
+        encodings_placement("gpu", gib, "cuda:0", free_bytes=gib)
+    with pytest.raises(ValueError, match="encodings_on must be one of"):
+        TrainConfig(encodings_on="gpu")
+
+
 def test_full_training_reduces_loss_saves_resumes_and_loads(trained, synth, smoke_cfg):
     from k4d_worldmodel.config import WorldModelConfig
     from k4d_worldmodel.loading import load_pipeline
@@ -181,6 +227,7 @@ def test_full_training_reduces_loss_saves_resumes_and_loads(trained, synth, smok
     assert m2["start_step"] == 6 and m2["steps"] == 8
     # ... without reading and encoding the clips again: the first run's encodings, same fingerprint
     assert m["encoded_cache"] == "miss" and m2["encoded_cache"] == "hit"
+    assert m["encodings_on"] == m2["encodings_on"] == "device" and m["encodings_gib"] > 0
     assert m2["train_episodes"] == m["train_episodes"] and m2["pointmap_clipped"] == m["pointmap_clipped"]
     assert (out / "checkpoints" / "checkpoint-8").is_dir()
 

@@ -25,6 +25,7 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 DATA_FORMATS = ("auto", "k4d", "kinema4d")
 LR_SCHEDULES = ("constant", "cosine")
 KEEP_BEST_VAL = ("off", "change", "all")
+ENCODINGS_ON = ("auto", "device", "host")  # where the encoded training clips stay (objective.encodings_placement)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -126,6 +127,11 @@ class TrainConfig:
         fingerprint of the clip files, the geometry, the pipeline's config and its frozen VAE and image-encoder
         weights; a later run into the same ``OUT`` (``--resume``) with an equal fingerprint reads them instead of
         reading and encoding the clips again (k4d episode folders only). Costs disk: about the clips' latents.
+    encodings_on: where the encoded training clips stay while training: "device" (the accelerator; a batch is
+        one gather there), "host" (stacked in host memory and copied over each step: about 7 MiB a clip at
+        192 x 128, so 170 MiB a step of 24 clips) or "auto" (default: the accelerator when they take at most
+        half of its free memory once the model is on it, else the host). "device" stops with a MemoryError
+        naming both sizes when they do not fit.
     val_clips: with validation episodes (``k4d train --val-data DIR``), how many of them form the fixed
         validation batch (0: ``batch_size``; fewer when DIR holds fewer), evenly spread over DIR's sorted episodes.
         Its loss is one no-grad forward pass of that batch per ``log_every`` steps (two: overall and changing cells).
@@ -184,6 +190,7 @@ class TrainConfig:
     load_workers: int = 0
     encode_batch_size: int = 32
     cache_encoded: bool = True
+    encodings_on: str = "auto"
     val_clips: int = 0
     keep_best_val: str = "change"
 
@@ -197,7 +204,8 @@ class TrainConfig:
         for name, allowed in (("mode", MODES), ("variant", ("pmcond", "full", "jointemb")),
                               ("convert_variant", ("", "pmcond", "full", "jointemb")), ("mixed_precision", PRECISIONS),
                               ("data_format", DATA_FORMATS), ("save_dtype", ("float32", "bfloat16")),
-                              ("lr_schedule", LR_SCHEDULES), ("keep_best_val", KEEP_BEST_VAL)):
+                              ("lr_schedule", LR_SCHEDULES), ("keep_best_val", KEEP_BEST_VAL),
+                              ("encodings_on", ENCODINGS_ON)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (isinstance(self.num_frames, int) and self.num_frames >= 1 and (self.num_frames - 1) % 4 == 0):

@@ -394,8 +394,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     from .data import open_dataset
     from .lora import add_lora, lora_module_names, merge_lora, save_released_lora, set_trainable
-    from .objective import encode_clips, encoded_fingerprint, flow_matching_step, load_encoded, save_encoded, \
-        stack_encoded
+    from .objective import EncodedBank, encode_clips, encoded_fingerprint, encodings_placement, flow_matching_step, \
+        load_encoded, save_encoded, stack_encoded
     from .distributed import any_rank, check_replicas
     from .vae import train_vae
 
@@ -601,6 +601,14 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     decay_from = [0]  # the step this run starts at, known once a checkpoint is resumed (below)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, decay_from[0]))
     transformer, opt, sched = acc.prepare(transformer, opt, sched)
+    # the training encodings as one stacked tensor per field, on the accelerator when they fit (encodings_on):
+    # a batch is then one gather there, not ~170 MiB stacked in host memory and copied over every step
+    enc_bytes = sum(v.numel() * v.element_size() for item in cache for v in item.values())
+    placement = encodings_placement(cfg.encodings_on, enc_bytes, acc.device)
+    bank = EncodedBank(cache, acc.device, placement, consume=True)
+    metrics.update(encodings_on=placement, encodings_gib=bank.nbytes / 2**30)
+    say(f"train: {len(bank)} encoded clips ({bank.nbytes / 2**30:.2f} GiB) kept "
+        f"{'on ' + str(acc.device) if placement == 'device' else 'in host memory'} (encodings_on: {cfg.encodings_on})")
 
     def save_hook(models, weights, output_dir):
         for i, m in enumerate(models):
@@ -750,8 +758,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         for micro in range(cfg.grad_accum):
             g = torch.Generator().manual_seed(
                 int(np.random.SeedSequence([cfg.seed, step, micro, acc.process_index]).generate_state(1)[0]))
-            idx = torch.randint(len(cache), (cfg.batch_size,), generator=g).tolist()
-            batch = stack_encoded([cache[i] for i in idx], acc.device)
+            idx = torch.randint(len(bank), (cfg.batch_size,), generator=g).tolist()
+            batch = bank.batch(idx)
             with acc.accumulate(transformer), acc.autocast():
                 loss = flow_matching_step(transformer, batch, g, cfg.flow_shift, cfg.soft_mask_fraction,
                                           cfg.cond_dropout, first_xyz_dropout=cfg.first_xyz_dropout,
