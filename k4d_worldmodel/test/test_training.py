@@ -178,6 +178,24 @@ def test_encoded_bank_gives_the_stacked_batches_and_frees_the_list(synth, pmcond
         EncodedBank([], "cpu")
 
 
+def test_bench_batch_assembly_times_each_way_on_real_encodings(trained, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_batch_assembly.py"
+    spec = importlib.util.spec_from_file_location("bench_batch_assembly", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, _ = trained
+    report = tmp_path / "bba.json"
+    assert bench.main(["--checkpoint", str(out / "pipeline"), "--clips", "6", "--batch", "3", "--repeats", "2",
+                       "--device", "cpu", "--train-step", "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["geometry"] == [5, 32, 48] and r["batch_mib"] == pytest.approx(3 * r["clip_mib"])
+    assert set(r["ways"]) == {"stack", "bank_host"}  # no separate device memory on a CPU run
+    assert all(w["median_ms"] > 0 for w in r["ways"].values()) and r["train_step"]["median_ms"] > 0
+
+
 def test_encodings_placement_fits_them_on_the_accelerator_or_says_why_not():
     from k4d_worldmodel.training.config import TrainConfig
     from k4d_worldmodel.training.objective import encodings_placement
