@@ -14,6 +14,9 @@ threshold can be applied again without running the model. This script picks, on 
 the smaller |imagined - simulator| success rate, then the threshold nearest the default), and reports the
 held-out run's summary (`evaluate.summarize`: agreement with its 95 % interval, rate difference, Pearson r and
 MMRV over the noise levels) at the default and at the chosen threshold. Nothing is fitted on the held-out run.
+It also reports that run's ceiling: the best agreement any threshold reaches on the held-out episodes themselves
+(an upper bound on every threshold rule, not a choice), and how well the imagined count gain ranks successes
+above failures beside the ground truth's gain (`rank_separation`, the ROC AUC).
 
 The standing check of label rule 3 is applied to the imagined side only when the run asked for it
 (`--imagined-upright`); such runs are refused here, because their rows do not log the slab's counts.
@@ -73,6 +76,32 @@ def choose(tab: list[dict], default: int) -> dict:
                                    -abs(t["threshold"] - default)))
 
 
+def rank_separation(rows: list[dict], gains: list[int]) -> float | None:
+    """Probability that a simulated success has a larger zone-count gain than a simulated failure (ties count
+    half; the ROC AUC of the gain as a score): 0.5 says the count carries nothing about the outcome, 1 that some
+    threshold separates them all. None when the rows hold only one outcome."""
+    from scipy.stats import mannwhitneyu
+
+    pos = [g for g, r in zip(gains, rows) if r["sim_success"]]
+    neg = [g for g, r in zip(gains, rows) if not r["sim_success"]]
+    if not pos or not neg:
+        return None
+    return float(mannwhitneyu(pos, neg).statistic) / (len(pos) * len(neg))
+
+
+def ceiling(rows: list[dict], method: str, thresholds) -> dict:
+    """What no threshold rule can beat on ``rows``: the best agreement of any threshold chosen on these very rows
+    (an upper bound, never a choice), and the rank separation of the imagined count gain beside the ground
+    truth's (`gt_zone_counts`)."""
+    tab = table(rows, method, thresholds)
+    top = max(tab, key=lambda t: t["agreement"])
+    gain = [int(r[method]["zone_counts"][1]) - int(r[method]["zone_counts"][0]) for r in rows]
+    truth = [int(r["gt_zone_counts"][1]) - int(r["gt_zone_counts"][0]) for r in rows if "gt_zone_counts" in r]
+    return {"best_agreement_on_itself": top["agreement"], "at_threshold": top["threshold"],
+            "rank_separation_imagined": rank_separation(rows, gain),
+            "rank_separation_truth": rank_separation(rows, truth) if len(truth) == len(rows) else None}
+
+
 def _success_summary(rows: list[dict], method: str) -> dict:
     from k4d_worldmodel.evaluate import summarize
 
@@ -108,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
               "default_threshold": default, "chosen_threshold": best["threshold"], "calib_table": tab,
               "calib_episodes": len(calib), "heldout_episodes": len(held),
               "heldout_default": _success_summary(rejudge(held, args.method, default), args.method),
-              "heldout_chosen": _success_summary(rejudge(held, args.method, best["threshold"]), args.method)}
+              "heldout_chosen": _success_summary(rejudge(held, args.method, best["threshold"]), args.method),
+              "heldout_ceiling": ceiling(held, args.method, range(1, args.max_threshold + 1))}
     at_default = next(t for t in tab if t["threshold"] == default)
     print(f"calibration ({len(calib)} episodes): default threshold {default}: agreement "
           f"{at_default['agreement']:.3f}, rate difference {at_default['rate_difference']:+.3f}; chosen "
@@ -119,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out ({len(held)} episodes), {name.split('_')[1]} threshold: agreement "
               f"{s['agreement_with_sim']:.3f} ({lo:.2f}-{hi:.2f}), rate difference {s['rate_difference']:+.3f}, "
               f"Pearson {s.get('pearson_r', float('nan')):.3f}, MMRV {s.get('mmrv', float('nan')):.3f}")
+    c = result["heldout_ceiling"]
+    sep = {k: "-" if c[f"rank_separation_{k}"] is None else f"{c[f'rank_separation_{k}']:.3f}"
+           for k in ("imagined", "truth")}
+    print(f"held-out ceiling: no threshold agrees in more than {c['best_agreement_on_itself']:.3f} (threshold "
+          f"{c['at_threshold']}, chosen on the held-out episodes themselves); rank separation of the count gain "
+          f"{sep['imagined']} imagined, {sep['truth']} on the ground truth")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=float))
     return 0

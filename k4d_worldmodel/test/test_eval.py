@@ -374,6 +374,16 @@ def test_zone_threshold_is_chosen_on_one_run_and_applied_to_another(synth, pmcon
     assert [t["threshold"] for t in tab] == list(range(1, 21)) and res["default_threshold"] == default
     assert max(t["agreement"] for t in tab) == next(t for t in tab if t["threshold"] == res["chosen_threshold"])[
         "agreement"]
+    # the ceiling bounds both held-out judgements (it may pick its threshold on the held-out rows themselves)
+    top = res["heldout_ceiling"]["best_agreement_on_itself"]
+    assert top >= max(res["heldout_chosen"]["agreement_with_sim"], res["heldout_default"]["agreement_with_sim"])
+    assert top == max(
+        t["agreement"] for t in mod.table(rows, "k4d", range(1, 21)))
+    fake = [{"sim_success": s, "k4d": {"zone_counts": [0, g]}, "gt_zone_counts": [0, 10 * s]}
+            for s, g in ((True, 9), (True, 4), (False, 4), (False, 1))]
+    assert mod.rank_separation(fake, [9, 4, 4, 1]) == pytest.approx(0.875)  # 3 of 4 pairs, one tie counts half
+    assert mod.ceiling(fake, "k4d", range(1, 12))["rank_separation_truth"] == 1.0
+    assert mod.rank_separation(fake[:2], [9, 4]) is None  # one outcome only
     # a threshold no count reaches judges every held-out episode a failure: its rate is 0
     never = mod._success_summary(mod.rejudge(rows, "k4d", 10 ** 6), "k4d")
     assert never["overall"] == 0.0 and never["rate_difference"] == -never["sim_overall"]
