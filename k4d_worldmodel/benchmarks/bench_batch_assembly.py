@@ -17,6 +17,7 @@ CUDA), so the assembly can be read against the step it feeds. Needs only torch a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from k4d_worldmodel.loading import load_saved
     from k4d_worldmodel.training.data import open_dataset
-    from k4d_worldmodel.training.objective import EncodedBank, encode_clips, flow_matching_step, stack_encoded
+    from k4d_worldmodel.training.objective import EncodedBank, encode_clips, encoded_nbytes, flow_matching_step, \
+        stack_encoded
     from k4d_worldmodel.training.synthetic import write_synthetic_episodes
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -65,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         ds = open_dataset(tmp, *geom, split="all", pointmap_encoding=pipe.pointmap_encoding)
         real, _ = encode_clips(pipe, [ds[i] for i in range(len(ds))])
     items = [{k: v.clone() for k, v in real[i % len(real)].items()} for i in range(args.clips)]
-    clip_bytes = sum(v.numel() * v.element_size() for v in items[0].values())
+    clip_bytes = encoded_nbytes(items[:1])
     g = torch.Generator().manual_seed(0)
     draws = [torch.randint(len(items), (args.batch,), generator=g).tolist() for _ in range(args.repeats + 1)]
 
-    def cycling(fn):
-        it = iter(draws * 2)
+    def cycling(fn):  # every way gets the same random batches, in the same order
+        it = itertools.cycle(draws)
         return lambda: fn(next(it))
 
     ways = {"stack": cycling(lambda idx: stack_encoded([items[i] for i in idx], device)),

@@ -206,6 +206,11 @@ def stack_encoded(items: list[dict[str, torch.Tensor]], device: torch.device | s
     return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
+def encoded_nbytes(items: list[dict[str, torch.Tensor]]) -> int:
+    """Bytes of a list of [`encode_clip`] outputs (what [`EncodedBank`] will hold)."""
+    return sum(v.numel() * v.element_size() for item in items for v in item.values())
+
+
 def encodings_placement(setting: str, nbytes: int, device: torch.device | str,
                         free_bytes: int | None = None, fraction: float = 0.5) -> str:
     """Where [`EncodedBank`] keeps the training encodings: "device" or "host".
@@ -272,7 +277,7 @@ class EncodedBank:
 
     @property
     def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for v in self.fields.values())
+        return encoded_nbytes([self.fields])
 
     def __len__(self) -> int:
         return self.count

@@ -394,8 +394,8 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
 
     from .data import open_dataset
     from .lora import add_lora, lora_module_names, merge_lora, save_released_lora, set_trainable
-    from .objective import EncodedBank, encode_clips, encoded_fingerprint, encodings_placement, flow_matching_step, \
-        load_encoded, save_encoded, stack_encoded
+    from .objective import EncodedBank, encode_clips, encoded_fingerprint, encoded_nbytes, encodings_placement, \
+        flow_matching_step, load_encoded, save_encoded, stack_encoded
     from .distributed import any_rank, check_replicas
     from .vae import train_vae
 
@@ -603,8 +603,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
     transformer, opt, sched = acc.prepare(transformer, opt, sched)
     # the training encodings as one stacked tensor per field, on the accelerator when they fit (encodings_on):
     # a batch is then one gather there, not ~170 MiB stacked in host memory and copied over every step
-    enc_bytes = sum(v.numel() * v.element_size() for item in cache for v in item.values())
-    placement = encodings_placement(cfg.encodings_on, enc_bytes, acc.device)
+    placement = encodings_placement(cfg.encodings_on, encoded_nbytes(cache), acc.device)
     bank = EncodedBank(cache, acc.device, placement, consume=True)
     metrics.update(encodings_on=placement, encodings_gib=bank.nbytes / 2**30)
     say(f"train: {len(bank)} encoded clips ({bank.nbytes / 2**30:.2f} GiB) kept "
@@ -758,8 +757,7 @@ def train(data: str | os.PathLike, config: TrainConfig | str | os.PathLike, out:
         for micro in range(cfg.grad_accum):
             g = torch.Generator().manual_seed(
                 int(np.random.SeedSequence([cfg.seed, step, micro, acc.process_index]).generate_state(1)[0]))
-            idx = torch.randint(len(bank), (cfg.batch_size,), generator=g).tolist()
-            batch = bank.batch(idx)
+            batch = bank.batch(torch.randint(len(bank), (cfg.batch_size,), generator=g))
             with acc.accumulate(transformer), acc.autocast():
                 loss = flow_matching_step(transformer, batch, g, cfg.flow_shift, cfg.soft_mask_fraction,
                                           cfg.cond_dropout, first_xyz_dropout=cfg.first_xyz_dropout,
