@@ -3,6 +3,7 @@ held-out run with it.
 
     python k4d_worldmodel/benchmarks/calibrate_zone_threshold.py --calib EVAL_CALIB --heldout EVAL_HELDOUT \
         --method k4d_swept --json out.json
+    python k4d_worldmodel/benchmarks/calibrate_zone_threshold.py --heldout RUN [RUN ...] --json out.json
 
 `k4d eval` judges an imagined 4D rollout successful when the goal zone holds at least `zone_min_points` more
 points in its last frame than in its first (`evaluate.success_zone_4d`, whose box rule on the two counts is
@@ -16,7 +17,9 @@ held-out run's summary (`evaluate.summarize`: agreement with its 95 % interval, 
 MMRV over the noise levels) at the default and at the chosen threshold. Nothing is fitted on the held-out run.
 It also reports that run's ceiling: the best agreement any threshold reaches on the held-out episodes themselves
 (an upper bound on every threshold rule, not a choice), and how well the imagined count gain ranks successes
-above failures beside the ground truth's gain (`rank_separation`, the ROC AUC).
+above failures beside the ground truth's gain (`rank_separation`, the ROC AUC). Without ``--calib`` it reports
+only that, for each run given to ``--heldout`` (e.g. one model on its own training episodes and on held-out
+ones: does it separate the outcomes of clips it was trained on any better?).
 
 The standing check of label rule 3 is applied to the imagined side only when the run asked for it
 (`--imagined-upright`); such runs are refused here, because their rows do not log the slab's counts.
@@ -102,6 +105,15 @@ def ceiling(rows: list[dict], method: str, thresholds) -> dict:
             "rank_separation_truth": rank_separation(rows, truth) if len(truth) == len(rows) else None}
 
 
+def ceiling_line(label: str, c: dict) -> str:
+    """One printed line of a `ceiling` result."""
+    sep = {k: "-" if c[f"rank_separation_{k}"] is None else f"{c[f'rank_separation_{k}']:.3f}"
+           for k in ("imagined", "truth")}
+    return (f"{label}: no threshold agrees in more than {c['best_agreement_on_itself']:.3f} (threshold "
+            f"{c['at_threshold']}, chosen on these episodes themselves); rank separation of the count gain "
+            f"{sep['imagined']} imagined, {sep['truth']} on the ground truth")
+
+
 def _success_summary(rows: list[dict], method: str) -> dict:
     from k4d_worldmodel.evaluate import summarize
 
@@ -114,8 +126,10 @@ def _success_summary(rows: list[dict], method: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--calib", required=True, type=Path, help="k4d eval output folder of the calibration episodes")
-    p.add_argument("--heldout", required=True, type=Path, help="k4d eval output folder of the held-out episodes")
+    p.add_argument("--calib", type=Path, help="k4d eval output folder of the calibration episodes (without it: only "
+                   "each --heldout run's ceiling and rank separation)")
+    p.add_argument("--heldout", required=True, type=Path, nargs="+",
+                   help="k4d eval output folder of the held-out episodes (several only without --calib)")
     p.add_argument("--method", default="k4d_swept", help="the method whose threshold is chosen (default k4d_swept)")
     p.add_argument("--max-threshold", type=int, default=60, help="largest threshold tried (default 60)")
     p.add_argument("--json", type=Path, help="write the table, the choice and both summaries here")
@@ -123,6 +137,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from k4d_worldmodel.evaluate import zone_min_points
 
+    thresholds = range(1, args.max_threshold + 1)
+    if args.calib is None:
+        runs = []
+        for run in args.heldout:
+            rows, header = _rows(run, args.method)
+            c = ceiling(rows, args.method, thresholds)
+            runs.append({"run": str(run), "checkpoint": header.get("checkpoint"), "episodes": len(rows), **c})
+            print(ceiling_line(f"{run} ({len(rows)} episodes)", c))
+        if args.json:
+            args.json.write_text(json.dumps({"method": args.method, "runs": runs}, indent=1, default=float))
+        return 0
+    if len(args.heldout) != 1:
+        raise SystemExit("with --calib, give one --heldout run: the one the chosen threshold is judged on")
+    args.heldout = args.heldout[0]
     calib, h_calib = _rows(args.calib, args.method)
     held, h_held = _rows(args.heldout, args.method)
     sizes = {h.get("size") for h in (h_calib, h_held)}
@@ -131,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
                          f"against {h_held.get('checkpoint')} {h_held.get('size')}): calibrate the model you judge")
     hgt, wid = (int(v) for v in str(h_held["size"]).split("x"))
     default = zone_min_points(hgt, wid)
-    tab = table(calib, args.method, range(1, args.max_threshold + 1))
+    tab = table(calib, args.method, thresholds)
     best = choose(tab, default)
     result = {"method": args.method, "calib": str(args.calib), "heldout": str(args.heldout),
               "default_threshold": default, "chosen_threshold": best["threshold"], "calib_table": tab,
               "calib_episodes": len(calib), "heldout_episodes": len(held),
               "heldout_default": _success_summary(rejudge(held, args.method, default), args.method),
               "heldout_chosen": _success_summary(rejudge(held, args.method, best["threshold"]), args.method),
-              "heldout_ceiling": ceiling(held, args.method, range(1, args.max_threshold + 1))}
+              "heldout_ceiling": ceiling(held, args.method, thresholds)}
     at_default = next(t for t in tab if t["threshold"] == default)
     print(f"calibration ({len(calib)} episodes): default threshold {default}: agreement "
           f"{at_default['agreement']:.3f}, rate difference {at_default['rate_difference']:+.3f}; chosen "
@@ -149,12 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out ({len(held)} episodes), {name.split('_')[1]} threshold: agreement "
               f"{s['agreement_with_sim']:.3f} ({lo:.2f}-{hi:.2f}), rate difference {s['rate_difference']:+.3f}, "
               f"Pearson {s.get('pearson_r', float('nan')):.3f}, MMRV {s.get('mmrv', float('nan')):.3f}")
-    c = result["heldout_ceiling"]
-    sep = {k: "-" if c[f"rank_separation_{k}"] is None else f"{c[f'rank_separation_{k}']:.3f}"
-           for k in ("imagined", "truth")}
-    print(f"held-out ceiling: no threshold agrees in more than {c['best_agreement_on_itself']:.3f} (threshold "
-          f"{c['at_threshold']}, chosen on the held-out episodes themselves); rank separation of the count gain "
-          f"{sep['imagined']} imagined, {sep['truth']} on the ground truth")
+    print(ceiling_line("held-out ceiling", result["heldout_ceiling"]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=float))
     return 0

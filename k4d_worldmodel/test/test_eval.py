@@ -384,6 +384,17 @@ def test_zone_threshold_is_chosen_on_one_run_and_applied_to_another(synth, pmcon
     assert mod.rank_separation(fake, [9, 4, 4, 1]) == pytest.approx(0.875)  # 3 of 4 pairs, one tie counts half
     assert mod.ceiling(fake, "k4d", range(1, 12))["rank_separation_truth"] == 1.0
     assert mod.rank_separation(fake[:2], [9, 4]) is None  # one outcome only
+    # without --calib: each run's ceiling alone, the same figures as the held-out part of a calibration
+    only = tmp_path / "ceilings.json"
+    assert mod.main(["--heldout", str(tmp_path / "held"), str(tmp_path / "calib"), "--method", "k4d",
+                     "--max-threshold", "20", "--json", str(only)]) == 0
+    runs = json.loads(only.read_text())["runs"]
+    assert [r["run"] for r in runs] == [str(tmp_path / "held"), str(tmp_path / "calib")]
+    assert {k: runs[0][k] for k in res["heldout_ceiling"]} == res["heldout_ceiling"]
+    assert runs[1]["best_agreement_on_itself"] == max(t["agreement"] for t in tab) and runs[1]["episodes"] == len(
+        read_episode_rows(tmp_path / "calib"))
+    with pytest.raises(SystemExit, match="one --heldout"):
+        mod.main(["--calib", str(tmp_path / "calib"), "--heldout", str(tmp_path / "held"), str(tmp_path / "calib")])
     # a threshold no count reaches judges every held-out episode a failure: its rate is 0
     never = mod._success_summary(mod.rejudge(rows, "k4d", 10 ** 6), "k4d")
     assert never["overall"] == 0.0 and never["rate_difference"] == -never["sim_overall"]
