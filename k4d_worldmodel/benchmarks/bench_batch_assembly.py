@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         result["ways"][name] = {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
     if args.train_step:
         model = pipe.transformer.to(device).train()
-        batch = EncodedBank(items[: args.batch], device, "device").batch(list(range(args.batch)))
+        batch = stack_encoded(items[: args.batch], device)
 
         def step():
             model.zero_grad(set_to_none=True)

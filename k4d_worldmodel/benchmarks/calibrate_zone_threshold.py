@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(args.heldout) != 1:
         raise SystemExit("with --calib, give one --heldout run: the one the chosen threshold is judged on")
-    args.heldout = args.heldout[0]
+    heldout = args.heldout[0]
     calib, h_calib = _rows(args.calib, args.method)
-    held, h_held = _rows(args.heldout, args.method)
+    held, h_held = _rows(heldout, args.method)
     sizes = {h.get("size") for h in (h_calib, h_held)}
     if len(sizes) != 1 or h_calib.get("checkpoint") != h_held.get("checkpoint"):
         raise SystemExit(f"the runs differ in model or size ({h_calib.get('checkpoint')} {h_calib.get('size')} "
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     default = zone_min_points(hgt, wid)
     tab = table(calib, args.method, thresholds)
     best = choose(tab, default)
-    result = {"method": args.method, "calib": str(args.calib), "heldout": str(args.heldout),
+    result = {"method": args.method, "calib": str(args.calib), "heldout": str(heldout),
               "default_threshold": default, "chosen_threshold": best["threshold"], "calib_table": tab,
               "calib_episodes": len(calib), "heldout_episodes": len(held),
               "heldout_default": _success_summary(rejudge(held, args.method, default), args.method),

@@ -256,7 +256,7 @@ class EncodedBank:
         self.device = torch.device(device)
         self.on = on
         self.count = len(items)
-        where = self.device if on == "device" else torch.device("cpu")
+        self.storage = self.device if on == "device" else torch.device("cpu")
         first = items[0]
         for i, item in enumerate(items):
             if item.keys() != first.keys():
@@ -265,7 +265,8 @@ class EncodedBank:
                 if v.shape != first[k].shape or v.dtype != first[k].dtype:
                     raise ValueError(f"encoded clip {i}: field {k!r} is {tuple(v.shape)} {v.dtype}, clip 0's is "
                                      f"{tuple(first[k].shape)} {first[k].dtype}")
-        self.fields = {k: torch.empty((self.count, *v.shape), dtype=v.dtype, device=where) for k, v in first.items()}
+        self.fields = {k: torch.empty((self.count, *v.shape), dtype=v.dtype, device=self.storage)
+                       for k, v in first.items()}
         for i in range(self.count):
             item = items[i]
             for k, v in item.items():
@@ -284,8 +285,7 @@ class EncodedBank:
 
     def batch(self, idx: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
         """The clips ``idx`` stacked along a new first dimension, on ``self.device``."""
-        where = next(iter(self.fields.values())).device
-        index = torch.as_tensor(idx, dtype=torch.long).to(where)
+        index = torch.as_tensor(idx, dtype=torch.long).to(self.storage)
         return {k: v.index_select(0, index).to(self.device) for k, v in self.fields.items()}
 
 
